@@ -1,0 +1,94 @@
+"""The ``itm`` command line. ``ITM_Classifier.py`` is ``itm train`` under the original's name."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the way
+
+from .config import DEFAULT_DATA_DIRS, PRESETS
+from .data import DataError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    defaults = " or ".join(str(d) for d in DEFAULT_DATA_DIRS)
+    p.add_argument("--data-dir", help="prepared data folder (default: $ITM_DATA_DIR, else "
+                                      f"{defaults}, else the bundled demo dataset)")
+    p.add_argument("--preset", default="faithful", choices=list(PRESETS),
+                   help="named recipe; 'faithful' is the original CMP9137 baseline (default: %(default)s)")
+    p.add_argument("--epochs", type=_positive_int, help="training epochs (default: 10)")
+    p.add_argument("--batch-size", type=_positive_int, help="examples per batch (default: 16)")
+    p.add_argument("--learning-rate", type=_positive_float, help="peak AdamW learning rate (default: 3e-5)")
+    p.add_argument("--seed", type=int, help="random seed (default: a random one, recorded in metrics.json)")
+    p.add_argument("--output-dir", help="where the run is written (default: runs/<preset>-<date>-<time>)")
+    p.add_argument("--limit", type=_positive_int, help="use only the first N triples of each split (quick checks)")
+    p.add_argument("--image-size", type=_positive_int, help="resize images to this many pixels square (default: 224)")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .config import make_config
+    from .train import train
+
+    config = make_config(args.preset, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
+                         learning_rate=args.learning_rate, seed=args.seed, output_dir=args.output_dir,
+                         limit=args.limit, image_size=args.image_size)
+    train(config)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="itm", description="Image-text matching: does this caption fit this image?")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("train", help="train, evaluate and save a model (the original ITM_Classifier run)",
+                       description="Train a classifier, evaluate it on the test split, and write the run folder "
+                                   "(model.keras, history.csv, history.png, predictions.tsv, metrics.json).")
+    add_train_arguments(p)
+    p.set_defaults(func=run_train)
+    return parser
+
+
+def _dispatch(func, args: argparse.Namespace) -> int:
+    """Run a command; a user's mistake becomes a one-paragraph error and exit status 2."""
+    try:
+        return func(args)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return _dispatch(args.func, args)
+
+
+def itm_classifier_main(argv: list[str] | None = None) -> int:
+    """``python ITM_Classifier.py [options]``: the same run as ``itm train [options]``."""
+    parser = argparse.ArgumentParser(prog="ITM_Classifier.py", description=(
+        "Train the image-text matching classifier, evaluate it on the test split and print sample "
+        "predictions, as the original CMP9137 ITM_Classifier did (the same as 'itm train')."))
+    add_train_arguments(parser)
+    return _dispatch(run_train, parser.parse_args(argv))

@@ -1,0 +1,82 @@
+"""Run configuration, named presets, and where the data comes from."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+# Where a prepared Flickr8k folder is looked for when neither --data-dir nor ITM_DATA_DIR is given:
+# the original's own relative path first, then the project's data/ folder.
+DEFAULT_DATA_DIRS = (Path("flickr8k.dataset-cmp9137-item1"), Path("data/flickr8k.dataset-cmp9137-item1"))
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; the defaults are the original baseline's."""
+    data_dir: str | None = None
+    output_dir: str | None = None
+    preset: str = "faithful"
+    epochs: int = 10
+    batch_size: int = 16
+    learning_rate: float = 3e-5
+    warmup_fraction: float = 0.2
+    seed: int | None = None
+    limit: int | None = None
+    image_size: int = 224
+    image_tower: str = "faithful-cnn"
+    text_tower: str = "precomputed"
+    fusion: str = "concat"
+    projection_dim: int = 128
+    num_projection_layers: int = 1
+    dropout: float = 0.1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def model_kwargs(self) -> dict:
+        keys = ("image_size", "image_tower", "text_tower", "fusion", "projection_dim", "num_projection_layers",
+                "dropout")
+        return {k: getattr(self, k) for k in keys}
+
+
+# Each preset overrides some TrainConfig fields; options given on the command line override the preset.
+PRESETS: dict[str, dict] = {
+    "faithful": {},  # the original CMP9137 baseline, unchanged
+}
+
+
+def make_config(preset: str = "faithful", **overrides) -> TrainConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise ValueError(f"unknown config option(s): {', '.join(sorted(unknown))}")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(preset=preset, **values)
+
+
+def resolve_data_dir(data_dir: str | None) -> tuple[Path, str]:
+    """Pick the data folder: --data-dir, else $ITM_DATA_DIR, else a default location, else the demo.
+
+    Returns the folder and a line saying where it came from. A folder the user named
+    explicitly must exist; only the absence of any choice falls back to the demo data.
+    """
+    from .data import DataError
+
+    for value, origin in ((data_dir, "--data-dir"), (os.environ.get("ITM_DATA_DIR") or None, "ITM_DATA_DIR")):
+        if value:
+            path = Path(value).expanduser()
+            if not path.is_dir():
+                raise DataError(f"data folder {path} (from {origin}) does not exist")
+            return path, f"Data: {path} (from {origin})"
+    for path in DEFAULT_DATA_DIRS:
+        if path.is_dir():
+            return path, f"Data: {path} (default location)"
+    from .demo import ensure_demo_data
+
+    path = ensure_demo_data()
+    where = " or ".join(str(p) for p in DEFAULT_DATA_DIRS)
+    return path, (f"Data: no Flickr8k folder configured, so using the bundled DEMO dataset at {path}\n"
+                  f"      (synthetic shapes; put the prepared Flickr8k at {where}, or pass --data-dir "
+                  "or set ITM_DATA_DIR; see data/README.md)")

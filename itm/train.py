@@ -1,0 +1,132 @@
+"""The training harness: data, model, optimizer, fit, save, evaluate. One run, one output folder.
+
+Outputs in the run folder: model.keras, history.csv, history.png, predictions.tsv, metrics.json.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import sys
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+from .config import TrainConfig, resolve_data_dir
+from .data import load_data_dir, make_dataset, model_inputs
+
+
+def _callbacks(epochs: int, steps_per_epoch: int, every_seconds: float = 30.0) -> list:
+    import keras
+
+    class LearningRateLogger(keras.callbacks.Callback):
+        """Adds the optimizer's current learning rate to each epoch's logs (and so to history.csv)."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+
+    class ProgressLogger(keras.callbacks.Callback):
+        """A progress line every ``every_seconds`` when stdout is not a terminal (logs, CI), where
+        Keras' progress bar stays silent until the end of each epoch."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch, self.start = epoch + 1, time.perf_counter()
+            self.last = self.start
+
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.perf_counter()
+            if now - self.last >= every_seconds:
+                self.last = now
+                done = batch + 1
+                eta = (now - self.start) / done * (steps_per_epoch - done)
+                print(f"  epoch {self.epoch}/{epochs} step {done}/{steps_per_epoch}: loss {logs['loss']:.4f} "
+                      f"binary_accuracy {logs['binary_accuracy']:.4f} ({eta:.0f} s left in this epoch)", flush=True)
+
+    return [LearningRateLogger()] + ([] if sys.stdout.isatty() else [ProgressLogger()])
+
+
+def default_output_dir(preset: str) -> Path:
+    return Path("runs") / f"{preset}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def write_history_csv(history: dict[str, list[float]], path: Path) -> None:
+    keys = [k for k in ("loss", "binary_accuracy", "val_loss", "val_binary_accuracy", "learning_rate") if k in history]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", *keys])
+        for i in range(len(history["loss"])):
+            w.writerow([i + 1, *(f"{history[k][i]:.6g}" for k in keys)])
+
+
+def train(config: TrainConfig) -> Path:
+    """Train, save and evaluate one run as ``config`` says; returns the run folder."""
+    data_dir, origin = resolve_data_dir(config.data_dir)
+    print(origin, flush=True)
+    if config.seed is None:
+        config.seed = random.SystemRandom().randrange(2**31)  # recorded, so the run can be repeated
+    out = Path(config.output_dir) if config.output_dir else default_output_dir(config.preset)
+    config.data_dir, config.output_dir = str(data_dir), str(out)
+
+    print("Checking the data folder ...", flush=True)
+    data = load_data_dir(data_dir, limit=config.limit)
+    for split in data.splits.values():
+        print(f"  {split.name:5s} {len(split.triples):6d} triples ({split.n_match} match, "
+              f"{len(split.triples) - split.n_match} no-match), {len({t.image for t in split.triples})} images")
+
+    import keras
+
+    # Keras warns that fit(shuffle=True) is ignored for a tf.data input; the pipeline shuffles itself.
+    warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
+    from .model import build_model
+    from .optim import create_optimizer
+
+    keras.utils.set_random_seed(config.seed)
+    train_ds = make_dataset(data.splits["train"], data.embeddings, config.batch_size, shuffle=True,
+                            seed=config.seed, image_size=config.image_size)
+    dev_ds = make_dataset(data.splits["dev"], data.embeddings, config.batch_size, shuffle=False,
+                          image_size=config.image_size)
+
+    print(f"BUILDING model (preset {config.preset})")
+    model = build_model(**config.model_kwargs())
+    model.summary(line_length=110)
+
+    steps_per_epoch = math.ceil(len(data.splits["train"].triples) / config.batch_size)
+    num_train_steps = steps_per_epoch * config.epochs
+    optimizer = create_optimizer(init_lr=config.learning_rate, num_train_steps=num_train_steps,
+                                 num_warmup_steps=int(config.warmup_fraction * num_train_steps))
+    # XLA (jit_compile) made this model's CPU step about 3x slower, so it stays off.
+    model.compile(optimizer=optimizer, loss=keras.losses.KLDivergence(),
+                  metrics=[keras.metrics.BinaryAccuracy()], jit_compile=False)
+
+    print(f"TRAINING model: {config.epochs} epochs x {steps_per_epoch} steps of {config.batch_size}", flush=True)
+    start = time.perf_counter()
+    fit = model.fit(model_inputs(train_ds), validation_data=model_inputs(dev_ds), epochs=config.epochs,
+                    callbacks=_callbacks(config.epochs, steps_per_epoch), verbose=1 if sys.stdout.isatty() else 2)
+    train_seconds = time.perf_counter() - start
+    print(f"model trained in {train_seconds:.1f} s", flush=True)
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / "model.keras")
+    history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
+    write_history_csv(history, out / "history.csv")
+    from .plots import plot_history
+
+    plot_history(history, out / "history.png")
+
+    from .evaluate import evaluate_split
+
+    metrics = evaluate_split(model, data.splits["test"], data.embeddings, config.batch_size, config.image_size,
+                             seed=config.seed, out_dir=out)
+    metrics.update({
+        "train_seconds": train_seconds,
+        "seconds_per_epoch": train_seconds / config.epochs,
+        "train_examples_per_second": len(data.splits["train"].triples) * config.epochs / train_seconds,
+        "parameters": int(model.count_params()),
+        "config": config.to_dict(),
+    })
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"Run written to {out}/ (model.keras, history.csv, history.png, predictions.tsv, metrics.json)")
+    return out

@@ -1,0 +1,34 @@
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "flickr8k-cmp9137"
+# Small images keep the CNN cheap; the layout and the code paths are those of a real run.
+TINY_SIZES = {"train": (16, 2, 2), "dev": (6, 1, 3), "test": (6, 1, 3)}
+TINY_IMAGE = 64
+
+
+@pytest.fixture(scope="session")
+def tiny_data_master(tmp_path_factory):
+    from itm.demo import generate
+
+    return generate(tmp_path_factory.mktemp("tiny") / "data", sizes=TINY_SIZES, seed=3, image_size=TINY_IMAGE)
+
+
+@pytest.fixture
+def tiny_data(tiny_data_master, tmp_path):
+    """A private copy of the tiny fixture, free for a test to break."""
+    return Path(shutil.copytree(tiny_data_master, tmp_path / "data"))
+
+
+def run_cli(args, cwd=ROOT, env=None, timeout=600):
+    import subprocess
+
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)

@@ -1,0 +1,122 @@
+"""Training really learns, and the command line produces a complete run folder."""
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import ROOT, SHARED, TINY_IMAGE, run_cli
+from itm.data import load_data_dir, make_dataset, model_inputs
+from itm.model import build_model
+from itm.optim import create_optimizer
+
+
+def test_short_training_lowers_the_loss(tiny_data):
+    keras.utils.set_random_seed(0)
+    data = load_data_dir(tiny_data)
+    ds = model_inputs(make_dataset(data.splits["train"], data.embeddings, batch_size=16, shuffle=True, seed=0,
+                                   image_size=TINY_IMAGE)).cache()
+    model = build_model(image_size=TINY_IMAGE)
+    steps = 4 * 8
+    model.compile(optimizer=create_optimizer(1e-3, steps, steps // 5), loss=keras.losses.KLDivergence(),
+                  metrics=[keras.metrics.BinaryAccuracy()], jit_compile=False)
+    before = model.evaluate(ds, verbose=0, return_dict=True)["loss"]
+    model.fit(ds, epochs=8, verbose=0)
+    after = model.evaluate(ds, verbose=0, return_dict=True)["loss"]
+    assert after < 0.8 * before, (before, after)
+
+
+def _check_run_folder(out, n_test):
+    for name in ("model.keras", "history.csv", "history.png", "predictions.tsv", "metrics.json"):
+        assert (out / name).is_file(), name
+    assert (out / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["epoch", "loss", "binary_accuracy", "val_loss", "val_binary_accuracy", "learning_rate"]
+    lines = (out / "predictions.tsv").read_text().splitlines()
+    assert lines[0] == "image\tcaption\tlabel\tp_match" and len(lines) == n_test + 1
+    p = np.array([float(line.split("\t")[3]) for line in lines[1:]])
+    assert ((0 <= p) & (p <= 1)).all()
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("split", "n", "accuracy", "tf_evaluate", "balanced_accuracy", "precision", "recall", "f1",
+                "confusion", "majority_baseline_accuracy", "train_seconds", "train_examples_per_second", "config"):
+        assert key in metrics, key
+    assert metrics["n"] == n_test and sum(metrics["confusion"].values()) == n_test
+    # The original's own accuracy and Keras' binary accuracy agree on a 2-way softmax.
+    assert metrics["accuracy"] == pytest.approx(metrics["tf_evaluate"]["binary_accuracy"], abs=1e-6)
+    labels = [line.split("\t")[2] == "match" for line in lines[1:]]
+    assert metrics["accuracy"] == pytest.approx(np.mean((p > 0.5) == np.array(labels)), abs=1e-6)
+    return metrics, rows
+
+
+def test_itm_classifier_end_to_end(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli(["ITM_Classifier.py", "--data-dir", str(tiny_data), "--epochs", "2", "--batch-size", "8",
+                 "--learning-rate", "1e-4", "--seed", "7", "--image-size", str(TINY_IMAGE), "--output-dir", str(out)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"Data: {tiny_data} (from --data-dir)" in r.stdout
+    assert "TEST accuracy=" in r.stdout and "Tensorflow test method: Loss:" in r.stdout
+    assert any(line.startswith("ITM=") and " PREDICTIONS: match=" in line and ", no-match=" in line and " -> " in line
+               for line in r.stdout.splitlines())
+    metrics, history = _check_run_folder(out, n_test=24)
+    assert len(history) == 2 and float(history[-1]["learning_rate"]) == 0.0
+    assert metrics["config"]["seed"] == 7 and metrics["config"]["batch_size"] == 8
+    assert metrics["config"]["learning_rate"] == 1e-4 and metrics["parameters"] == 6_529_570 - (28 * 28 - 8 * 8) * 64 * 128
+
+    # The saved model loads back in a fresh process and gives the same predictions.
+    check = (
+        "import sys, numpy as np, keras, itm.optim\n"
+        "m = keras.saving.load_model(sys.argv[1])\n"
+        "x = {'image_input': np.full((1, 64, 64, 3), 0.5, 'float32'), 'text_embedding': np.full((1, 384), 0.05, 'float32')}\n"
+        "print(type(m.optimizer).__name__, float(m.predict(x, verbose=0)[0, 0]))\n")
+    r1 = run_cli(["-c", check, str(out / "model.keras")])
+    r2 = run_cli(["-c", check, str(out / "model.keras")])
+    assert r1.returncode == 0, r1.stderr
+    assert r1.stdout.split()[0] == "AdamWeightDecay" and r1.stdout == r2.stdout
+
+
+def test_itm_train_is_the_same_command(tiny_data, tmp_path):
+    r = run_cli(["-m", "itm", "train", "--help"])
+    assert r.returncode == 0 and "--data-dir" in r.stdout and "--limit" in r.stdout and "faithful" in r.stdout
+
+
+def test_demo_is_used_when_no_data_is_configured(tmp_path):
+    env = {"ITM_CACHE_DIR": str(tmp_path / "cache"), "ITM_DATA_DIR": ""}
+    r = run_cli([str(ROOT / "ITM_Classifier.py"), "--epochs", "1", "--limit", "8", "--image-size", "32",
+                 "--output-dir", str(tmp_path / "run")], cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    first = r.stdout.splitlines()[:3]
+    assert any("bundled DEMO dataset" in line for line in first), first
+    assert any("flickr8k.dataset-cmp9137-item1" in line for line in first)
+    assert (tmp_path / "cache" / "demo-v1" / "flickr8k-resised").is_dir()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data-dir", "/nonexistent/flickr8k"], "data folder /nonexistent/flickr8k (from --data-dir) does not exist"),
+    (["--epochs", "0"], "must be at least 1"),
+    (["--learning-rate", "abc"], "is not a number"),
+])
+def test_user_mistakes_get_a_clear_error(args, message, tmp_path):
+    r = run_cli([str(ROOT / "ITM_Classifier.py"), *args], cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_data_folder_fails_before_training(tiny_data, tmp_path):
+    (tiny_data / "flickr8k.TestImages.txt").write_text("img.jpg\tcaption\tperhaps\n")
+    r = run_cli([str(ROOT / "ITM_Classifier.py"), "--data-dir", str(tiny_data), "--output-dir", str(tmp_path / "o")])
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "label other than match/no-match: 1" in r.stderr and "flickr8k.TestImages.txt:1" in r.stderr
+    assert "TRAINING" not in r.stdout and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"real Flickr8k data not found at {SHARED}")
+def test_real_data_one_epoch(tmp_path):
+    out = tmp_path / "real"
+    r = run_cli(["ITM_Classifier.py", "--data-dir", str(SHARED), "--epochs", "1", "--limit", "256", "--seed", "0",
+                 "--output-dir", str(out)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    metrics, _ = _check_run_folder(out, n_test=256)
+    assert metrics["parameters"] == 6_529_570
