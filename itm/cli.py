@@ -57,6 +57,45 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_evaluate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    run = Path(args.run)
+    if not (run / "model.keras").is_file() or not (run / "metrics.json").is_file():
+        raise DataError(f"{run} is not a run folder (expected model.keras and metrics.json from 'itm train')")
+    config = json.loads((run / "metrics.json").read_text()).get("config", {})
+    data_dir = args.data_dir or config.get("data_dir")
+    splits = ("dev", "test") if args.split == "all" else (args.split,)
+
+    import keras
+
+    from . import optim  # noqa: F401  (registers the optimizer and schedule for loading)
+    from .data import load_data_dir
+    from .evaluate import evaluate_model
+    from .report import write_report
+
+    data = load_data_dir(data_dir, limit=config.get("limit"))
+    model = keras.saving.load_model(run / "model.keras")
+    evaluate_model(model, data, run, splits=splits, batch_size=config.get("batch_size", 16),
+                   image_size=config.get("image_size", 224), seed=config.get("seed") or 0,
+                   with_retrieval=not args.no_retrieval)
+    print(f"Report: {write_report(run, splits)}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .report import compare_table
+
+    missing = [r for r in args.runs if not Path(r).is_dir()]
+    if missing:
+        raise DataError(f"not a folder: {', '.join(missing)}")
+    print(compare_table(args.runs, args.split))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="itm", description="Image-text matching: does this caption fit this image?")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -65,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(model.keras, history.csv, history.png, predictions.tsv, metrics.json).")
     add_train_arguments(p)
     p.set_defaults(func=run_train)
+
+    p = sub.add_parser("evaluate", help="score a saved run on a split: metrics with intervals, retrieval, figures, report",
+                       description="Load RUN_DIR/model.keras, choose the decision threshold on dev, score the split, "
+                                   "and write metrics-<split>.json, figures and report.md into the run folder.")
+    p.add_argument("--run", required=True, help="a run folder written by 'itm train'")
+    p.add_argument("--data-dir", help="data folder (default: the one the run was trained on)")
+    p.add_argument("--split", choices=["dev", "test", "all"], default="test", help="default: %(default)s")
+    p.add_argument("--no-retrieval", action="store_true", help="skip the image-text retrieval scores")
+    p.set_defaults(func=run_evaluate)
+
+    p = sub.add_parser("compare", help="print the main metrics of several runs side by side")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--split", choices=["dev", "test"], default="test", help="default: %(default)s")
+    p.set_defaults(func=run_compare)
     return parser
 
 

@@ -1,14 +1,21 @@
-"""Scoring a split with a trained model: the original's test report, plus honest metrics."""
+"""Scoring a trained model on a split: the original's test report, honest metrics, retrieval, figures.
+
+``evaluate_model`` is the one place this happens; training calls it at its end and
+``itm evaluate`` calls it on a saved run.
+"""
 from __future__ import annotations
 
 import csv
+import json
 import random
+import time
 from pathlib import Path
 
 import numpy as np
 
-from .data import Split, make_dataset, model_inputs
-from .metrics import binary_metrics
+from .data import DataDir, Split, make_dataset, model_inputs
+from .metrics import (average_precision, best_threshold, binary_metrics, bootstrap_ci, retrieval_metrics,
+                      roc_auc)
 
 
 def predict_split(model, split: Split, embeddings, batch_size: int = 16, image_size: int = 224) -> np.ndarray:
@@ -34,28 +41,131 @@ def write_predictions(path: Path, split: Split, probs: np.ndarray) -> None:
             w.writerow([t.image, t.caption, "match" if t.match else "no-match", f"{p:.6f}"])
 
 
-def evaluate_split(model, split: Split, embeddings, batch_size: int = 16, image_size: int = 224,
-                   seed: int | None = None, out_dir: Path | None = None) -> dict:
-    """Print the original's test report and return the metrics; writes predictions.tsv to ``out_dir``."""
-    print(f"TESTING classifier model on the {split.name} split (showing a sample of image-text-matching predictions)...")
-    probs = predict_split(model, split, embeddings, batch_size, image_size)
-    print_sample_predictions(split, probs, seed=seed)
+def split_metrics(is_match: np.ndarray, p_match: np.ndarray, dev_threshold: float, seed: int = 0) -> dict:
+    """Threshold metrics at 0.5 and at the dev-chosen threshold, ranking metrics, bootstrap intervals."""
+    return {
+        **binary_metrics(is_match, p_match, 0.5),
+        "roc_auc": roc_auc(is_match, p_match),
+        "average_precision": average_precision(is_match, p_match),
+        "ci95": bootstrap_ci(is_match, p_match, 0.5, seed=seed),
+        "at_dev_threshold": {**binary_metrics(is_match, p_match, dev_threshold),
+                             "ci95": bootstrap_ci(is_match, p_match, dev_threshold, seed=seed)},
+    }
 
-    is_match = np.array([t.match for t in split.triples])
-    # The original's own count: predicted class is the larger of the two probabilities.
-    accuracy = float(np.mean((probs[:, 0] > probs[:, 1]) == is_match))
-    print("%s accuracy=%4f" % (split.name.upper(), accuracy))
 
-    ds = make_dataset(split, embeddings, batch_size=batch_size, shuffle=False, image_size=image_size)
-    tf_eval = model.evaluate(model_inputs(ds), verbose=0, return_dict=True)
-    print(f"Tensorflow test method: Loss: {tf_eval['loss']}; ACCURACY: {tf_eval['binary_accuracy']}")
+def retrieval(model, split: Split, embeddings, image_size: int = 224, batch_size: int = 64,
+              pair_batch: int = 16384) -> dict:
+    """Image-to-text and text-to-image Recall@1/5/10 over the split's images and captions.
 
-    metrics = {"split": split.name, **binary_metrics(is_match, probs[:, 0])}
-    metrics["accuracy"] = accuracy
-    metrics["tf_evaluate"] = {"loss": float(tf_eval["loss"]), "binary_accuracy": float(tf_eval["binary_accuracy"])}
-    print(f"balanced_accuracy={metrics['balanced_accuracy']:.4f} precision={metrics['precision']:.4f} "
-          f"recall={metrics['recall']:.4f} f1={metrics['f1']:.4f} "
-          f"(always answering no-match would score accuracy={metrics['majority_baseline_accuracy']:.4f})")
-    if out_dir is not None:
-        write_predictions(Path(out_dir) / "predictions.tsv", split, probs)
-    return metrics
+    Each image and each caption is encoded once; only the fusion head runs per pair.
+    """
+    import tensorflow as tf
+
+    from .model import split_model
+
+    start = time.perf_counter()
+    image_encoder, text_encoder, head = split_model(model)
+    images = sorted({t.image for t in split.triples})
+    captions = sorted({t.caption for t in split.triples})
+    image_index = {name: i for i, name in enumerate(images)}
+    caption_index = {c: j for j, c in enumerate(captions)}
+    relevant = np.zeros((len(images), len(captions)), dtype=bool)
+    for t in split.triples:
+        if t.match:
+            relevant[image_index[t.image], caption_index[t.caption]] = True
+
+    def load(path):
+        img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return tf.image.resize(img, (image_size, image_size)) / 255.0
+
+    paths = [str(split.images_dir / name) for name in images]
+    image_ds = tf.data.Dataset.from_tensor_slices(paths).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    image_feats = image_encoder.predict(image_ds.batch(batch_size), verbose=0)
+    text_feats = text_encoder.predict(np.stack([embeddings[c] for c in captions]), batch_size=1024, verbose=0)
+
+    scores = np.empty((len(images), len(captions)), dtype=np.float32)
+    rows_per_batch = max(1, pair_batch // len(captions))
+    for i in range(0, len(images), rows_per_batch):
+        block = image_feats[i:i + rows_per_batch]
+        img = np.repeat(block, len(captions), axis=0)
+        txt = np.tile(text_feats, (len(block), 1))
+        p = np.asarray(head([img, txt], training=False))[:, 0]
+        scores[i:i + len(block)] = p.reshape(len(block), len(captions))
+    return {
+        "images": len(images), "captions": len(captions),
+        "image_to_text": retrieval_metrics(scores, relevant),
+        "text_to_image": retrieval_metrics(scores.T, relevant.T),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), batch_size: int = 16,
+                   image_size: int = 224, seed: int = 0, original_printout: bool = False,
+                   with_retrieval: bool = True) -> dict[str, dict]:
+    """Score ``splits`` and write, per split, ``metrics-<split>.json``, predictions and figures.
+
+    The decision threshold that maximises balanced accuracy on dev is stored in
+    ``calibration.json``; test metrics are reported at 0.5 and at that threshold.
+    """
+    from . import plots
+
+    out_dir = Path(out_dir)
+    probs = {"dev": predict_split(model, data.splits["dev"], data.embeddings, batch_size, image_size)}
+    dev_match = np.array([t.match for t in data.splits["dev"].triples])
+    threshold = best_threshold(dev_match, probs["dev"][:, 0])
+    (out_dir / "calibration.json").write_text(json.dumps(
+        {"threshold": threshold, "chosen_on": "dev", "criterion": "max balanced accuracy"}, indent=2) + "\n")
+
+    results = {}
+    for name in splits:
+        split = data.splits[name]
+        if name not in probs:
+            probs[name] = predict_split(model, split, data.embeddings, batch_size, image_size)
+        p = probs[name]
+        is_match = np.array([t.match for t in split.triples])
+        if original_printout:
+            print(f"TESTING classifier model on the {name} split "
+                  "(showing a sample of image-text-matching predictions)...")
+            print_sample_predictions(split, p, seed=seed)
+        # The original's own count: predicted class is the larger of the two probabilities.
+        accuracy = float(np.mean((p[:, 0] > p[:, 1]) == is_match))
+        print("%s accuracy=%4f" % (name.upper(), accuracy))
+        ds = make_dataset(split, data.embeddings, batch_size=batch_size, shuffle=False, image_size=image_size)
+        tf_eval = model.evaluate(model_inputs(ds), verbose=0, return_dict=True)
+        print(f"Tensorflow test method: Loss: {tf_eval['loss']}; ACCURACY: {tf_eval['binary_accuracy']}")
+
+        metrics = {"split": name, **split_metrics(is_match, p[:, 0], threshold, seed=seed)}
+        metrics["accuracy"] = accuracy
+        metrics["dev_threshold"] = threshold
+        metrics["tf_evaluate"] = {"loss": float(tf_eval["loss"]), "binary_accuracy": float(tf_eval["binary_accuracy"])}
+        if with_retrieval:
+            metrics["retrieval"] = retrieval(model, split, data.embeddings, image_size)
+        print(summary_line(metrics))
+
+        write_predictions(out_dir / ("predictions.tsv" if name == "test" else f"predictions-{name}.tsv"), split, p)
+        plots.plot_roc_pr(is_match, p[:, 0], out_dir / f"roc-pr-{name}.png")
+        plots.plot_confusion(metrics["confusion"], out_dir / f"confusion-{name}.png")
+        plots.plot_score_distribution(is_match, p[:, 0], out_dir / f"scores-{name}.png")
+        plots.plot_samples(split, p[:, 0], out_dir / f"samples-{name}.png", seed=seed)
+        (out_dir / f"metrics-{name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        results[name] = metrics
+    return results
+
+
+def summary_line(m: dict) -> str:
+    ci = m["ci95"]
+    line = (f"{m['split']}: accuracy={m['accuracy']:.4f} [{ci['accuracy'][0]:.3f}, {ci['accuracy'][1]:.3f}] "
+            f"balanced_accuracy={m['balanced_accuracy']:.4f} "
+            f"[{ci['balanced_accuracy'][0]:.3f}, {ci['balanced_accuracy'][1]:.3f}] "
+            f"roc_auc={m['roc_auc']:.4f} [{ci['roc_auc'][0]:.3f}, {ci['roc_auc'][1]:.3f}] "
+            f"precision={m['precision']:.4f} recall={m['recall']:.4f} f1={m['f1']:.4f} "
+            f"(always answering no-match would score accuracy={m['majority_baseline_accuracy']:.4f}); "
+            f"at the dev threshold {m['dev_threshold']:.3f}: "
+            f"balanced_accuracy={m['at_dev_threshold']['balanced_accuracy']:.4f}")
+    if "retrieval" in m:
+        r = m["retrieval"]
+        line += (f"\nretrieval over {r['images']} images x {r['captions']} captions ({r['seconds']:.1f} s): "
+                 f"image->text R@1/5/10 = {r['image_to_text']['R@1']:.3f}/{r['image_to_text']['R@5']:.3f}/"
+                 f"{r['image_to_text']['R@10']:.3f}, text->image R@1/5/10 = {r['text_to_image']['R@1']:.3f}/"
+                 f"{r['text_to_image']['R@5']:.3f}/{r['text_to_image']['R@10']:.3f}")
+    return line

@@ -37,3 +37,86 @@ def binary_metrics(is_match, p_match, threshold: float = 0.5) -> dict:
         "confusion": {"tp": tp, "fp": fp, "tn": tn, "fn": fn},
         "majority_baseline_accuracy": _ratio(max(int(y.sum()), n - int(y.sum())), n),
     }
+
+
+def roc_auc(is_match, p_match) -> float:
+    """Area under the ROC curve: P(a random match scores above a random no-match), ties count half."""
+    y = np.asarray(is_match).astype(bool)
+    s = np.asarray(p_match, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    # Average ranks over ties (1-based), the Mann-Whitney U statistic.
+    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
+    avg = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def average_precision(is_match, p_match) -> float:
+    """Area under the precision-recall curve as a step sum over distinct thresholds (scikit-learn's way)."""
+    y = np.asarray(is_match).astype(bool)
+    s = np.asarray(p_match, dtype=np.float64)
+    if not y.any():
+        return float("nan")
+    order = np.argsort(-s, kind="mergesort")
+    y, s = y[order], s[order]
+    last_of_tie = np.r_[np.diff(s) != 0, True]
+    tp = np.cumsum(y)[last_of_tie]
+    fp = np.cumsum(~y)[last_of_tie]
+    precision = tp / (tp + fp)
+    recall = tp / y.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def best_threshold(is_match, p_match) -> float:
+    """The decision threshold that maximises balanced accuracy (chosen on dev, applied to test).
+
+    Candidates lie midway between consecutive distinct scores, so the choice does not sit on a
+    dev score and generalises no worse than either neighbour.
+    """
+    s = np.unique(np.asarray(p_match, dtype=np.float64))
+    candidates = np.r_[0.5, (s[:-1] + s[1:]) / 2] if len(s) > 1 else np.array([0.5])
+    scores = [binary_metrics(is_match, p_match, t)["balanced_accuracy"] for t in candidates]
+    return float(candidates[int(np.argmax(scores))])
+
+
+def bootstrap_ci(is_match, p_match, threshold: float = 0.5, n_resamples: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> dict:
+    """Percentile bootstrap intervals (resampling pairs) for accuracy, balanced accuracy and ROC-AUC."""
+    y = np.asarray(is_match).astype(bool)
+    s = np.asarray(p_match, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    stats = {"accuracy": [], "balanced_accuracy": [], "roc_auc": []}
+    for _ in range(n_resamples):
+        idx = rng.integers(0, len(y), len(y))
+        yb, sb = y[idx], s[idx]
+        m = binary_metrics(yb, sb, threshold)
+        stats["accuracy"].append(m["accuracy"])
+        stats["balanced_accuracy"].append(m["balanced_accuracy"])
+        stats["roc_auc"].append(roc_auc(yb, sb))
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {k: [float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))] for k, v in stats.items()}
+
+
+def retrieval_metrics(scores: np.ndarray, relevant: np.ndarray, ks=(1, 5, 10)) -> dict:
+    """Recall@K and median rank of the first relevant candidate, for each query row of ``scores``.
+
+    ``scores[q, c]`` is the model's p(match) of query q with candidate c; ``relevant[q, c]`` is True
+    where c is a true match of q. Queries without any relevant candidate are left out.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    relevant = np.asarray(relevant, dtype=bool)
+    keep = relevant.any(axis=1)
+    scores, relevant = scores[keep], relevant[keep]
+    best_relevant = np.where(relevant, scores, -np.inf).max(axis=1)
+    # Rank of the best relevant candidate: 1 + candidates scored strictly higher.
+    ranks = 1 + (scores > best_relevant[:, None]).sum(axis=1)
+    out = {f"R@{k}": float(np.mean(ranks <= k)) for k in ks}
+    out["median_rank"] = float(np.median(ranks)) if len(ranks) else float("nan")
+    out["queries"] = int(len(ranks))
+    out["candidates"] = int(scores.shape[1])
+    return out

@@ -18,6 +18,8 @@ from keras import layers
 from .data import EMBEDDING_DIM
 
 OUTPUT_NAME = "ITM_Classifier-flickr"  # the original's name for its softmax layer
+# The towers' outputs carry these names, so that a model can be cut into encoders and a head.
+IMAGE_FEATURES, TEXT_FEATURES = "image_features", "text_features"
 
 
 def project_embeddings(x, num_projection_layers: int, projection_dims: int, dropout_rate: float, name: str):
@@ -73,7 +75,28 @@ def build_model(image_size: int = 224, image_tower: str = "faithful-cnn", text_t
     text_features = _choose(TEXT_TOWERS, "text tower", text_tower)(text_input, dropout)
     image_proj = project_embeddings(image_features, num_projection_layers, projection_dim, dropout, "image_proj")
     text_proj = project_embeddings(text_features, num_projection_layers, projection_dim, dropout, "text_proj")
+    image_proj = layers.Identity(name=IMAGE_FEATURES)(image_proj)
+    text_proj = layers.Identity(name=TEXT_FEATURES)(text_proj)
 
     outputs = _choose(FUSION_HEADS, "fusion head", fusion)(image_proj, text_proj, dropout)
     return keras.Model(inputs={"image_input": image_input, "text_embedding": text_input}, outputs=outputs,
                        name="itm_classifier")
+
+
+def split_model(model: keras.Model):
+    """Cut a trained model into (image encoder, text encoder, fusion head), sharing its weights.
+
+    Retrieval scores every image against every caption: with the split, each image and each
+    caption is encoded once and only the small head runs per pair.
+    """
+    names = {layer.name for layer in model.layers}
+    if IMAGE_FEATURES in names:
+        image_out, text_out = model.get_layer(IMAGE_FEATURES).output, model.get_layer(TEXT_FEATURES).output
+    else:  # runs saved before the towers' outputs were named
+        norms = [n for n in names if n.endswith("_layer_norm")]
+        image_out = model.get_layer(max(n for n in norms if n.startswith("image_proj"))).output
+        text_out = model.get_layer(max(n for n in norms if n.startswith("text_proj"))).output
+    image_encoder = keras.Model(model.input["image_input"], image_out)
+    text_encoder = keras.Model(model.input["text_embedding"], text_out)
+    head = keras.Model([image_out, text_out], model.output)
+    return image_encoder, text_encoder, head

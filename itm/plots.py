@@ -1,16 +1,31 @@
 """Figures of a run (matplotlib, written as PNG files)."""
 from __future__ import annotations
 
+import random
+import textwrap
 from pathlib import Path
 
+import numpy as np
 
-def plot_history(history: dict[str, list[float]], path: Path) -> None:
-    """Loss and binary accuracy per epoch, train and validation side by side."""
+
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _plt().close(fig)
+
+
+def plot_history(history: dict[str, list[float]], path: Path) -> None:
+    """Loss and binary accuracy per epoch, train and validation side by side."""
+    plt = _plt()
     epochs = range(1, len(history["loss"]) + 1)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, title in ((axes[0], "loss", "KL-divergence loss"), (axes[1], "binary_accuracy", "binary accuracy")):
@@ -21,6 +36,91 @@ def plot_history(history: dict[str, list[float]], path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
+
+
+def roc_points(is_match, p_match):
+    """(false positive rate, true positive rate) at every distinct threshold, from (0, 0) to (1, 1)."""
+    y = np.asarray(is_match).astype(bool)
+    order = np.argsort(-np.asarray(p_match, dtype=np.float64), kind="mergesort")
+    tp = np.r_[0, np.cumsum(y[order])]
+    fp = np.r_[0, np.cumsum(~y[order])]
+    return fp / max(1, (~y).sum()), tp / max(1, y.sum())
+
+
+def plot_roc_pr(is_match, p_match, path: Path) -> None:
+    from .metrics import average_precision, roc_auc
+
+    plt = _plt()
+    y = np.asarray(is_match).astype(bool)
+    fpr, tpr = roc_points(y, p_match)
+    order = np.argsort(-np.asarray(p_match), kind="mergesort")
+    tp = np.cumsum(y[order])
+    precision = tp / np.arange(1, len(y) + 1)
+    recall = tp / max(1, y.sum())
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    axes[0].plot(fpr, tpr, label=f"model (AUC {roc_auc(y, p_match):.3f})")
+    axes[0].plot([0, 1], [0, 1], "--", color="grey", label="chance")
+    axes[0].set(title="ROC", xlabel="false positive rate", ylabel="true positive rate")
+    axes[1].plot(recall, precision, label=f"model (AP {average_precision(y, p_match):.3f})")
+    axes[1].axhline(y.mean(), ls="--", color="grey", label=f"chance ({y.mean():.2f})")
+    axes[1].set(title="precision-recall (match = positive)", xlabel="recall", ylabel="precision", ylim=(0, 1.02))
+    for ax in axes:
+        ax.legend(loc="lower right" if ax is axes[0] else "upper right")
+        ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_confusion(confusion: dict, path: Path) -> None:
+    plt = _plt()
+    cells = np.array([[confusion["tp"], confusion["fn"]], [confusion["fp"], confusion["tn"]]])
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(cells, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cells):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=14,
+                color="white" if v > cells.max() / 2 else "black")
+    ax.set_xticks([0, 1], ["match", "no-match"])
+    ax.set_yticks([0, 1], ["match", "no-match"])
+    ax.set(xlabel="predicted", ylabel="true", title="confusion (threshold 0.5)")
+    _save(fig, path)
+
+
+def plot_score_distribution(is_match, p_match, path: Path) -> None:
+    plt = _plt()
+    y = np.asarray(is_match).astype(bool)
+    p = np.asarray(p_match)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(0, 1, 26)
+    ax.hist(p[~y], bins=bins, alpha=0.6, density=True, label=f"no-match pairs ({(~y).sum()})")
+    ax.hist(p[y], bins=bins, alpha=0.6, density=True, label=f"match pairs ({y.sum()})")
+    ax.axvline(0.5, color="grey", ls="--")
+    ax.set(xlabel="p(match)", ylabel="density", title="p(match) for matching vs non-matching pairs")
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_samples(split, p_match, path: Path, n: int = 6, seed: int = 0) -> None:
+    """Sample test pairs: correct predictions on the top row, mistakes on the bottom row."""
+    from PIL import Image
+
+    plt = _plt()
+    p = np.asarray(p_match)
+    correct = [i for i, t in enumerate(split.triples) if (p[i] > 0.5) == t.match]
+    wrong = [i for i, t in enumerate(split.triples) if (p[i] > 0.5) != t.match]
+    rng = random.Random(seed)
+    rows = [("correct", rng.sample(correct, min(n, len(correct)))), ("mistake", rng.sample(wrong, min(n, len(wrong))))]
+    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 6.4))
+    for r, (kind, picks) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c >= len(picks):
+                continue
+            t = split.triples[picks[c]]
+            with Image.open(split.images_dir / t.image) as im:
+                ax.imshow(im.convert("RGB"))
+            label = "match" if t.match else "no-match"
+            title = "\n".join(textwrap.wrap(t.caption, 32)[:3])
+            ax.set_title(f"{title}\ntrue {label}, p(match)={p[picks[c]]:.2f}", fontsize=7,
+                         color="darkgreen" if kind == "correct" else "firebrick")
+    _save(fig, path)

@@ -1,6 +1,7 @@
 """The training harness: data, model, optimizer, fit, save, evaluate. One run, one output folder.
 
-Outputs in the run folder: model.keras, history.csv, history.png, predictions.tsv, metrics.json.
+Outputs in the run folder: model.keras, history.csv, history.png, predictions.tsv, metrics.json,
+and the evaluation's metrics-test.json, calibration.json, figures and report.md.
 """
 from __future__ import annotations
 
@@ -116,10 +117,12 @@ def train(config: TrainConfig) -> Path:
 
     plot_history(history, out / "history.png")
 
-    from .evaluate import evaluate_split
+    from .evaluate import evaluate_model
+    from .report import write_report
 
-    metrics = evaluate_split(model, data.splits["test"], data.embeddings, config.batch_size, config.image_size,
-                             seed=config.seed, out_dir=out)
+    results = evaluate_model(model, data, out, splits=("test",), batch_size=config.batch_size,
+                             image_size=config.image_size, seed=config.seed, original_printout=True)
+    metrics = dict(results["test"])
     metrics.update({
         "train_seconds": train_seconds,
         "seconds_per_epoch": train_seconds / config.epochs,
@@ -128,5 +131,6 @@ def train(config: TrainConfig) -> Path:
         "config": config.to_dict(),
     })
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"Run written to {out}/ (model.keras, history.csv, history.png, predictions.tsv, metrics.json)")
+    write_report(out)
+    print(f"Run written to {out}/ (model.keras, metrics.json, report.md, predictions.tsv, history and figures)")
     return out

@@ -1,0 +1,99 @@
+"""Evaluation: every metric against an independent computation, retrieval ranks by hand, figures."""
+import json
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from conftest import ROOT, TINY_IMAGE, run_cli
+from itm.metrics import (average_precision, best_threshold, binary_metrics, bootstrap_ci, retrieval_metrics,
+                         roc_auc)
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_metrics_agree_with_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.random(300) < 0.25
+    p = np.clip(rng.normal(0.4 + 0.2 * y, 0.2), 0, 1).round(2)  # rounded, so there are ties
+    m = binary_metrics(y, p, 0.5)
+    pred = p > 0.5
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert m["precision"] == pytest.approx(skm.precision_score(y, pred, zero_division=0))
+    assert m["recall"] == pytest.approx(skm.recall_score(y, pred))
+    assert m["f1"] == pytest.approx(skm.f1_score(y, pred))
+    tn, fp, fn, tp = skm.confusion_matrix(y, pred).ravel()
+    assert m["confusion"] == {"tp": tp, "fp": fp, "tn": tn, "fn": fn}
+    assert roc_auc(y, p) == pytest.approx(skm.roc_auc_score(y, p))
+    assert average_precision(y, p) == pytest.approx(skm.average_precision_score(y, p))
+
+
+def test_threshold_maximises_balanced_accuracy_on_dev():
+    rng = np.random.default_rng(1)
+    y = rng.random(200) < 0.3
+    p = np.clip(rng.normal(0.3 + 0.15 * y, 0.1), 0, 1)
+    t = best_threshold(y, p)
+    grid = np.linspace(0, 1, 2001)
+    best_on_grid = max(binary_metrics(y, p, g)["balanced_accuracy"] for g in grid)
+    assert binary_metrics(y, p, t)["balanced_accuracy"] >= best_on_grid - 1e-12
+    assert t != 0.5  # the scores sit low, so 0.5 is not the best cut
+
+
+def test_bootstrap_interval_contains_the_estimate_and_narrows_with_n():
+    rng = np.random.default_rng(2)
+    y = rng.random(2000) < 0.25
+    p = np.clip(rng.normal(0.4 + 0.2 * y, 0.2), 0, 1)
+    small = bootstrap_ci(y[:200], p[:200], n_resamples=300)
+    large = bootstrap_ci(y, p, n_resamples=300)
+    full = binary_metrics(y, p)
+    lo, hi = large["balanced_accuracy"]
+    assert lo < full["balanced_accuracy"] < hi
+    assert large["roc_auc"][0] < roc_auc(y, p) < large["roc_auc"][1]
+    assert large["accuracy"][0] < full["accuracy"] < large["accuracy"][1]
+    width = lambda ci, k: ci[k][1] - ci[k][0]  # noqa: E731
+    assert width(large, "accuracy") < width(small, "accuracy")
+
+
+def test_retrieval_ranks_by_hand():
+    # 3 image queries x 4 caption candidates. Relevant: image0 -> c1; image1 -> c2 or c3; image2 -> none.
+    scores = np.array([[0.9, 0.8, 0.1, 0.2],    # c1 is 2nd
+                       [0.1, 0.2, 0.3, 0.95],   # c3 is 1st
+                       [0.5, 0.5, 0.5, 0.5]])
+    relevant = np.array([[0, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]], bool)
+    r = retrieval_metrics(scores, relevant, ks=(1, 2))
+    assert r["queries"] == 2 and r["candidates"] == 4
+    assert r["R@1"] == 0.5 and r["R@2"] == 1.0 and r["median_rank"] == 1.5
+
+
+def test_evaluate_and_compare_commands(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "1", "--image-size", str(TINY_IMAGE),
+                 "--seed", "3", "--output-dir", str(run)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_cli(["-m", "itm", "evaluate", "--run", str(run), "--split", "all"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    for split, n in (("dev", 24), ("test", 24)):
+        m = json.loads((run / f"metrics-{split}.json").read_text())
+        assert m["n"] == n
+        for key in ("roc_auc", "average_precision", "ci95", "at_dev_threshold", "dev_threshold", "retrieval"):
+            assert key in m
+        assert m["ci95"]["accuracy"][0] <= m["accuracy"] <= m["ci95"]["accuracy"][1]
+        assert m["retrieval"]["images"] == 6 and m["retrieval"]["image_to_text"]["queries"] == 6
+        for fig in ("roc-pr", "scores", "confusion", "samples"):
+            assert (run / f"{fig}-{split}.png").read_bytes()[:8] == PNG
+    # The test scores in metrics.json (from training) and from `itm evaluate` agree.
+    assert json.loads((run / "metrics.json").read_text())["roc_auc"] == pytest.approx(
+        json.loads((run / "metrics-test.json").read_text())["roc_auc"])
+    threshold = json.loads((run / "calibration.json").read_text())["threshold"]
+    assert 0.0 <= threshold <= 1.0
+    report = (run / "report.md").read_text()
+    assert "## dev split" in report and "## test split" in report and "![ROC and precision-recall](roc-pr-test.png)" in report
+    r = run_cli(["-m", "itm", "compare", str(run), str(run)])
+    assert r.returncode == 0 and r.stdout.count(str(run)) == 2 and "balanced acc" in r.stdout
+
+
+def test_evaluate_rejects_a_folder_that_is_not_a_run(tmp_path):
+    r = run_cli(["-m", "itm", "evaluate", "--run", str(tmp_path)], cwd=ROOT)
+    assert r.returncode == 2 and "is not a run folder" in r.stderr and "Traceback" not in r.stderr
