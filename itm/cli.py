@@ -7,7 +7,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the way
 
-from .config import DEFAULT_DATA_DIRS, PRESETS
+from .config import CHOICES, DEFAULT_DATA_DIRS, PRESETS, ConfigError
 from .data import DataError
 
 
@@ -36,7 +36,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="prepared data folder (default: $ITM_DATA_DIR, else "
                                       f"{defaults}, else the bundled demo dataset)")
     p.add_argument("--preset", default="faithful", choices=list(PRESETS),
-                   help="named recipe; 'faithful' is the original CMP9137 baseline (default: %(default)s)")
+                   help="named recipe (default: %(default)s): 'faithful' is the original CMP9137 baseline; 'best-cpu' "
+                        "the strongest from-scratch recipe for 2 CPU cores; 'pretrained' a frozen ImageNet "
+                        "EfficientNetB0 (weights downloaded by Keras)")
     p.add_argument("--epochs", type=_positive_int, help="training epochs (default: 10)")
     p.add_argument("--batch-size", type=_positive_int, help="examples per batch (default: 16)")
     p.add_argument("--learning-rate", type=_positive_float, help="peak AdamW learning rate (default: 3e-5)")
@@ -44,15 +46,32 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", help="where the run is written (default: runs/<preset>-<date>-<time>)")
     p.add_argument("--limit", type=_positive_int, help="use only the first N triples of each split (quick checks)")
     p.add_argument("--image-size", type=_positive_int, help="resize images to this many pixels square (default: 224)")
+    from .model import FUSION_HEADS, IMAGE_TOWERS
+
+    g = p.add_argument_group("model and training options (each overrides the preset)")
+    g.add_argument("--image-tower", choices=list(IMAGE_TOWERS))
+    g.add_argument("--image-weights", help="for keras.applications towers: none, imagenet or a weights file")
+    g.add_argument("--freeze-backbone", action="store_true", default=None, help="keep a backbone's weights fixed")
+    g.add_argument("--fusion", choices=list(FUSION_HEADS))
+    g.add_argument("--objective", choices=list(CHOICES["objective"]),
+                   help="kl: the original's loss on the split's triples; contrastive: image-grouped batches with "
+                        "in-batch negatives, InfoNCE plus the head's loss")
+    g.add_argument("--pipeline", choices=list(CHOICES["pipeline"]),
+                   help="faithful: decode a JPEG per triple; cached: decode each image once, keep uint8")
+    g.add_argument("--negatives", choices=list(CHOICES["negatives"]),
+                   help="redraw: new no-match captions every epoch (needs --pipeline cached)")
+    g.add_argument("--augment", action="store_true", default=None, help="random flips and shifts in training")
+    g.add_argument("--precision", choices=list(CHOICES["precision"]))
 
 
 def run_train(args: argparse.Namespace) -> int:
     from .config import make_config
     from .train import train
 
-    config = make_config(args.preset, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
-                         learning_rate=args.learning_rate, seed=args.seed, output_dir=args.output_dir,
-                         limit=args.limit, image_size=args.image_size)
+    options = ("data_dir", "epochs", "batch_size", "learning_rate", "seed", "output_dir", "limit", "image_size",
+               "image_tower", "image_weights", "freeze_backbone", "fusion", "objective", "pipeline", "negatives",
+               "augment", "precision")
+    config = make_config(args.preset, **{k: getattr(args, k) for k in options})
     train(config)
     return 0
 
@@ -118,6 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--split", choices=["dev", "test"], default="test", help="default: %(default)s")
     p.set_defaults(func=run_compare)
+
+    from . import embed, prepare
+
+    embed.add_commands(sub)
+    prepare.add_commands(sub)
+    from . import inference, serve
+
+    inference.add_commands(sub)  # predict, rank, search
+    serve.add_commands(sub)
     return parser
 
 
@@ -125,7 +153,7 @@ def _dispatch(func, args: argparse.Namespace) -> int:
     """Run a command; a user's mistake becomes a one-paragraph error and exit status 2."""
     try:
         return func(args)
-    except DataError as e:
+    except (DataError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

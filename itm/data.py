@@ -5,6 +5,7 @@ A data folder has the layout of the original CMP9137 baseline::
     DIR/flickr8k-resised/*.jpg
     DIR/flickr8k.{Train,Dev,Test}Images.txt      image<TAB>caption<TAB>match|no-match
     DIR/flickr8k.cmp9137.sentence_transformers.pkl   {caption: float[384]}
+    DIR/flickr8k.cmp9137.sentence_transformers.npz   (or) captions + float32 matrix; preferred
 
 Everything is checked up front (``load_data_dir``) and every problem is reported at
 once, so that a bad line 19,000 never costs a user a long training run.
@@ -25,6 +26,7 @@ SPLIT_FILES = {
     "test": "flickr8k.TestImages.txt",
 }
 EMBEDDINGS_PKL = "flickr8k.cmp9137.sentence_transformers.pkl"
+EMBEDDINGS_NPZ = "flickr8k.cmp9137.sentence_transformers.npz"  # safe form: no code can ride in it
 EMBEDDING_DIM = 384
 LABELS = ("match", "no-match")
 MAX_EXAMPLES_PER_PROBLEM = 5
@@ -146,12 +148,54 @@ def load_embeddings_pickle(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def load_embeddings_npz(path: Path) -> dict[str, np.ndarray]:
+    """Load ``{caption: vector}`` from an npz holding ``captions`` (str) and ``embeddings`` (float matrix).
+
+    Read with ``allow_pickle=False``: unlike the pickle, this format cannot carry code at all.
+    """
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names = set(z.files)
+            captions = z["captions"] if "captions" in names else None
+            matrix = z["embeddings"] if "embeddings" in names else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"cannot load embeddings file {path}: {e}") from None
+    if captions is None or matrix is None:
+        raise DataError(f"embeddings file {path} must hold the arrays 'captions' and 'embeddings', "
+                        f"found: {', '.join(sorted(names)) or 'none'}")
+    if captions.ndim != 1 or captions.dtype.kind != "U":
+        raise DataError(f"embeddings file {path}: 'captions' must be a 1-d string array, "
+                        f"got {captions.dtype} of shape {captions.shape}")
+    if matrix.ndim != 2 or matrix.shape[0] != len(captions) or matrix.dtype.kind not in "fiu":
+        raise DataError(f"embeddings file {path}: 'embeddings' must be a numeric matrix with one row per caption, "
+                        f"got {matrix.dtype} of shape {matrix.shape} for {len(captions)} captions")
+    matrix = matrix.astype(np.float32, copy=False)
+    return {str(c): matrix[i] for i, c in enumerate(captions)}
+
+
+def load_embeddings_file(path) -> dict[str, np.ndarray]:
+    """Load an embeddings file by its suffix: ``.npz`` (safe archive) or anything else as the pickle."""
+    path = Path(path)
+    return load_embeddings_npz(path) if path.suffix == ".npz" else load_embeddings_pickle(path)
+
+
+def embeddings_path(data_dir) -> Path | None:
+    """The embeddings file a data folder holds: the npz when present (safe), else the pickle, else None."""
+    for name in (EMBEDDINGS_NPZ, EMBEDDINGS_PKL):
+        if (Path(data_dir) / name).is_file():
+            return Path(data_dir) / name
+    return None
+
+
 def load_embeddings(data_dir: Path) -> dict[str, np.ndarray]:
-    path = Path(data_dir) / EMBEDDINGS_PKL
-    if not path.is_file():
-        raise DataError(f"missing embeddings file {path} (a pickled dict caption -> {EMBEDDING_DIM}-d vector); "
+    path = embeddings_path(data_dir)
+    if path is None:
+        raise DataError(f"missing embeddings file {Path(data_dir) / EMBEDDINGS_NPZ} or {EMBEDDINGS_PKL} "
+                        f"(caption -> {EMBEDDING_DIM}-d vector); 'itm embed --data-dir {data_dir}' computes it, "
                         "see data/README.md")
-    return load_embeddings_pickle(path)
+    return load_embeddings_file(path)
 
 
 # ---------------------------------------------------------------- images
@@ -208,11 +252,12 @@ def load_data_dir(data_dir, limit: int | None = None, splits=("train", "dev", "t
         loaded[name] = Split(name, triples, images_dir)
 
     embeddings = {}
-    emb_path = data_dir / EMBEDDINGS_PKL
-    if not emb_path.is_file():
-        problems.add("missing embeddings file", str(emb_path))
+    emb_path = embeddings_path(data_dir)
+    if emb_path is None:
+        problems.add("missing embeddings file", f"{data_dir / EMBEDDINGS_NPZ} or {EMBEDDINGS_PKL} "
+                                                f"('itm embed --data-dir {data_dir}' computes it)")
     else:
-        embeddings = load_embeddings_pickle(emb_path)
+        embeddings = load_embeddings_file(emb_path)
 
     if images_dir.is_dir():
         seen = {}
@@ -226,7 +271,7 @@ def load_data_dir(data_dir, limit: int | None = None, splits=("train", "dev", "t
                 problems.add(kind, f"{images_dir / image} (used in {SPLIT_FILES[split_name]})" +
                              ("" if why == "missing" else f": {why}"))
 
-    if emb_path.is_file():
+    if emb_path is not None:
         checked = set()
         for split in loaded.values():
             for t in split.triples:
@@ -246,6 +291,20 @@ def load_data_dir(data_dir, limit: int | None = None, splits=("train", "dev", "t
 
 # ---------------------------------------------------------------- tf.data
 
+def preprocess_image(image, image_size: int = 224):
+    """Encoded image bytes (or decoded uint8 pixels, HxWx3) -> float32 [S, S, 3] in [0, 1].
+
+    The one image preprocessing, shared by training (``make_dataset``) and inference
+    (``itm.inference``), so that a served model sees exactly what it was trained on.
+    """
+    import tensorflow as tf
+
+    image = tf.convert_to_tensor(image)
+    if image.dtype == tf.string:
+        image = tf.io.decode_image(image, channels=3, expand_animations=False)
+    return tf.image.resize(image, (image_size, image_size)) / 255.0  # resize gives float32 in [0, 255]
+
+
 def make_dataset(split: Split, embeddings: dict[str, np.ndarray], batch_size: int = 16, shuffle: bool = True,
                  seed: int | None = None, image_size: int = 224):
     """The original's pipeline: one JPEG decode per triple, shuffled, batched, prefetched.
@@ -261,9 +320,7 @@ def make_dataset(split: Split, embeddings: dict[str, np.ndarray], batch_size: in
     labels = np.array([[1, 0] if t.match else [0, 1] for t in split.triples], dtype=np.float32)
 
     def process_input(path, vector, caption, label):
-        img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        img = tf.image.resize(img, (image_size, image_size))  # float32 in [0, 255]
-        img = img / 255.0
+        img = preprocess_image(tf.io.read_file(path), image_size)
         features = {"image_input": img, "text_embedding": vector, "caption": caption, "file_name": path}
         return features, label
 
@@ -277,3 +334,80 @@ def make_dataset(split: Split, embeddings: dict[str, np.ndarray], batch_size: in
 def model_inputs(ds, names=("image_input", "text_embedding")):
     """Keep only the features the model takes (caption and file name are for people)."""
     return ds.map(lambda features, label: ({k: features[k] for k in names}, label))
+
+
+# ---------------------------------------------------------------- decode once, keep uint8
+
+@dataclass
+class ImageCache:
+    """Every distinct image decoded and resized once, kept as uint8 (a quarter of float32's memory)."""
+    names: list[str]
+    pixels: np.ndarray  # (N, S, S, 3) uint8
+    index: dict[str, int]
+
+
+def load_image_cache(splits, image_size: int) -> ImageCache:
+    """Decode each distinct image of ``splits`` once (parallel tf.data), resized to ``image_size``."""
+    import tensorflow as tf
+
+    names, paths, seen = [], [], set()
+    for split in splits:
+        for t in split.triples:
+            if t.image not in seen:
+                seen.add(t.image)
+                names.append(t.image)
+                paths.append(str(split.images_dir / t.image))
+
+    def load(path):
+        img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        img = tf.image.resize(img, (image_size, image_size))
+        return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+
+    ds = tf.data.Dataset.from_tensor_slices(paths).map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(256)
+    pixels = np.concatenate([b.numpy() for b in ds]) if paths else np.zeros((0, image_size, image_size, 3), np.uint8)
+    return ImageCache(names, pixels, {n: i for i, n in enumerate(names)})
+
+
+def make_cached_dataset(split: Split, embeddings: dict[str, np.ndarray], cache: ImageCache, batch_size: int = 16,
+                        shuffle: bool = True, seed: int | None = None, negatives: str = "fixed"):
+    """Batches from decoded-once uint8 images (scaled to [0, 1] per batch): the fast pipeline.
+
+    ``negatives="redraw"`` replaces every no-match triple's caption, each epoch, with a matching
+    caption of another image (never one of the image's own), so the model sees fresh negatives
+    instead of memorising a fixed set. Yields the model's inputs and the one-hot label.
+    """
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    image_rows = np.array([cache.index[t.image] for t in split.triples], dtype=np.int32)
+    text = np.stack([embeddings[t.caption] for t in split.triples]).astype(np.float32)
+    labels = np.array([[1, 0] if t.match else [0, 1] for t in split.triples], dtype=np.float32)
+    own = defaultdict(set)
+    for t in split.triples:
+        if t.match:
+            own[t.image].add(t.caption)
+    pool = sorted({c for captions in own.values() for c in captions})
+    negative_rows = [i for i, t in enumerate(split.triples) if not t.match]
+    if negatives not in ("fixed", "redraw"):
+        raise ValueError(f"unknown negatives {negatives!r}; choose from fixed, redraw")
+
+    def one_epoch():
+        epoch_text = text
+        if negatives == "redraw" and pool:
+            epoch_text = text.copy()
+            for i in negative_rows:
+                mine = own.get(split.triples[i].image, set())
+                caption = pool[rng.integers(len(pool))]
+                while caption in mine and len(mine) < len(pool):
+                    caption = pool[rng.integers(len(pool))]
+                epoch_text[i] = embeddings[caption]
+        order = rng.permutation(len(image_rows)) if shuffle else np.arange(len(image_rows))
+        yield image_rows[order], epoch_text[order], labels[order]
+
+    pixels = tf.constant(cache.pixels)
+    ds = tf.data.Dataset.from_generator(one_epoch, output_signature=(
+        tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, text.shape[1]], tf.float32),
+        tf.TensorSpec([None, 2], tf.float32))).unbatch().batch(batch_size)
+    ds = ds.map(lambda rows, vectors, y: ({"image_input": tf.cast(tf.gather(pixels, rows), tf.float32) / 255.0,
+                                           "text_embedding": vectors}, y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

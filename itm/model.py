@@ -12,8 +12,9 @@ the faithful ones without touching this flow.
 """
 from __future__ import annotations
 
+import einops
 import keras
-from keras import layers
+from keras import layers, ops
 
 from .data import EMBEDDING_DIM
 
@@ -34,28 +35,154 @@ def project_embeddings(x, num_projection_layers: int, projection_dims: int, drop
     return projected
 
 
-def faithful_cnn(image_input, dropout_rate: float):
-    """Three Conv2D(3x3, same, relu) + MaxPool stages learning from raw pixels."""
+def faithful_cnn(image_input, dropout_rate: float, **_):
+    """Three Conv2D(3x3, same, relu) + MaxPool stages learning from raw pixels: (B,S/8,S/8,64)."""
     x = image_input
     for filters in (16, 32, 64):
         x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"image_conv{filters}")(x)
         x = layers.MaxPooling2D(name=f"image_pool{filters}")(x)
-    x = layers.Dropout(dropout_rate, name="image_dropout")(x)
-    return layers.Flatten(name="image_flatten")(x)
+    return layers.Dropout(dropout_rate, name="image_dropout")(x)
 
 
-IMAGE_TOWERS = {"faithful-cnn": faithful_cnn}
+def cnn_bn(image_input, dropout_rate: float, **_):
+    """A stronger from-scratch CNN: a strided stem, then Conv > BatchNorm > ReLU > MaxPool stages.
+
+    About 0.5 GFLOP per 128x128 image, a third of the faithful CNN's cost at 224, with batch
+    normalisation so that it trains fast from raw pixels: (B,S/16,S/16,256).
+    """
+    x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="image_stem_conv")(image_input)
+    x = layers.BatchNormalization(name="image_stem_bn")(x)
+    x = layers.ReLU(name="image_stem_relu")(x)
+    for i, filters in enumerate((64, 128, 256, 256)):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"image_block{i}_conv")(x)
+        x = layers.BatchNormalization(name=f"image_block{i}_bn")(x)
+        x = layers.ReLU(name=f"image_block{i}_relu")(x)
+        if i < 3:
+            x = layers.MaxPooling2D(name=f"image_block{i}_pool")(x)
+    return layers.SpatialDropout2D(dropout_rate, name="image_dropout")(x)
+
+
+def _backbone(name: str):
+    """A keras.applications backbone that takes pixels in [0, 1] (rescaled to what it expects)."""
+
+    def tower(image_input, dropout_rate: float, image_weights: str = "none", freeze_backbone: bool = False, **_):
+        apps = keras.applications
+        weights = {"none": None, "imagenet": "imagenet"}.get(image_weights, None)
+        shape = tuple(image_input.shape[1:])
+        if name == "efficientnetb0":
+            net = apps.EfficientNetB0(include_top=False, weights=weights, input_shape=shape)
+            x = layers.Rescaling(255.0, name="image_to_255")(image_input)  # EfficientNet normalises inside
+        elif name == "mobilenetv3small":
+            net = apps.MobileNetV3Small(include_top=False, weights=weights, input_shape=shape,
+                                        include_preprocessing=True)
+            x = layers.Rescaling(255.0, name="image_to_255")(image_input)
+        elif name == "resnet50":
+            net = apps.ResNet50(include_top=False, weights=weights, input_shape=shape)
+            # caffe-style preprocessing: BGR, minus the ImageNet channel means, on the 0..255 scale
+            x = layers.Rescaling(255.0, name="image_to_255")(image_input)
+            x = ChannelFlipAndCenter(name="image_caffe_preprocess")(x)
+        else:
+            raise ValueError(name)
+        if image_weights not in ("none", "imagenet"):
+            net.load_weights(image_weights)
+        net.trainable = not freeze_backbone
+        x = net(x, training=False if freeze_backbone else None)
+        return layers.Dropout(dropout_rate, name="image_dropout")(x)
+
+    return tower
+
+
+@keras.saving.register_keras_serializable(package="itm")
+class ChannelFlipAndCenter(layers.Layer):
+    """RGB -> BGR and subtract the ImageNet means: what ResNet50's caffe weights expect."""
+
+    def call(self, x):
+        return ops.flip(x, axis=-1) - ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=x.dtype)
+
+
+@keras.saving.register_keras_serializable(package="itm")
+class SpatialTokens(layers.Layer):
+    """(B,H,W,C) feature map -> (B,H*W,C) tokens, for attention over image regions."""
+
+    def call(self, x):
+        return einops.rearrange(x, "b h w c -> b (h w) c")
+
+    def compute_output_shape(self, shape):
+        b, h, w, c = shape
+        return (b, None if h is None or w is None else h * w, c)
+
+
+# name -> (tower returning a (B,H,W,C) map, how the map becomes one vector)
+IMAGE_TOWERS = {
+    "faithful-cnn": (faithful_cnn, "flatten"),
+    "cnn-bn": (cnn_bn, "average"),
+    "efficientnetb0": (_backbone("efficientnetb0"), "average"),
+    "mobilenetv3small": (_backbone("mobilenetv3small"), "average"),
+    "resnet50": (_backbone("resnet50"), "average"),
+}
 TEXT_TOWERS = {"precomputed": lambda text_input, dropout_rate: text_input}
 
 
 def concat_head(image_features, text_features, dropout_rate: float):
-    """The original's fusion: concatenate, dropout, linear softmax."""
-    x = layers.Concatenate(axis=1, name="fusion_concat")([image_features, text_features])
+    """The original's fusion: concatenate, dropout, linear softmax. Adds an image-only score and a
+    text-only score, so it cannot express whether *this* caption fits *this* image."""
+    x = layers.Concatenate(axis=-1, name="fusion_concat")([image_features, text_features])
     x = layers.Dropout(dropout_rate, name="fusion_dropout")(x)
-    return layers.Dense(2, activation="softmax", name=OUTPUT_NAME)(x)
+    return layers.Dense(2, activation="softmax", dtype="float32", name=OUTPUT_NAME)(x)
 
 
-FUSION_HEADS = {"concat": concat_head}
+def _mlp_classifier(x, dropout_rate: float, width: int):
+    x = layers.Dense(width, activation="gelu", name="fusion_hidden")(x)
+    x = layers.Dropout(dropout_rate, name="fusion_dropout")(x)
+    return layers.Dense(2, activation="softmax", dtype="float32", name=OUTPUT_NAME)(x)
+
+
+def mlp_head(image_features, text_features, dropout_rate: float):
+    """Concatenate, then a hidden GELU layer: can express interactions, but must learn them."""
+    x = layers.Concatenate(axis=-1, name="fusion_concat")([image_features, text_features])
+    return _mlp_classifier(x, dropout_rate, 2 * image_features.shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="itm")
+def absolute(x):
+    return ops.abs(x)
+
+
+def interaction_features(image_vec, text_vec):
+    """[image, text, image*text, |image-text|, cosine]: the pair's agreement, made explicit."""
+    product = layers.Multiply(name="fusion_product")([image_vec, text_vec])
+    difference = layers.Subtract(name="fusion_difference")([image_vec, text_vec])
+    abs_difference = layers.Activation(absolute, name="fusion_abs_difference")(difference)
+    cosine = layers.Dot(axes=-1, normalize=True, name="fusion_cosine")([image_vec, text_vec])
+    return layers.Concatenate(axis=-1, name="fusion_concat")([image_vec, text_vec, product, abs_difference, cosine])
+
+
+def interaction_head(image_features, text_features, dropout_rate: float):
+    return _mlp_classifier(interaction_features(image_features, text_features), dropout_rate,
+                           2 * image_features.shape[-1])
+
+
+def attention_head(image_tokens, text_features, dropout_rate: float):
+    """The caption attends over the image's region tokens; the attended image summary is then compared
+    with the caption through interaction features. image_tokens (B,N,D), text_features (B,D)."""
+    dim = text_features.shape[-1]
+    query = layers.Reshape((1, dim), name="fusion_query")(text_features)  # (B,1,D)
+    attended = layers.MultiHeadAttention(num_heads=4, key_dim=dim // 4, dropout=dropout_rate,
+                                         name="fusion_attention")(query, image_tokens)  # (B,1,D)
+    attended = layers.Reshape((dim,), name="fusion_attended")(attended)  # (B,D)
+    return _mlp_classifier(interaction_features(attended, text_features), dropout_rate, 2 * dim)
+
+
+FUSION_HEADS = {"concat": concat_head, "mlp": mlp_head, "interaction": interaction_head,
+                "attention": attention_head}
+
+
+def augmentation(x, enabled: bool):
+    """Random flips and shifts, active in training only (Keras' random layers are identity at inference)."""
+    if not enabled:
+        return x
+    x = layers.RandomFlip("horizontal", name="augment_flip")(x)
+    return layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", name="augment_shift")(x)
 
 
 def _choose(registry: dict, kind: str, name: str):
@@ -66,17 +193,27 @@ def _choose(registry: dict, kind: str, name: str):
 
 def build_model(image_size: int = 224, image_tower: str = "faithful-cnn", text_tower: str = "precomputed",
                 fusion: str = "concat", projection_dim: int = 128, num_projection_layers: int = 1,
-                dropout: float = 0.1) -> keras.Model:
+                dropout: float = 0.1, augment: bool = False, image_weights: str = "none",
+                freeze_backbone: bool = False) -> keras.Model:
     """Build the classifier; the defaults are the original's (6,529,570 parameters at 224x224)."""
     image_input = keras.Input(shape=(image_size, image_size, 3), name="image_input")
     text_input = keras.Input(shape=(EMBEDDING_DIM,), name="text_embedding")
 
-    image_features = _choose(IMAGE_TOWERS, "image tower", image_tower)(image_input, dropout)
+    tower, readout = _choose(IMAGE_TOWERS, "image tower", image_tower)
+    feature_map = tower(augmentation(image_input, augment), dropout, image_weights=image_weights,
+                        freeze_backbone=freeze_backbone)  # (B,H,W,C)
+    if fusion == "attention":
+        image_features = SpatialTokens(name="image_tokens")(feature_map)  # (B,H*W,C)
+    elif readout == "flatten":
+        image_features = layers.Flatten(name="image_flatten")(feature_map)  # (B,H*W*C)
+    else:
+        image_features = layers.GlobalAveragePooling2D(name="image_pool")(feature_map)  # (B,C)
     text_features = _choose(TEXT_TOWERS, "text tower", text_tower)(text_input, dropout)
+
     image_proj = project_embeddings(image_features, num_projection_layers, projection_dim, dropout, "image_proj")
     text_proj = project_embeddings(text_features, num_projection_layers, projection_dim, dropout, "text_proj")
-    image_proj = layers.Identity(name=IMAGE_FEATURES)(image_proj)
-    text_proj = layers.Identity(name=TEXT_FEATURES)(text_proj)
+    image_proj = layers.Identity(name=IMAGE_FEATURES)(image_proj)  # (B,D), or (B,N,D) for attention
+    text_proj = layers.Identity(name=TEXT_FEATURES)(text_proj)  # (B,D)
 
     outputs = _choose(FUSION_HEADS, "fusion head", fusion)(image_proj, text_proj, dropout)
     return keras.Model(inputs={"image_input": image_input, "text_embedding": text_input}, outputs=outputs,

@@ -28,10 +28,11 @@ def plot_history(history: dict[str, list[float]], path: Path) -> None:
     plt = _plt()
     epochs = range(1, len(history["loss"]) + 1)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, title in ((axes[0], "loss", "KL-divergence loss"), (axes[1], "binary_accuracy", "binary accuracy")):
-        ax.plot(epochs, history[key], "o-", label="train")
-        if f"val_{key}" in history:
-            ax.plot(epochs, history[f"val_{key}"], "o-", label="dev")
+    scores = [k for k in history if "accuracy" in k or "auc" in k]
+    for ax, keys, title in ((axes[0], [k for k in ("loss", "val_loss") if k in history], "loss"),
+                            (axes[1], scores, "accuracy and ROC-AUC")):
+        for key in keys:
+            ax.plot(epochs, history[key], "o-", label=key.replace("val_", "dev ").replace("_", " "))
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.legend()

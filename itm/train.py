@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .config import TrainConfig, resolve_data_dir
-from .data import load_data_dir, make_dataset, model_inputs
+from .data import load_data_dir, load_image_cache, make_cached_dataset, make_dataset, model_inputs
 
 
 def _callbacks(epochs: int, steps_per_epoch: int, every_seconds: float = 30.0) -> list:
@@ -54,7 +54,9 @@ def default_output_dir(preset: str) -> Path:
 
 
 def write_history_csv(history: dict[str, list[float]], path: Path) -> None:
-    keys = [k for k in ("loss", "binary_accuracy", "val_loss", "val_binary_accuracy", "learning_rate") if k in history]
+    first = ("loss", "binary_accuracy", "val_loss", "val_binary_accuracy")
+    keys = [k for k in first if k in history] + sorted(k for k in history if k not in first and k != "learning_rate")
+    keys += ["learning_rate"] if "learning_rate" in history else []
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["epoch", *keys])
@@ -85,16 +87,26 @@ def train(config: TrainConfig) -> Path:
     from .optim import create_optimizer
 
     keras.utils.set_random_seed(config.seed)
-    train_ds = make_dataset(data.splits["train"], data.embeddings, config.batch_size, shuffle=True,
-                            seed=config.seed, image_size=config.image_size)
-    dev_ds = make_dataset(data.splits["dev"], data.embeddings, config.batch_size, shuffle=False,
-                          image_size=config.image_size)
-
     print(f"BUILDING model (preset {config.preset})")
-    model = build_model(**config.model_kwargs())
+    keras.mixed_precision.set_global_policy(config.precision)
+    try:
+        model = build_model(**config.model_kwargs())
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     model.summary(line_length=110)
 
-    steps_per_epoch = math.ceil(len(data.splits["train"].triples) / config.batch_size)
+    train_split, dev_split = data.splits["train"], data.splits["dev"]
+    cache = None
+    if config.pipeline == "cached" or config.objective == "contrastive":
+        start = time.perf_counter()
+        cache = load_image_cache([train_split, dev_split], config.image_size)
+        print(f"Decoded {len(cache.names)} images once into memory ({cache.pixels.nbytes / 2**20:.0f} MiB uint8) "
+              f"in {time.perf_counter() - start:.1f} s", flush=True)
+
+    if config.objective == "contrastive":
+        steps_per_epoch = len({t.image for t in train_split.triples if t.match}) // config.batch_size
+    else:
+        steps_per_epoch = math.ceil(len(train_split.triples) / config.batch_size)
     num_train_steps = steps_per_epoch * config.epochs
     optimizer = create_optimizer(init_lr=config.learning_rate, num_train_steps=num_train_steps,
                                  num_warmup_steps=int(config.warmup_fraction * num_train_steps))
@@ -102,16 +114,37 @@ def train(config: TrainConfig) -> Path:
     model.compile(optimizer=optimizer, loss=keras.losses.KLDivergence(),
                   metrics=[keras.metrics.BinaryAccuracy()], jit_compile=False)
 
-    print(f"TRAINING model: {config.epochs} epochs x {steps_per_epoch} steps of {config.batch_size}", flush=True)
+    print(f"TRAINING model: {config.epochs} epochs x {steps_per_epoch} steps of {config.batch_size} "
+          f"({config.objective} objective)", flush=True)
     start = time.perf_counter()
-    fit = model.fit(model_inputs(train_ds), validation_data=model_inputs(dev_ds), epochs=config.epochs,
-                    callbacks=_callbacks(config.epochs, steps_per_epoch), verbose=1 if sys.stdout.isatty() else 2)
+    if config.objective == "contrastive":
+        from .contrastive import fit_contrastive
+
+        history = fit_contrastive(model, data, cache, optimizer, config.epochs, config.batch_size,
+                                  temperature=config.temperature, contrastive_weight=config.contrastive_weight,
+                                  seed=config.seed)
+    elif config.objective == "kl":
+        if cache is not None:
+            train_ds = make_cached_dataset(train_split, data.embeddings, cache, config.batch_size, shuffle=True,
+                                           seed=config.seed, negatives=config.negatives)
+            dev_ds = make_cached_dataset(dev_split, data.embeddings, cache, config.batch_size, shuffle=False)
+        else:
+            if config.negatives != "fixed":
+                raise ValueError("negatives='redraw' needs the cached pipeline (pipeline='cached')")
+            train_ds = model_inputs(make_dataset(train_split, data.embeddings, config.batch_size, shuffle=True,
+                                                 seed=config.seed, image_size=config.image_size))
+            dev_ds = model_inputs(make_dataset(dev_split, data.embeddings, config.batch_size, shuffle=False,
+                                               image_size=config.image_size))
+        fit = model.fit(train_ds, validation_data=dev_ds, epochs=config.epochs,
+                        callbacks=_callbacks(config.epochs, steps_per_epoch), verbose=1 if sys.stdout.isatty() else 2)
+        history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
+    else:
+        raise ValueError(f"unknown objective {config.objective!r}; choose from kl, contrastive")
     train_seconds = time.perf_counter() - start
     print(f"model trained in {train_seconds:.1f} s", flush=True)
 
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / "model.keras")
-    history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
     write_history_csv(history, out / "history.csv")
     from .plots import plot_history
 

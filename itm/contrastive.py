@@ -1,0 +1,131 @@
+"""Training on image-grouped batches with in-batch negatives: the stronger recipe.
+
+Each step takes B distinct training images, each with one of its matching captions, and
+scores all B x B pairs. The image tower runs once per image (not once per triple, as the
+original's loop does), every other caption in the batch is a negative, and two losses
+share the towers:
+
+* InfoNCE (CLIP's contrastive loss) on the cosine similarity of the projected features,
+  which shapes one space where matching images and captions lie close;
+* the match/no-match head's KL loss on all B x B pairs, positives weighted up so both
+  classes count equally.
+
+The model that comes out is the same Keras model as any other (image + caption ->
+[p(match), p(no-match)]), so evaluation, saving and serving do not change.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from .data import DataDir, ImageCache, Split
+from .metrics import binary_metrics, roc_auc
+
+
+def captions_per_image(split: Split) -> dict[str, list[str]]:
+    """Each image of ``split`` with its matching captions (the positives)."""
+    out = defaultdict(list)
+    for t in split.triples:
+        if t.match:
+            out[t.image].append(t.caption)
+    return dict(out)
+
+
+def predict_cached(model, split: Split, embeddings, cache: ImageCache, batch_size: int = 128) -> np.ndarray:
+    """[p(match), p(no-match)] for every triple of ``split``, from the decoded-once images."""
+    idx = np.array([cache.index[t.image] for t in split.triples])
+    text = np.stack([embeddings[t.caption] for t in split.triples])
+    out = []
+    for i in range(0, len(idx), batch_size):
+        images = cache.pixels[idx[i:i + batch_size]].astype(np.float32) / 255.0
+        out.append(np.asarray(model({"image_input": images, "text_embedding": text[i:i + batch_size]},
+                                    training=False)))
+    return np.concatenate(out).astype(np.float64)
+
+
+def fit_contrastive(model, data: DataDir, cache: ImageCache, optimizer, epochs: int, batch_size: int,
+                    temperature: float = 0.07, contrastive_weight: float = 1.0, seed: int = 0,
+                    callbacks_every_seconds: float = 30.0) -> dict[str, list[float]]:
+    """Train ``model`` in place; returns per-epoch history like ``keras.Model.fit``'s."""
+    import tensorflow as tf
+
+    from .model import split_model
+
+    image_encoder, text_encoder, head = split_model(model)
+    positives = captions_per_image(data.splits["train"])
+    images = sorted(positives)
+    image_rows = np.array([cache.index[name] for name in images])
+    rng = np.random.default_rng(seed)
+    steps_per_epoch = len(images) // batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"the train split has {len(images)} images with a match, fewer than one batch of "
+                         f"{batch_size}; lower --batch-size")
+    b = batch_size
+    eye = tf.reshape(tf.eye(b), [-1])  # pair (i, j) at i*b + j is a positive when i == j
+    pair_labels = tf.stack([eye, 1.0 - eye], axis=-1)
+    pair_weights = eye * (b - 1) + (1.0 - eye)  # both classes weigh the same in total
+    variables = model.trainable_variables
+
+    @tf.function(reduce_retracing=True)
+    def train_step(pixels, text):
+        images = tf.cast(pixels, tf.float32) / 255.0
+        with tf.GradientTape() as tape:
+            zi = image_encoder(images, training=True)  # (B,D), or (B,N,D) tokens for attention
+            zt = text_encoder(text, training=True)  # (B,D)
+            vi = zi if len(zi.shape) == 2 else tf.reduce_mean(zi, axis=1)
+            logits = tf.matmul(tf.math.l2_normalize(vi, -1), tf.math.l2_normalize(zt, -1),
+                               transpose_b=True) / temperature  # (B,B)
+            targets = tf.range(b)
+            nce = 0.5 * (tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(targets, logits, True))
+                         + tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+                             targets, tf.transpose(logits), True)))
+            p = head([tf.repeat(zi, b, axis=0), tf.tile(zt, [b] + [1] * (len(zt.shape) - 1))],
+                     training=True)  # (B*B,2): image i with caption j at row i*B + j
+            p = tf.cast(p, tf.float32)
+            kl = tf.reduce_sum(pair_labels * tf.math.log(tf.clip_by_value(pair_labels, 1e-7, 1.0)
+                                                         / tf.clip_by_value(p, 1e-7, 1.0)), axis=-1)
+            head_loss = tf.reduce_sum(pair_weights * kl) / tf.reduce_sum(pair_weights)
+            loss = head_loss + contrastive_weight * nce
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(grads, variables))
+        correct = tf.cast(tf.equal(p[:, 0] > 0.5, eye > 0.5), tf.float32)
+        balanced_acc = 0.5 * (tf.reduce_sum(correct * eye) / b + tf.reduce_sum(correct * (1 - eye)) / (b * b - b))
+        return loss, balanced_acc
+
+    dev = data.splits["dev"]
+    dev_match = np.array([t.match for t in dev.triples])
+    history = defaultdict(list)
+    for epoch in range(1, epochs + 1):
+        start = last = time.perf_counter()
+        order = rng.permutation(len(images))
+        losses, accs = [], []
+        for step in range(steps_per_epoch):
+            chosen = order[step * b:(step + 1) * b]
+            pixels = cache.pixels[image_rows[chosen]]
+            text = np.stack([data.embeddings[rng.choice(positives[images[i]])] for i in chosen])
+            loss, acc = train_step(pixels, text)
+            losses.append(float(loss))
+            accs.append(float(acc))
+            now = time.perf_counter()
+            if not sys.stdout.isatty() and now - last >= callbacks_every_seconds:
+                last = now
+                print(f"  epoch {epoch}/{epochs} step {step + 1}/{steps_per_epoch}: loss {np.mean(losses):.4f}",
+                      flush=True)
+        probs = predict_cached(model, dev, data.embeddings, cache)
+        dev_metrics = binary_metrics(dev_match, probs[:, 0])
+        y = np.stack([dev_match, ~dev_match], axis=1).astype(np.float64)
+        val_loss = float(np.mean(np.sum(y * np.log(np.clip(y, 1e-7, 1) / np.clip(probs, 1e-7, 1)), axis=1)))
+        record = {"loss": float(np.mean(losses)), "pair_balanced_accuracy": float(np.mean(accs)), "val_loss": val_loss,
+                  "val_binary_accuracy": dev_metrics["accuracy"],
+                  "val_balanced_accuracy": dev_metrics["balanced_accuracy"],
+                  "val_roc_auc": roc_auc(dev_match, probs[:, 0]),
+                  "learning_rate": float(optimizer.learning_rate)}
+        for k, v in record.items():
+            history[k].append(v)
+        print(f"epoch {epoch}/{epochs} - {time.perf_counter() - start:.0f}s - " +
+              " - ".join(f"{k}: {v:.4f}" for k, v in record.items() if k != "learning_rate") +
+              f" - learning_rate: {record['learning_rate']:.3g}", flush=True)
+    return dict(history)
