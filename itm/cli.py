@@ -62,6 +62,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="redraw: new no-match captions every epoch (needs --pipeline cached)")
     g.add_argument("--augment", action="store_true", default=None, help="random flips and shifts in training")
     g.add_argument("--precision", choices=list(CHOICES["precision"]))
+    p.add_argument("--fast", action="store_true",
+                   help="train faster with the same model and loss: image-grouped batches (the image tower once "
+                        "per image) on decoded-once images, and mixed precision where the hardware has it")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -72,6 +75,10 @@ def run_train(args: argparse.Namespace) -> int:
                "image_tower", "image_weights", "freeze_backbone", "fusion", "objective", "pipeline", "negatives",
                "augment", "precision")
     config = make_config(args.preset, **{k: getattr(args, k) for k in options})
+    if args.fast:
+        from .config import apply_fast
+
+        apply_fast(config)
     train(config)
     return 0
 
@@ -100,6 +107,25 @@ def run_evaluate(args: argparse.Namespace) -> int:
                    image_size=config.get("image_size", 224), seed=config.get("seed") or 0,
                    with_retrieval=not args.no_retrieval)
     print(f"Report: {write_report(run, splits)}")
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from . import bench
+    from .config import resolve_data_dir
+
+    if args.one:
+        print(json.dumps(bench.measure(args.one, args.data_dir, args.steps)))
+        return 0
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    unknown = [s for s in settings if s not in bench.SETTINGS]
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; choose from {', '.join(bench.SETTINGS)}")
+    data_dir, origin = resolve_data_dir(args.data_dir)
+    print(origin, file=sys.stderr)
+    print(json.dumps(bench.run(str(data_dir), settings, args.steps), indent=2))
     return 0
 
 
@@ -132,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["dev", "test", "all"], default="test", help="default: %(default)s")
     p.add_argument("--no-retrieval", action="store_true", help="skip the image-text retrieval scores")
     p.set_defaults(func=run_evaluate)
+
+    p = sub.add_parser("bench", help="measure pipeline, training and inference speed of each setting (JSON)",
+                       description="Time the faithful model under each training setting (naive original-style "
+                                   "pipeline, decoded-once cache, image-grouped batches, --fast) on a data folder; "
+                                   "prints JSON. A measurement, not a test.")
+    p.add_argument("--data-dir", help="data folder (default: as for 'itm train')")
+    p.add_argument("--steps", type=_positive_int, default=40, help="timed training steps per setting (default: 40)")
+    p.add_argument("--settings", default="naive,cached,grouped,fast", help="comma-separated (default: %(default)s)")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one setting in this process
+    p.set_defaults(func=run_bench)
 
     p = sub.add_parser("compare", help="print the main metrics of several runs side by side")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")

@@ -33,7 +33,8 @@ class TrainConfig:
     image_weights: str = "none"  # keras.applications backbones: none | imagenet | a weights file
     freeze_backbone: bool = False
     objective: str = "kl"  # kl: the original's loss on the split's triples; contrastive: see itm/contrastive.py
-    pipeline: str = "faithful"  # faithful: decode a JPEG per triple; cached: decode each image once (uint8)
+    pipeline: str = "faithful"  # faithful: decode a JPEG per triple; cached: decode each image once (uint8);
+    # grouped: cached, and each batch holds whole images with all their triples (image tower once per image)
     negatives: str = "fixed"  # fixed: the split's no-match triples; redraw: new negative captions every epoch
     temperature: float = 0.07  # contrastive objective: InfoNCE temperature
     contrastive_weight: float = 1.0  # contrastive objective: weight of InfoNCE beside the head's loss
@@ -65,7 +66,7 @@ PRESETS: dict[str, dict] = {
 
 CHOICES = {
     "objective": ("kl", "contrastive"),
-    "pipeline": ("faithful", "cached"),
+    "pipeline": ("faithful", "cached", "grouped"),
     "negatives": ("fixed", "redraw"),
     "precision": ("float32", "mixed_bfloat16", "mixed_float16"),
 }
@@ -89,6 +90,32 @@ def make_config(preset: str = "faithful", **overrides) -> TrainConfig:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not {getattr(config, key)!r}")
     if config.negatives == "redraw" and config.pipeline != "cached":
         raise ConfigError("--negatives redraw needs --pipeline cached")
+    if config.pipeline == "grouped" and config.objective != "kl":
+        raise ConfigError("--pipeline grouped is for the kl objective (the contrastive one is grouped already)")
+    return config
+
+
+def fast_precision() -> str:
+    """Mixed precision where the hardware has fast low-precision maths: float16 on GPUs, bfloat16 on CPUs
+    with AVX512-BF16 or AMX; else float32."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return "float32"
+    return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+
+
+def apply_fast(config: TrainConfig) -> TrainConfig:
+    """--fast: what speeds training up without changing the model or the loss."""
+    if config.objective == "kl":
+        config.pipeline = "grouped"
+    elif config.pipeline == "faithful":
+        config.pipeline = "cached"
+    config.precision = fast_precision()
     return config
 
 

@@ -97,14 +97,20 @@ def train(config: TrainConfig) -> Path:
 
     train_split, dev_split = data.splits["train"], data.splits["dev"]
     cache = None
-    if config.pipeline == "cached" or config.objective == "contrastive":
+    if config.pipeline in ("cached", "grouped") or config.objective == "contrastive":
         start = time.perf_counter()
         cache = load_image_cache([train_split, dev_split], config.image_size)
         print(f"Decoded {len(cache.names)} images once into memory ({cache.pixels.nbytes / 2**20:.0f} MiB uint8) "
               f"in {time.perf_counter() - start:.1f} s", flush=True)
 
+    train_images = len({t.image for t in train_split.triples})
+    # grouped: as many images per step as make about batch_size triples, so the step count (and so the
+    # learning-rate schedule) stays the original's.
+    images_per_batch = max(1, round(config.batch_size * train_images / len(train_split.triples)))
     if config.objective == "contrastive":
         steps_per_epoch = len({t.image for t in train_split.triples if t.match}) // config.batch_size
+    elif config.pipeline == "grouped":
+        steps_per_epoch = math.ceil(train_images / images_per_batch)
     else:
         steps_per_epoch = math.ceil(len(train_split.triples) / config.batch_size)
     num_train_steps = steps_per_epoch * config.epochs
@@ -118,11 +124,16 @@ def train(config: TrainConfig) -> Path:
           f"({config.objective} objective)", flush=True)
     start = time.perf_counter()
     if config.objective == "contrastive":
-        from .contrastive import fit_contrastive
+        from .grouped import fit_contrastive
 
         history = fit_contrastive(model, data, cache, optimizer, config.epochs, config.batch_size,
                                   temperature=config.temperature, contrastive_weight=config.contrastive_weight,
                                   seed=config.seed)
+    elif config.pipeline == "grouped":
+        from .grouped import fit_grouped_triples
+
+        print(f"  image-grouped batches: {images_per_batch} images with all their triples per step", flush=True)
+        history = fit_grouped_triples(model, data, cache, optimizer, config.epochs, images_per_batch, seed=config.seed)
     elif config.objective == "kl":
         if cache is not None:
             train_ds = make_cached_dataset(train_split, data.embeddings, cache, config.batch_size, shuffle=True,

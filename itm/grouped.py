@@ -1,4 +1,7 @@
-"""Training on image-grouped batches with in-batch negatives: the stronger recipe.
+"""Training on image-grouped batches: the image tower runs once per image, not once per triple.
+
+``fit_grouped_triples`` keeps the original's triples and loss (the fast faithful path);
+``fit_contrastive`` is the stronger recipe, with in-batch negatives:
 
 Each step takes B distinct training images, each with one of its matching captions, and
 scores all B x B pairs. The image tower runs once per image (not once per triple, as the
@@ -122,6 +125,99 @@ def fit_contrastive(model, data: DataDir, cache: ImageCache, optimizer, epochs: 
                   "val_binary_accuracy": dev_metrics["accuracy"],
                   "val_balanced_accuracy": dev_metrics["balanced_accuracy"],
                   "val_roc_auc": roc_auc(dev_match, probs[:, 0]),
+                  "learning_rate": float(optimizer.learning_rate)}
+        for k, v in record.items():
+            history[k].append(v)
+        print(f"epoch {epoch}/{epochs} - {time.perf_counter() - start:.0f}s - " +
+              " - ".join(f"{k}: {v:.4f}" for k, v in record.items() if k != "learning_rate") +
+              f" - learning_rate: {record['learning_rate']:.3g}", flush=True)
+    return dict(history)
+
+
+class GroupedTriples:
+    """The original's loss on the split's own triples, with the image tower run once per image.
+
+    A batch holds a few distinct training images and every triple of each; the image features
+    are gathered per triple, so the model and the KL loss per triple are exactly the original's
+    while the convolutions (nearly all of the cost) run about six times less.
+    """
+
+    def __init__(self, model, data: DataDir, cache: ImageCache, optimizer, images_per_batch: int, seed: int = 0):
+        import tensorflow as tf
+
+        from .model import split_model
+
+        self.data, self.cache, self.images_per_batch = data, cache, images_per_batch
+        self.by_image = defaultdict(list)
+        for t in data.splits["train"].triples:
+            self.by_image[t.image].append(t)
+        self.images = sorted(self.by_image)
+        self.rng = np.random.default_rng(seed)
+        image_encoder, text_encoder, head = split_model(model)
+        variables = model.trainable_variables
+        loss_fn = tf.keras.losses.KLDivergence()
+        spec = [tf.TensorSpec([None, *cache.pixels.shape[1:]], tf.uint8), tf.TensorSpec([None], tf.int32),
+                tf.TensorSpec([None, data_embedding_dim(data)], tf.float32), tf.TensorSpec([None, 2], tf.float32)]
+
+        @tf.function(input_signature=spec)
+        def train_step(pixels, owner, text, labels):
+            with tf.GradientTape() as tape:
+                zi = image_encoder(tf.cast(pixels, tf.float32) / 255.0, training=True)  # (G,D): once per image
+                zt = text_encoder(text, training=True)  # (T,D): one per triple
+                p = tf.cast(head([tf.gather(zi, owner), zt], training=True), tf.float32)  # (T,2)
+                loss = loss_fn(labels, p)
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            correct = tf.reduce_mean(tf.cast(tf.equal(p[:, 0] > 0.5, labels[:, 0] > 0.5), tf.float32))
+            return loss, correct
+
+        self.train_step = train_step
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.images) // self.images_per_batch)
+
+    def epoch_batches(self):
+        """One epoch of (pixels, owner, text, labels) batches, in a fresh random image order."""
+        order = self.rng.permutation(len(self.images))
+        for step in range(self.steps_per_epoch):
+            group = [self.images[i] for i in order[step * self.images_per_batch:(step + 1) * self.images_per_batch]]
+            triples = [(g, t) for g, name in enumerate(group) for t in self.by_image[name]]
+            yield (self.cache.pixels[[self.cache.index[name] for name in group]],
+                   np.array([g for g, _ in triples], np.int32),
+                   np.stack([self.data.embeddings[t.caption] for _, t in triples]).astype(np.float32),
+                   np.array([[1, 0] if t.match else [0, 1] for _, t in triples], np.float32))
+
+
+def data_embedding_dim(data: DataDir) -> int:
+    return len(next(iter(data.embeddings.values())))
+
+
+def fit_grouped_triples(model, data: DataDir, cache: ImageCache, optimizer, epochs: int, images_per_batch: int,
+                        seed: int = 0, every_seconds: float = 30.0) -> dict[str, list[float]]:
+    """Train ``model`` in place with ``GroupedTriples``; returns per-epoch history like ``fit``'s."""
+    trainer = GroupedTriples(model, data, cache, optimizer, images_per_batch, seed)
+    dev = data.splits["dev"]
+    dev_match = np.array([t.match for t in dev.triples])
+    history = defaultdict(list)
+    for epoch in range(1, epochs + 1):
+        start = last = time.perf_counter()
+        losses, accs, counts = [], [], []
+        for step, batch in enumerate(trainer.epoch_batches()):
+            loss, acc = trainer.train_step(*batch)
+            losses.append(float(loss))
+            accs.append(float(acc))
+            counts.append(len(batch[1]))
+            now = time.perf_counter()
+            if not sys.stdout.isatty() and now - last >= every_seconds:
+                last = now
+                print(f"  epoch {epoch}/{epochs} step {step + 1}/{trainer.steps_per_epoch}: "
+                      f"loss {np.average(losses, weights=counts):.4f}", flush=True)
+        probs = predict_cached(model, dev, data.embeddings, cache)
+        y = np.stack([dev_match, ~dev_match], axis=1).astype(np.float64)
+        record = {"loss": float(np.average(losses, weights=counts)),
+                  "binary_accuracy": float(np.average(accs, weights=counts)),
+                  "val_loss": float(np.mean(np.sum(y * np.log(np.clip(y, 1e-7, 1) / np.clip(probs, 1e-7, 1)), 1))),
+                  "val_binary_accuracy": binary_metrics(dev_match, probs[:, 0])["accuracy"],
                   "learning_rate": float(optimizer.learning_rate)}
         for k, v in record.items():
             history[k].append(v)
