@@ -7,3 +7,12 @@ evaluation in ``itm.evaluate`` and ``itm.metrics``; the command line in ``itm.cl
 __version__ = "0.1.0"
 
 from .compat import ITM_Classifier, ITM_DataLoader  # noqa: E402,F401
+
+
+def __getattr__(name):
+    """``itm.Matcher`` on first use, so that ``import itm`` does not import TensorFlow."""
+    if name == "Matcher":
+        from .inference import Matcher
+
+        return Matcher
+    raise AttributeError(f"module 'itm' has no attribute {name!r}")

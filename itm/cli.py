@@ -62,6 +62,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="redraw: new no-match captions every epoch (needs --pipeline cached)")
     g.add_argument("--augment", action="store_true", default=None, help="random flips and shifts in training")
     g.add_argument("--precision", choices=list(CHOICES["precision"]))
+    g.add_argument("--strategy", choices=list(CHOICES["strategy"]),
+                   help="tf.distribute: default (one device), mirrored (MirroredStrategy over all GPUs here)")
     p.add_argument("--fast", action="store_true",
                    help="train faster with the same model and loss: image-grouped batches (the image tower once "
                         "per image) on decoded-once images, and mixed precision where the hardware has it")
@@ -73,7 +75,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     options = ("data_dir", "epochs", "batch_size", "learning_rate", "seed", "output_dir", "limit", "image_size",
                "image_tower", "image_weights", "freeze_backbone", "fusion", "objective", "pipeline", "negatives",
-               "augment", "precision")
+               "augment", "precision", "strategy")
     config = make_config(args.preset, **{k: getattr(args, k) for k in options})
     if args.fast:
         from .config import apply_fast

@@ -20,6 +20,7 @@ class TrainConfig:
     batch_size: int = 16
     learning_rate: float = 3e-5
     warmup_fraction: float = 0.2
+    clipnorm: float = 1.0  # gradient clipping by global norm; 0 turns it off
     seed: int | None = None
     limit: int | None = None
     image_size: int = 224
@@ -39,6 +40,7 @@ class TrainConfig:
     temperature: float = 0.07  # contrastive objective: InfoNCE temperature
     contrastive_weight: float = 1.0  # contrastive objective: weight of InfoNCE beside the head's loss
     precision: str = "float32"  # float32 | mixed_bfloat16 (CPUs with AVX512-BF16) | mixed_float16 (GPUs)
+    strategy: str = "default"  # tf.distribute: default (one device) | mirrored (this machine's GPUs or CPUs)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,6 +71,7 @@ CHOICES = {
     "pipeline": ("faithful", "cached", "grouped"),
     "negatives": ("fixed", "redraw"),
     "precision": ("float32", "mixed_bfloat16", "mixed_float16"),
+    "strategy": ("default", "mirrored"),
 }
 
 
@@ -90,6 +93,9 @@ def make_config(preset: str = "faithful", **overrides) -> TrainConfig:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not {getattr(config, key)!r}")
     if config.negatives == "redraw" and config.pipeline != "cached":
         raise ConfigError("--negatives redraw needs --pipeline cached")
+    if config.strategy != "default" and (config.objective != "kl" or config.pipeline == "grouped"):
+        raise ConfigError("--strategy mirrored runs Keras' fit: use it with the kl objective and the "
+                          "faithful or cached pipeline")
     if config.pipeline == "grouped" and config.objective != "kl":
         raise ConfigError("--pipeline grouped is for the kl objective (the contrastive one is grouped already)")
     return config

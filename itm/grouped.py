@@ -51,7 +51,7 @@ def predict_cached(model, split: Split, embeddings, cache: ImageCache, batch_siz
 
 def fit_contrastive(model, data: DataDir, cache: ImageCache, optimizer, epochs: int, batch_size: int,
                     temperature: float = 0.07, contrastive_weight: float = 1.0, seed: int = 0,
-                    callbacks_every_seconds: float = 30.0) -> dict[str, list[float]]:
+                    callbacks_every_seconds: float = 30.0, backup=None) -> dict[str, list[float]]:
     """Train ``model`` in place; returns per-epoch history like ``keras.Model.fit``'s."""
     import tensorflow as tf
 
@@ -61,7 +61,6 @@ def fit_contrastive(model, data: DataDir, cache: ImageCache, optimizer, epochs: 
     positives = captions_per_image(data.splits["train"])
     images = sorted(positives)
     image_rows = np.array([cache.index[name] for name in images])
-    rng = np.random.default_rng(seed)
     steps_per_epoch = len(images) // batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"the train split has {len(images)} images with a match, fewer than one batch of "
@@ -100,9 +99,11 @@ def fit_contrastive(model, data: DataDir, cache: ImageCache, optimizer, epochs: 
 
     dev = data.splits["dev"]
     dev_match = np.array([t.match for t in dev.triples])
-    history = defaultdict(list)
-    for epoch in range(1, epochs + 1):
+    done, history = backup.restore(model) if backup else (0, {})
+    history = defaultdict(list, history)
+    for epoch in range(done + 1, epochs + 1):
         start = last = time.perf_counter()
+        rng = np.random.default_rng([seed, epoch])  # per epoch, so a resumed run draws what it would have
         order = rng.permutation(len(images))
         losses, accs = [], []
         for step in range(steps_per_epoch):
@@ -131,6 +132,8 @@ def fit_contrastive(model, data: DataDir, cache: ImageCache, optimizer, epochs: 
         print(f"epoch {epoch}/{epochs} - {time.perf_counter() - start:.0f}s - " +
               " - ".join(f"{k}: {v:.4f}" for k, v in record.items() if k != "learning_rate") +
               f" - learning_rate: {record['learning_rate']:.3g}", flush=True)
+        if backup:
+            backup.save(model, epoch, dict(history))
     return dict(history)
 
 
@@ -152,7 +155,7 @@ class GroupedTriples:
         for t in data.splits["train"].triples:
             self.by_image[t.image].append(t)
         self.images = sorted(self.by_image)
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
         image_encoder, text_encoder, head = split_model(model)
         variables = model.trainable_variables
         loss_fn = tf.keras.losses.KLDivergence()
@@ -176,9 +179,9 @@ class GroupedTriples:
     def steps_per_epoch(self) -> int:
         return -(-len(self.images) // self.images_per_batch)
 
-    def epoch_batches(self):
-        """One epoch of (pixels, owner, text, labels) batches, in a fresh random image order."""
-        order = self.rng.permutation(len(self.images))
+    def epoch_batches(self, epoch: int = 1):
+        """One epoch of (pixels, owner, text, labels) batches, in that epoch's random image order."""
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.images))
         for step in range(self.steps_per_epoch):
             group = [self.images[i] for i in order[step * self.images_per_batch:(step + 1) * self.images_per_batch]]
             triples = [(g, t) for g, name in enumerate(group) for t in self.by_image[name]]
@@ -193,16 +196,17 @@ def data_embedding_dim(data: DataDir) -> int:
 
 
 def fit_grouped_triples(model, data: DataDir, cache: ImageCache, optimizer, epochs: int, images_per_batch: int,
-                        seed: int = 0, every_seconds: float = 30.0) -> dict[str, list[float]]:
+                        seed: int = 0, every_seconds: float = 30.0, backup=None) -> dict[str, list[float]]:
     """Train ``model`` in place with ``GroupedTriples``; returns per-epoch history like ``fit``'s."""
     trainer = GroupedTriples(model, data, cache, optimizer, images_per_batch, seed)
     dev = data.splits["dev"]
     dev_match = np.array([t.match for t in dev.triples])
-    history = defaultdict(list)
-    for epoch in range(1, epochs + 1):
+    done, history = backup.restore(model) if backup else (0, {})
+    history = defaultdict(list, history)
+    for epoch in range(done + 1, epochs + 1):
         start = last = time.perf_counter()
         losses, accs, counts = [], [], []
-        for step, batch in enumerate(trainer.epoch_batches()):
+        for step, batch in enumerate(trainer.epoch_batches(epoch)):
             loss, acc = trainer.train_step(*batch)
             losses.append(float(loss))
             accs.append(float(acc))
@@ -224,4 +228,6 @@ def fit_grouped_triples(model, data: DataDir, cache: ImageCache, optimizer, epoc
         print(f"epoch {epoch}/{epochs} - {time.perf_counter() - start:.0f}s - " +
               " - ".join(f"{k}: {v:.4f}" for k, v in record.items() if k != "learning_rate") +
               f" - learning_rate: {record['learning_rate']:.3g}", flush=True)
+        if backup:
+            backup.save(model, epoch, dict(history))
     return dict(history)

