@@ -11,7 +11,8 @@ share the towers:
 * InfoNCE (CLIP's contrastive loss) on the cosine similarity of the projected features,
   which shapes one space where matching images and captions lie close;
 * the match/no-match head's KL loss on all B x B pairs, positives weighted up so both
-  classes count equally.
+  classes count equally, and on the batch images' own triples from the split (whose
+  negatives may be harder than a random other caption).
 
 The model that comes out is the same Keras model as any other (image + caption ->
 [p(match), p(no-match)]), so evaluation, saving and serving do not change.
@@ -70,9 +71,15 @@ def fit_contrastive(model, data: DataDir, cache: ImageCache, optimizer, epochs: 
     pair_labels = tf.stack([eye, 1.0 - eye], axis=-1)
     pair_weights = eye * (b - 1) + (1.0 - eye)  # both classes weigh the same in total
     variables = model.trainable_variables
+    given = defaultdict(list)  # each image's own triples from the split, hard negatives included
+    for t in data.splits["train"].triples:
+        given[t.image].append(t)
+    dim = len(next(iter(data.embeddings.values())))
+    spec = [tf.TensorSpec([b, *cache.pixels.shape[1:]], tf.uint8), tf.TensorSpec([b, dim], tf.float32),
+            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, dim], tf.float32), tf.TensorSpec([None, 2], tf.float32)]
 
-    @tf.function(reduce_retracing=True)
-    def train_step(pixels, text):
+    @tf.function(input_signature=spec)
+    def train_step(pixels, text, owner, triple_text, triple_labels):
         images = tf.cast(pixels, tf.float32) / 255.0
         with tf.GradientTape() as tape:
             zi = image_encoder(images, training=True)  # (B,D), or (B,N,D) tokens for attention
@@ -90,7 +97,13 @@ def fit_contrastive(model, data: DataDir, cache: ImageCache, optimizer, epochs: 
             kl = tf.reduce_sum(pair_labels * tf.math.log(tf.clip_by_value(pair_labels, 1e-7, 1.0)
                                                          / tf.clip_by_value(p, 1e-7, 1.0)), axis=-1)
             head_loss = tf.reduce_sum(pair_weights * kl) / tf.reduce_sum(pair_weights)
-            loss = head_loss + contrastive_weight * nce
+            # The batch images' own triples from the split: the original's loss, on its (maybe hard) negatives.
+            pt = tf.cast(head([tf.gather(zi, owner), text_encoder(triple_text, training=True)], training=True),
+                         tf.float32)
+            triple_loss = tf.reduce_mean(tf.reduce_sum(
+                triple_labels * tf.math.log(tf.clip_by_value(triple_labels, 1e-7, 1.0) / tf.clip_by_value(pt, 1e-7, 1.0)),
+                axis=-1))
+            loss = head_loss + triple_loss + contrastive_weight * nce
         grads = tape.gradient(loss, variables)
         optimizer.apply_gradients(zip(grads, variables))
         correct = tf.cast(tf.equal(p[:, 0] > 0.5, eye > 0.5), tf.float32)
@@ -110,7 +123,10 @@ def fit_contrastive(model, data: DataDir, cache: ImageCache, optimizer, epochs: 
             chosen = order[step * b:(step + 1) * b]
             pixels = cache.pixels[image_rows[chosen]]
             text = np.stack([data.embeddings[rng.choice(positives[images[i]])] for i in chosen])
-            loss, acc = train_step(pixels, text)
+            triples = [(g, t) for g, i in enumerate(chosen) for t in given[images[i]]]
+            loss, acc = train_step(pixels, text, np.array([g for g, _ in triples], np.int32),
+                                   np.stack([data.embeddings[t.caption] for _, t in triples]).astype(np.float32),
+                                   np.array([[1, 0] if t.match else [0, 1] for _, t in triples], np.float32))
             losses.append(float(loss))
             accs.append(float(acc))
             now = time.perf_counter()

@@ -192,7 +192,7 @@ def _read_json(path: Path) -> dict:
         raise DataError(f"{path}: not valid JSON ({e})") from None
 
 
-def encoder_from_folder(folder, trainable: bool = False, dropout: float | None = None,
+def encoder_from_folder(folder=None, trainable: bool = False, dropout: float | None = None,
                         name: str = "minilm") -> SentenceEncoder:
     """A SentenceEncoder with the architecture and weights of a sentence-transformers BERT folder.
 

@@ -51,11 +51,11 @@ def cnn_bn(image_input, dropout_rate: float, **_):
     normalisation so that it trains fast from raw pixels: (B,S/16,S/16,256).
     """
     x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="image_stem_conv")(image_input)
-    x = layers.BatchNormalization(name="image_stem_bn")(x)
+    x = layers.BatchNormalization(momentum=0.9, name="image_stem_bn")(x)
     x = layers.ReLU(name="image_stem_relu")(x)
     for i, filters in enumerate((64, 128, 256, 256)):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"image_block{i}_conv")(x)
-        x = layers.BatchNormalization(name=f"image_block{i}_bn")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"image_block{i}_bn")(x)
         x = layers.ReLU(name=f"image_block{i}_relu")(x)
         if i < 3:
             x = layers.MaxPooling2D(name=f"image_block{i}_pool")(x)

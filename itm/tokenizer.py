@@ -20,8 +20,9 @@ PAD, UNK, CLS, SEP = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
 # CJK ideographs, as BERT's BasicTokenizer._is_chinese_char lists them: each becomes a word of its own.
 _CJK = (r"[\x{4E00}-\x{9FFF}\x{3400}-\x{4DBF}\x{20000}-\x{2A6DF}\x{2A700}-\x{2B73F}\x{2B740}-\x{2B81F}"
         r"\x{2B820}-\x{2CEAF}\x{F900}-\x{FAFF}\x{2F800}-\x{2FA1F}]")
-# What BERT's clean-up drops: NUL, U+FFFD and control/format characters other than \t \n \r.
-_DROPPED = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F\p{Cf}\x{FFFD}]"
+# What BERT's clean-up drops, once \t \n \r are spaces: U+FFFD and the "other" characters (control,
+# format, private use, surrogate, unassigned).
+_DROPPED = r"[\p{C}\x{FFFD}]"
 
 
 def load_vocab(path) -> list[str]:
@@ -66,6 +67,7 @@ class WordPieceTokenizer(keras.layers.Layer):
         """BERT's normaliser, step for step: drop control characters, space out CJK characters, then
         (uncased) NFD, drop combining marks, lower-case. tensorflow-text's own uncased mode folds
         compatibility characters too (ß -> ss, ﬁ -> fi, … -> ...), which the reference does not."""
+        captions = tf.strings.regex_replace(captions, r"[\t\n\r]", " ")
         captions = tf.strings.regex_replace(captions, _DROPPED, "")
         captions = tf.strings.regex_replace(captions, _CJK, r" \0 ")
         if self.lower_case:

@@ -188,6 +188,12 @@ def train(config: TrainConfig) -> Path:
 
     plot_history(history, out / "history.png")
 
+    finish_run(model, data, config, out, train_seconds)
+    return out
+
+
+def finish_run(model, data, config: TrainConfig, out: Path, train_seconds: float) -> dict:
+    """Evaluate a trained model on test as the original did, and write metrics.json and report.md."""
     from .evaluate import evaluate_model
     from .report import write_report
 
@@ -204,4 +210,4 @@ def train(config: TrainConfig) -> Path:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_report(out)
     print(f"Run written to {out}/ (model.keras, metrics.json, report.md, predictions.tsv, history and figures)")
-    return out
+    return metrics
