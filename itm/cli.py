@@ -46,13 +46,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", help="where the run is written (default: runs/<preset>-<date>-<time>)")
     p.add_argument("--limit", type=_positive_int, help="use only the first N triples of each split (quick checks)")
     p.add_argument("--image-size", type=_positive_int, help="resize images to this many pixels square (default: 224)")
-    from .model import FUSION_HEADS, IMAGE_TOWERS
-
     g = p.add_argument_group("model and training options (each overrides the preset)")
-    g.add_argument("--image-tower", choices=list(IMAGE_TOWERS))
+    g.add_argument("--image-tower", choices=list(CHOICES["image_tower"]))
     g.add_argument("--image-weights", help="for keras.applications towers: none, imagenet or a weights file")
     g.add_argument("--freeze-backbone", action="store_true", default=None, help="keep a backbone's weights fixed")
-    g.add_argument("--fusion", choices=list(FUSION_HEADS))
+    g.add_argument("--fusion", choices=list(CHOICES["fusion"]))
     g.add_argument("--objective", choices=list(CHOICES["objective"]),
                    help="kl: the original's loss on the split's triples; contrastive: image-grouped batches with "
                         "in-batch negatives, InfoNCE plus the head's loss")

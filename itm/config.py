@@ -66,7 +66,11 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# Names of the registries in itm/model.py (tests/test_models.py keeps them equal), here so that the
+# command line can list them without importing TensorFlow.
 CHOICES = {
+    "image_tower": ("faithful-cnn", "cnn-bn", "efficientnetb0", "mobilenetv3small", "resnet50"),
+    "fusion": ("concat", "mlp", "interaction", "attention"),
     "objective": ("kl", "contrastive"),
     "pipeline": ("faithful", "cached", "grouped"),
     "negatives": ("fixed", "redraw"),

@@ -30,7 +30,7 @@ SHAPES = ("circle", "square", "triangle", "diamond")
 BACKGROUNDS = {"white": (240, 240, 240), "grey": (125, 125, 125), "black": (20, 20, 20)}
 TEMPLATES = ("a {colour} {shape} on a {background} background", "a {background} background with a {colour} {shape}")
 ASSET = Path(__file__).parent / "assets" / "demo_captions.npz"
-DEMO_VERSION = "v1"
+DEMO_VERSION = "v2"
 # (images per split, match triples per image, no-match triples per image); dev/test imitate the
 # imbalance of the real test split (75% no-match), train is balanced as the real train split.
 DEFAULT_SIZES = {"train": (240, 2, 2), "dev": (60, 1, 3), "test": (60, 1, 3)}
@@ -100,8 +100,9 @@ def generate(out_dir, sizes: dict | None = None, seed: int = 0, image_size: int 
             name = f"demo_{split}_{image_id:05d}.jpg"
             image_id += 1
             draw_image(attrs, rng, image_size).save(out / IMAGES_SUBDIR / name, quality=90)
+            first = rng.randrange(len(TEMPLATES))  # so that no wording is a tell of either label
             for k in range(n_match):
-                lines.append(f"{name}\t{caption_for(attrs, k % len(TEMPLATES))}\tmatch")
+                lines.append(f"{name}\t{caption_for(attrs, (first + k) % len(TEMPLATES))}\tmatch")
             for wrong in rng.sample(one_attribute_off(attrs), n_nomatch):
                 lines.append(f"{name}\t{caption_for(wrong, rng.randrange(len(TEMPLATES)))}\tno-match")
         (out / SPLIT_FILES[split]).write_text("\n".join(lines) + "\n", encoding="utf-8")

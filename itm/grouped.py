@@ -50,6 +50,29 @@ def predict_cached(model, split: Split, embeddings, cache: ImageCache, batch_siz
     return np.concatenate(out).astype(np.float64)
 
 
+def end_epoch(model, data: DataDir, cache: ImageCache, optimizer, history, backup, epoch: int, epochs: int,
+              start: float, train_record: dict) -> None:
+    """Score dev, append the epoch to ``history``, print it like Keras does, and back the run up."""
+    dev = data.splits["dev"]
+    dev_match = np.array([t.match for t in dev.triples])
+    probs = predict_cached(model, dev, data.embeddings, cache)
+    y = np.stack([dev_match, ~dev_match], axis=1).astype(np.float64)
+    dev_metrics = binary_metrics(dev_match, probs[:, 0])
+    record = {**train_record,
+              "val_loss": float(np.mean(np.sum(y * np.log(np.clip(y, 1e-7, 1) / np.clip(probs, 1e-7, 1)), axis=1))),
+              "val_binary_accuracy": dev_metrics["accuracy"],
+              "val_balanced_accuracy": dev_metrics["balanced_accuracy"],
+              "val_roc_auc": roc_auc(dev_match, probs[:, 0]),
+              "learning_rate": float(optimizer.learning_rate)}
+    for k, v in record.items():
+        history[k].append(v)
+    print(f"epoch {epoch}/{epochs} - {time.perf_counter() - start:.0f}s - " +
+          " - ".join(f"{k}: {v:.4f}" for k, v in record.items() if k != "learning_rate") +
+          f" - learning_rate: {record['learning_rate']:.3g}", flush=True)
+    if backup:
+        backup.save(model, epoch, dict(history))
+
+
 def fit_contrastive(model, data: DataDir, cache: ImageCache, optimizer, epochs: int, batch_size: int,
                     temperature: float = 0.07, contrastive_weight: float = 1.0, seed: int = 0,
                     callbacks_every_seconds: float = 30.0, backup=None) -> dict[str, list[float]]:
@@ -110,8 +133,6 @@ def fit_contrastive(model, data: DataDir, cache: ImageCache, optimizer, epochs: 
         balanced_acc = 0.5 * (tf.reduce_sum(correct * eye) / b + tf.reduce_sum(correct * (1 - eye)) / (b * b - b))
         return loss, balanced_acc
 
-    dev = data.splits["dev"]
-    dev_match = np.array([t.match for t in dev.triples])
     done, history = backup.restore(model) if backup else (0, {})
     history = defaultdict(list, history)
     for epoch in range(done + 1, epochs + 1):
@@ -134,22 +155,8 @@ def fit_contrastive(model, data: DataDir, cache: ImageCache, optimizer, epochs: 
                 last = now
                 print(f"  epoch {epoch}/{epochs} step {step + 1}/{steps_per_epoch}: loss {np.mean(losses):.4f}",
                       flush=True)
-        probs = predict_cached(model, dev, data.embeddings, cache)
-        dev_metrics = binary_metrics(dev_match, probs[:, 0])
-        y = np.stack([dev_match, ~dev_match], axis=1).astype(np.float64)
-        val_loss = float(np.mean(np.sum(y * np.log(np.clip(y, 1e-7, 1) / np.clip(probs, 1e-7, 1)), axis=1)))
-        record = {"loss": float(np.mean(losses)), "pair_balanced_accuracy": float(np.mean(accs)), "val_loss": val_loss,
-                  "val_binary_accuracy": dev_metrics["accuracy"],
-                  "val_balanced_accuracy": dev_metrics["balanced_accuracy"],
-                  "val_roc_auc": roc_auc(dev_match, probs[:, 0]),
-                  "learning_rate": float(optimizer.learning_rate)}
-        for k, v in record.items():
-            history[k].append(v)
-        print(f"epoch {epoch}/{epochs} - {time.perf_counter() - start:.0f}s - " +
-              " - ".join(f"{k}: {v:.4f}" for k, v in record.items() if k != "learning_rate") +
-              f" - learning_rate: {record['learning_rate']:.3g}", flush=True)
-        if backup:
-            backup.save(model, epoch, dict(history))
+        end_epoch(model, data, cache, optimizer, history, backup, epoch, epochs, start,
+                  {"loss": float(np.mean(losses)), "pair_balanced_accuracy": float(np.mean(accs))})
     return dict(history)
 
 
@@ -215,8 +222,6 @@ def fit_grouped_triples(model, data: DataDir, cache: ImageCache, optimizer, epoc
                         seed: int = 0, every_seconds: float = 30.0, backup=None) -> dict[str, list[float]]:
     """Train ``model`` in place with ``GroupedTriples``; returns per-epoch history like ``fit``'s."""
     trainer = GroupedTriples(model, data, cache, optimizer, images_per_batch, seed)
-    dev = data.splits["dev"]
-    dev_match = np.array([t.match for t in dev.triples])
     done, history = backup.restore(model) if backup else (0, {})
     history = defaultdict(list, history)
     for epoch in range(done + 1, epochs + 1):
@@ -232,18 +237,7 @@ def fit_grouped_triples(model, data: DataDir, cache: ImageCache, optimizer, epoc
                 last = now
                 print(f"  epoch {epoch}/{epochs} step {step + 1}/{trainer.steps_per_epoch}: "
                       f"loss {np.average(losses, weights=counts):.4f}", flush=True)
-        probs = predict_cached(model, dev, data.embeddings, cache)
-        y = np.stack([dev_match, ~dev_match], axis=1).astype(np.float64)
-        record = {"loss": float(np.average(losses, weights=counts)),
-                  "binary_accuracy": float(np.average(accs, weights=counts)),
-                  "val_loss": float(np.mean(np.sum(y * np.log(np.clip(y, 1e-7, 1) / np.clip(probs, 1e-7, 1)), 1))),
-                  "val_binary_accuracy": binary_metrics(dev_match, probs[:, 0])["accuracy"],
-                  "learning_rate": float(optimizer.learning_rate)}
-        for k, v in record.items():
-            history[k].append(v)
-        print(f"epoch {epoch}/{epochs} - {time.perf_counter() - start:.0f}s - " +
-              " - ".join(f"{k}: {v:.4f}" for k, v in record.items() if k != "learning_rate") +
-              f" - learning_rate: {record['learning_rate']:.3g}", flush=True)
-        if backup:
-            backup.save(model, epoch, dict(history))
+        end_epoch(model, data, cache, optimizer, history, backup, epoch, epochs, start,
+                  {"loss": float(np.average(losses, weights=counts)),
+                   "binary_accuracy": float(np.average(accs, weights=counts))})
     return dict(history)

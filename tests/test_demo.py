@@ -37,6 +37,15 @@ def test_demo_is_honest(tmp_path):
     assert len(both) > 0.5 * len(set(as_match) | set(as_nomatch))
 
 
+def test_wording_is_no_tell_of_the_label(tmp_path):
+    data = load_data_dir(generate(tmp_path / "d", sizes={"train": (60, 2, 2), "dev": (60, 1, 3), "test": (60, 1, 3)},
+                                  seed=2, image_size=32))
+    for split in data.splits.values():
+        for template in ("on a", "background with"):
+            labels = {t.match for t in split.triples if template in t.caption}
+            assert labels == {True, False}, (split.name, template)
+
+
 def test_same_seed_same_bytes(tmp_path):
     a = generate(tmp_path / "a", sizes={"train": (4, 2, 2), "dev": (2, 1, 3), "test": (2, 1, 3)}, seed=9, image_size=32)
     b = generate(tmp_path / "b", sizes={"train": (4, 2, 2), "dev": (2, 1, 3), "test": (2, 1, 3)}, seed=9, image_size=32)

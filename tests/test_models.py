@@ -101,6 +101,13 @@ def test_objectives_lower_the_loss(extra, tiny_data, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["n"] == 24
 
 
+def test_command_line_choices_name_the_registries():
+    from itm.config import CHOICES
+    from itm.model import IMAGE_TOWERS
+
+    assert CHOICES["image_tower"] == tuple(IMAGE_TOWERS) and CHOICES["fusion"] == tuple(FUSION_HEADS)
+
+
 def test_impossible_options_are_a_clear_error(tiny_data, tmp_path):
     r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--negatives", "redraw"])
     assert r.returncode == 2 and "--negatives redraw needs --pipeline cached" in r.stderr

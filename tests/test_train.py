@@ -8,6 +8,7 @@ import pytest
 
 from conftest import ROOT, SHARED, TINY_IMAGE, run_cli
 from itm.data import load_data_dir, make_dataset, model_inputs
+from itm.demo import DEMO_VERSION
 from itm.model import build_model
 from itm.optim import create_optimizer
 
@@ -89,7 +90,7 @@ def test_demo_is_used_when_no_data_is_configured(tmp_path):
     first = r.stdout.splitlines()[:3]
     assert any("bundled DEMO dataset" in line for line in first), first
     assert any("flickr8k.dataset-cmp9137-item1" in line for line in first)
-    assert (tmp_path / "cache" / "demo-v1" / "flickr8k-resised").is_dir()
+    assert (tmp_path / "cache" / f"demo-{DEMO_VERSION}" / "flickr8k-resised").is_dir()
 
 
 @pytest.mark.parametrize("args, message", [
