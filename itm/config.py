@@ -25,7 +25,8 @@ class TrainConfig:
     limit: int | None = None
     image_size: int = 224
     image_tower: str = "faithful-cnn"
-    text_tower: str = "precomputed"
+    text_tower: str = "precomputed"  # precomputed | minilm | scratch (the last two read raw captions)
+    text_trainable: bool = False  # minilm: fine-tune the encoder with the rest of the model
     fusion: str = "concat"
     projection_dim: int = 128
     num_projection_layers: int = 1
@@ -47,7 +48,7 @@ class TrainConfig:
 
     def model_kwargs(self) -> dict:
         keys = ("image_size", "image_tower", "text_tower", "fusion", "projection_dim", "num_projection_layers",
-                "dropout", "augment", "image_weights", "freeze_backbone")
+                "dropout", "augment", "image_weights", "freeze_backbone", "text_trainable")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -71,6 +72,7 @@ PRESETS: dict[str, dict] = {
 CHOICES = {
     "image_tower": ("faithful-cnn", "cnn-bn", "efficientnetb0", "mobilenetv3small", "resnet50"),
     "fusion": ("concat", "mlp", "interaction", "attention"),
+    "text_tower": ("precomputed", "minilm", "scratch"),
     "objective": ("kl", "contrastive"),
     "pipeline": ("faithful", "cached", "grouped"),
     "negatives": ("fixed", "redraw"),
@@ -100,6 +102,9 @@ def make_config(preset: str = "faithful", **overrides) -> TrainConfig:
     if config.strategy != "default" and (config.objective != "kl" or config.pipeline == "grouped"):
         raise ConfigError("--strategy mirrored runs Keras' fit: use it with the kl objective and the "
                           "faithful or cached pipeline")
+    if config.text_tower != "precomputed" and (config.objective != "kl" or config.pipeline != "faithful"):
+        raise ConfigError(f"--text-tower {config.text_tower} reads raw captions: use it with the kl objective and "
+                          "the faithful pipeline")
     if config.pipeline == "grouped" and config.objective != "kl":
         raise ConfigError("--pipeline grouped is for the kl objective (the contrastive one is grouped already)")
     return config

@@ -225,10 +225,11 @@ class DataDir:
 
 
 def load_data_dir(data_dir, limit: int | None = None, splits=("train", "dev", "test"),
-                  embedding_dim: int = EMBEDDING_DIM) -> DataDir:
+                  embedding_dim: int = EMBEDDING_DIM, need_embeddings: bool = True) -> DataDir:
     """Read and check a data folder; raise one ``DataError`` listing every problem found.
 
-    ``limit`` keeps only the first N triples of each split (for quick checks).
+    ``limit`` keeps only the first N triples of each split (for quick checks). Models whose text
+    tower reads raw captions pass ``need_embeddings=False``: then no embeddings file is required.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -252,12 +253,12 @@ def load_data_dir(data_dir, limit: int | None = None, splits=("train", "dev", "t
         loaded[name] = Split(name, triples, images_dir)
 
     embeddings = {}
-    emb_path = embeddings_path(data_dir)
-    if emb_path is None:
+    emb_path = embeddings_path(data_dir) if need_embeddings else None
+    if emb_path is not None:
+        embeddings = load_embeddings_file(emb_path)
+    elif need_embeddings:
         problems.add("missing embeddings file", f"{data_dir / EMBEDDINGS_NPZ} or {EMBEDDINGS_PKL} "
                                                 f"('itm embed --data-dir {data_dir}' computes it)")
-    else:
-        embeddings = load_embeddings_file(emb_path)
 
     if images_dir.is_dir():
         seen = {}
@@ -310,12 +311,14 @@ def make_dataset(split: Split, embeddings: dict[str, np.ndarray], batch_size: in
     """The original's pipeline: one JPEG decode per triple, shuffled, batched, prefetched.
 
     Yields ``(features, label)`` with features ``image_input`` (float32 in [0, 1]),
-    ``text_embedding`` (384), ``caption`` and ``file_name``; label one-hot, match = [1, 0].
+    ``text_embedding`` (384; zeros when ``embeddings`` is empty, for models that read the caption),
+    ``caption`` and ``file_name``; label one-hot, match = [1, 0].
     """
     import tensorflow as tf
 
     paths = [str(split.images_dir / t.image) for t in split.triples]
-    vectors = np.stack([embeddings[t.caption] for t in split.triples]).astype(np.float32)
+    vectors = (np.stack([embeddings[t.caption] for t in split.triples]).astype(np.float32) if embeddings
+               else np.zeros((len(split.triples), EMBEDDING_DIM), np.float32))
     captions = [t.caption for t in split.triples]
     labels = np.array([[1, 0] if t.match else [0, 1] for t in split.triples], dtype=np.float32)
 

@@ -21,7 +21,7 @@ from .metrics import (average_precision, best_threshold, binary_metrics, bootstr
 def predict_split(model, split: Split, embeddings, batch_size: int = 16, image_size: int = 224) -> np.ndarray:
     """Softmax outputs ``[p(match), p(no-match)]`` for every triple of ``split``, in file order."""
     ds = make_dataset(split, embeddings, batch_size=batch_size, shuffle=False, image_size=image_size)
-    return np.asarray(model.predict(model_inputs(ds), verbose=0), dtype=np.float64)
+    return np.asarray(model.predict(model_inputs(ds, tuple(model.input)), verbose=0), dtype=np.float64)
 
 
 def print_sample_predictions(split: Split, probs: np.ndarray, rate: float = 0.1, seed: int | None = None) -> None:
@@ -61,7 +61,7 @@ def retrieval(model, split: Split, embeddings, image_size: int = 224, batch_size
     """
     import tensorflow as tf
 
-    from .model import split_model
+    from .model import split_model, text_input_name
 
     start = time.perf_counter()
     image_encoder, text_encoder, head = split_model(model)
@@ -81,7 +81,9 @@ def retrieval(model, split: Split, embeddings, image_size: int = 224, batch_size
     paths = [str(split.images_dir / name) for name in images]
     image_ds = tf.data.Dataset.from_tensor_slices(paths).map(load, num_parallel_calls=tf.data.AUTOTUNE)
     image_feats = image_encoder.predict(image_ds.batch(batch_size), verbose=0)
-    text_feats = text_encoder.predict(np.stack([embeddings[c] for c in captions]), batch_size=1024, verbose=0)
+    text_in = (tf.constant(captions) if text_input_name(model) == "caption"
+               else np.stack([embeddings[c] for c in captions]))  # raw captions, or their embeddings
+    text_feats = text_encoder.predict(text_in, batch_size=256, verbose=0)
 
     scores = np.empty((len(images), len(captions)), dtype=np.float32)
     rows_per_batch = max(1, pair_batch // len(captions))
@@ -131,7 +133,7 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), batch_
         accuracy = float(np.mean((p[:, 0] > p[:, 1]) == is_match))
         print("%s accuracy=%4f" % (name.upper(), accuracy))
         ds = make_dataset(split, data.embeddings, batch_size=batch_size, shuffle=False, image_size=image_size)
-        tf_eval = model.evaluate(model_inputs(ds), verbose=0, return_dict=True)
+        tf_eval = model.evaluate(model_inputs(ds, tuple(model.input)), verbose=0, return_dict=True)
         print(f"Tensorflow test method: Loss: {tf_eval['loss']}; ACCURACY: {tf_eval['binary_accuracy']}")
 
         metrics = {"split": name, **split_metrics(is_match, p[:, 0], threshold, seed=seed)}

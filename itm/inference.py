@@ -199,10 +199,11 @@ class Matcher:
 
     def __init__(self, model, threshold: float = 0.5, threshold_source: str = "default 0.5",
                  captions: CaptionEncoder | None = None, run_dir=None, model_key: str = ""):
-        from .model import split_model
+        from .model import split_model, text_input_name
 
         self.model = model
         self.image_encoder, self.text_encoder, self.head = split_model(model)
+        self.raw_text = text_input_name(model) == "caption"  # the model embeds caption strings itself
         self.image_size = int(model.input["image_input"].shape[1])
         self.threshold, self.threshold_source = float(threshold), threshold_source
         self.captions = captions or CaptionEncoder()
@@ -242,6 +243,11 @@ class Matcher:
 
         from . import model as _model, optim  # noqa: F401  (register the custom layers and optimizer)
 
+        try:  # the minilm/scratch text towers' layers, when tensorflow-text is installed
+            from . import minilm  # noqa: F401
+        except ImportError:
+            pass
+
         try:
             model = keras.saving.load_model(model_path)
         except (ValueError, OSError, TypeError) as e:
@@ -270,7 +276,12 @@ class Matcher:
         return np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
 
     def encode_captions(self, captions) -> np.ndarray:
-        return self._call(self.text_encoder, self.captions(_check_captions(captions)))
+        captions = _check_captions(captions)
+        if self.raw_text:
+            import tensorflow as tf
+
+            return self._call(self.text_encoder, tf.constant(captions))
+        return self._call(self.text_encoder, self.captions(captions))
 
     def _pairs(self, image_features: np.ndarray, text_features: np.ndarray) -> np.ndarray:
         """p(match) for every image x caption: [n_images, n_captions]."""

@@ -120,7 +120,29 @@ IMAGE_TOWERS = {
     "mobilenetv3small": (_backbone("mobilenetv3small"), "average"),
     "resnet50": (_backbone("resnet50"), "average"),
 }
-TEXT_TOWERS = {"precomputed": lambda text_input, dropout_rate: text_input}
+def _minilm(text_input, dropout_rate: float, text_trainable: bool = False, **_):
+    from .minilm import minilm_text_tower
+
+    return minilm_text_tower(text_input, dropout_rate, trainable=text_trainable)
+
+
+def _scratch(text_input, dropout_rate: float, **_):
+    from .minilm import scratch_text_tower
+
+    return scratch_text_tower(text_input, dropout_rate)
+
+
+# precomputed: the 384-d embedding from the data folder (faithful); minilm: all-MiniLM-L6-v2 inside the
+# model, on raw caption strings (frozen, or fine-tuned with text_trainable); scratch: a small Transformer
+# over the same WordPiece tokens, trained from zero. Towers in RAW_TEXT_TOWERS take strings.
+TEXT_TOWERS = {"precomputed": lambda text_input, dropout_rate, **_: text_input, "minilm": _minilm,
+               "scratch": _scratch}
+RAW_TEXT_TOWERS = ("minilm", "scratch")
+
+
+def text_input_name(model: keras.Model) -> str:
+    """``text_embedding`` (a precomputed vector) or ``caption`` (raw strings): what the model reads."""
+    return "caption" if "caption" in model.input else "text_embedding"
 
 
 def concat_head(image_features, text_features, dropout_rate: float):
@@ -194,10 +216,13 @@ def _choose(registry: dict, kind: str, name: str):
 def build_model(image_size: int = 224, image_tower: str = "faithful-cnn", text_tower: str = "precomputed",
                 fusion: str = "concat", projection_dim: int = 128, num_projection_layers: int = 1,
                 dropout: float = 0.1, augment: bool = False, image_weights: str = "none",
-                freeze_backbone: bool = False) -> keras.Model:
+                freeze_backbone: bool = False, text_trainable: bool = False) -> keras.Model:
     """Build the classifier; the defaults are the original's (6,529,570 parameters at 224x224)."""
     image_input = keras.Input(shape=(image_size, image_size, 3), name="image_input")
-    text_input = keras.Input(shape=(EMBEDDING_DIM,), name="text_embedding")
+    if text_tower in RAW_TEXT_TOWERS:
+        text_name, text_input = "caption", keras.Input(shape=(), dtype="string", name="caption")  # (B,)
+    else:
+        text_name, text_input = "text_embedding", keras.Input(shape=(EMBEDDING_DIM,), name="text_embedding")
 
     tower, readout = _choose(IMAGE_TOWERS, "image tower", image_tower)
     feature_map = tower(augmentation(image_input, augment), dropout, image_weights=image_weights,
@@ -208,7 +233,8 @@ def build_model(image_size: int = 224, image_tower: str = "faithful-cnn", text_t
         image_features = layers.Flatten(name="image_flatten")(feature_map)  # (B,H*W*C)
     else:
         image_features = layers.GlobalAveragePooling2D(name="image_pool")(feature_map)  # (B,C)
-    text_features = _choose(TEXT_TOWERS, "text tower", text_tower)(text_input, dropout)
+    text_features = _choose(TEXT_TOWERS, "text tower", text_tower)(text_input, dropout,
+                                                                     text_trainable=text_trainable)  # (B,384)
 
     image_proj = project_embeddings(image_features, num_projection_layers, projection_dim, dropout, "image_proj")
     text_proj = project_embeddings(text_features, num_projection_layers, projection_dim, dropout, "text_proj")
@@ -216,7 +242,7 @@ def build_model(image_size: int = 224, image_tower: str = "faithful-cnn", text_t
     text_proj = layers.Identity(name=TEXT_FEATURES)(text_proj)  # (B,D)
 
     outputs = _choose(FUSION_HEADS, "fusion head", fusion)(image_proj, text_proj, dropout)
-    return keras.Model(inputs={"image_input": image_input, "text_embedding": text_input}, outputs=outputs,
+    return keras.Model(inputs={"image_input": image_input, text_name: text_input}, outputs=outputs,
                        name="itm_classifier")
 
 
@@ -234,6 +260,6 @@ def split_model(model: keras.Model):
         image_out = model.get_layer(max(n for n in norms if n.startswith("image_proj"))).output
         text_out = model.get_layer(max(n for n in norms if n.startswith("text_proj"))).output
     image_encoder = keras.Model(model.input["image_input"], image_out)
-    text_encoder = keras.Model(model.input["text_embedding"], text_out)
+    text_encoder = keras.Model(model.input[text_input_name(model)], text_out)
     head = keras.Model([image_out, text_out], model.output)
     return image_encoder, text_encoder, head

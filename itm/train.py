@@ -87,7 +87,9 @@ def train(config: TrainConfig) -> Path:
     config.data_dir, config.output_dir = str(data_dir), str(out)
 
     print("Checking the data folder ...", flush=True)
-    data = load_data_dir(data_dir, limit=config.limit)
+    from .model import RAW_TEXT_TOWERS
+
+    data = load_data_dir(data_dir, limit=config.limit, need_embeddings=config.text_tower not in RAW_TEXT_TOWERS)
     for split in data.splits.values():
         print(f"  {split.name:5s} {len(split.triples):6d} triples ({split.n_match} match, "
               f"{len(split.triples) - split.n_match} no-match), {len({t.image for t in split.triples})} images")
@@ -164,10 +166,11 @@ def train(config: TrainConfig) -> Path:
         else:
             if config.negatives != "fixed":
                 raise ValueError("negatives='redraw' needs the cached pipeline (pipeline='cached')")
+            inputs = tuple(model.input)  # image_input, and text_embedding or caption
             train_ds = model_inputs(make_dataset(train_split, data.embeddings, config.batch_size, shuffle=True,
-                                                 seed=config.seed, image_size=config.image_size))
+                                                 seed=config.seed, image_size=config.image_size), inputs)
             dev_ds = model_inputs(make_dataset(dev_split, data.embeddings, config.batch_size, shuffle=False,
-                                               image_size=config.image_size))
+                                               image_size=config.image_size), inputs)
         earlier = backup.history()  # epochs done before an interruption, if any
         callbacks = _callbacks(config.epochs, steps_per_epoch) + [
             backup.history_saver(earlier), keras.callbacks.BackupAndRestore(backup_dir=str(backup.dir))]

@@ -112,3 +112,38 @@ def test_impossible_options_are_a_clear_error(tiny_data, tmp_path):
     r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--negatives", "redraw"])
     assert r.returncode == 2 and "--negatives redraw needs --pipeline cached" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_minilm_text_tower_trains_on_raw_captions_and_scores_new_ones_without_torch(tiny_data, tmp_path):
+    """A model with the all-MiniLM-L6-v2 tower inside trains without an embeddings file, and a fresh
+    process that cannot import torch or sentence-transformers scores captions it has never seen."""
+    pytest.importorskip("tensorflow_text", reason="the minilm tower needs pip install '.[text]'")
+    from itm.data import DataError, EMBEDDINGS_PKL
+    from itm.text_models import model_folder
+
+    try:
+        model_folder()
+    except DataError as e:
+        pytest.skip(f"no local all-MiniLM-L6-v2 folder: {e}")
+    (tiny_data / EMBEDDINGS_PKL).unlink()
+    out = tmp_path / "run"
+    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--text-tower", "minilm", "--epochs", "1",
+                 "--image-size", str(SIZE), "--seed", "0", "--output-dir", str(out)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    image = next((tiny_data / "flickr8k-resised").glob("*.jpg"))
+    script = (
+        "import sys\n"
+        "class NoTorch:  # importing torch or sentence-transformers fails, as where they are not installed\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'sentence_transformers'):\n"
+        "            raise ImportError('not available here')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "import itm\n"
+        "m = itm.Matcher.load(sys.argv[1], encoder=False)\n"
+        "p = m.score(sys.argv[2], ['a red circle on a grey background', 'a purple elephant reading a newspaper'])\n"
+        "assert 'torch' not in sys.modules and 'sentence_transformers' not in sys.modules\n"
+        "print(p.shape, float(p.min()), float(p.max()))\n")
+    r = run_cli(["-c", script, str(out), str(image)])
+    assert r.returncode == 0, r.stderr
+    shape, low, high = r.stdout.rsplit(")", 1)[0] + ")", *map(float, r.stdout.rsplit(")", 1)[1].split())
+    assert shape.endswith("(1, 2)") and 0.0 <= low <= high <= 1.0
