@@ -87,7 +87,8 @@ def train(config: TrainConfig) -> Path:
     config.data_dir, config.output_dir = str(data_dir), str(out)
 
     print("Checking the data folder ...", flush=True)
-    from .model import RAW_TEXT_TOWERS
+    from .model import RAW_TEXT_TOWERS, build_model
+    from .optim import create_optimizer
 
     data = load_data_dir(data_dir, limit=config.limit, need_embeddings=config.text_tower not in RAW_TEXT_TOWERS)
     for split in data.splits.values():
@@ -102,8 +103,6 @@ def train(config: TrainConfig) -> Path:
 
     # Keras warns that fit(shuffle=True) is ignored for a tf.data input; the pipeline shuffles itself.
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
-    from .model import build_model
-    from .optim import create_optimizer
 
     keras.utils.set_random_seed(config.seed)
     print(f"BUILDING model (preset {config.preset})")
