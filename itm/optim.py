@@ -70,19 +70,34 @@ class AdamWeightDecay(keras.optimizers.AdamW):
     name, which held both, so the patterns are applied to the path here.
     """
 
-    def __init__(self, exclude_from_weight_decay_patterns=EXCLUDE_FROM_WEIGHT_DECAY, **kwargs):
+    def __init__(self, exclude_from_weight_decay_patterns=EXCLUDE_FROM_WEIGHT_DECAY, lr_multipliers=None, **kwargs):
         super().__init__(**kwargs)
         self.exclude_from_weight_decay_patterns = tuple(exclude_from_weight_decay_patterns or ())
+        # {path regex: factor}: variables whose path matches train at factor x the scheduled rate
+        # (e.g. a pretrained text encoder fine-tuned with its own, smaller, learning rate).
+        self.lr_multipliers = dict(lr_multipliers or {})
+        self._multiplier_of = {}
 
     def build(self, var_list):
         if self.exclude_from_weight_decay_patterns:
             pattern = re.compile("|".join(self.exclude_from_weight_decay_patterns))
             self.exclude_from_weight_decay(var_list=[v for v in var_list if pattern.search(v.path)])
+        for regex, factor in self.lr_multipliers.items():
+            for v in var_list:
+                if re.search(regex, v.path):
+                    self._multiplier_of[self._var_key(v)] = float(factor)
         super().build(var_list)
+
+    def update_step(self, gradient, variable, learning_rate):
+        factor = self._multiplier_of.get(self._var_key(variable))
+        if factor is not None:
+            learning_rate = ops.multiply(learning_rate, factor)
+        super().update_step(gradient, variable, learning_rate)
 
     def get_config(self):
         config = super().get_config()
         config["exclude_from_weight_decay_patterns"] = list(self.exclude_from_weight_decay_patterns)
+        config["lr_multipliers"] = dict(self.lr_multipliers)
         return config
 
 
@@ -96,7 +111,7 @@ def learning_rate_schedule(init_lr, num_train_steps, num_warmup_steps, end_lr=0.
 
 
 def create_optimizer(init_lr, num_train_steps, num_warmup_steps, end_lr=0.0, optimizer_type="adamw",
-                     beta_1=0.9, poly_power=1.0, global_clipnorm=1.0):
+                     beta_1=0.9, poly_power=1.0, global_clipnorm=1.0, lr_multipliers=None):
     """Keras 3 twin of ``official.nlp.optimization.create_optimizer`` (adamw only).
 
     Under a tf.distribute strategy the clipping applies to each replica's gradients before they
@@ -111,4 +126,5 @@ def create_optimizer(init_lr, num_train_steps, num_warmup_steps, end_lr=0.0, opt
         beta_2=0.999,
         epsilon=1e-6,
         global_clipnorm=global_clipnorm,
+        lr_multipliers=lr_multipliers,
     )

@@ -136,7 +136,9 @@ def train(config: TrainConfig) -> Path:
     with strategy.scope():
         optimizer = create_optimizer(init_lr=config.learning_rate, num_train_steps=num_train_steps,
                                      num_warmup_steps=int(config.warmup_fraction * num_train_steps),
-                                     global_clipnorm=config.clipnorm or None)
+                                     global_clipnorm=config.clipnorm or None,
+                                     lr_multipliers=({"^minilm/": config.text_learning_rate / config.learning_rate}
+                                                     if config.text_learning_rate else None))
         # XLA (jit_compile) made this model's CPU step about 3x slower, so it stays off.
         model.compile(optimizer=optimizer, loss=keras.losses.KLDivergence(),
                       metrics=[keras.metrics.BinaryAccuracy()], jit_compile=False)

@@ -5,7 +5,6 @@ Token ids are checked against a committed table made with sentence-transformers'
 over 256 tokens), against that tokenizer directly where it is installed, and embeddings against
 the shared Flickr8k pickle that sentence-transformers computed.
 """
-import importlib.util
 import json
 import subprocess
 import sys

@@ -115,8 +115,9 @@ def test_impossible_options_are_a_clear_error(tiny_data, tmp_path):
 
 
 def test_minilm_text_tower_trains_on_raw_captions_and_scores_new_ones_without_torch(tiny_data, tmp_path):
-    """A model with the all-MiniLM-L6-v2 tower inside trains without an embeddings file, and a fresh
-    process that cannot import torch or sentence-transformers scores captions it has never seen."""
+    """A model with the all-MiniLM-L6-v2 tower inside, fine-tuned at its own learning rate, trains without
+    an embeddings file, and a fresh process that cannot import torch or sentence-transformers scores
+    captions it has never seen."""
     pytest.importorskip("tensorflow_text", reason="the minilm tower needs pip install '.[text]'")
     from itm.data import DataError, EMBEDDINGS_PKL
     from itm.text_models import model_folder
@@ -127,9 +128,11 @@ def test_minilm_text_tower_trains_on_raw_captions_and_scores_new_ones_without_to
         pytest.skip(f"no local all-MiniLM-L6-v2 folder: {e}")
     (tiny_data / EMBEDDINGS_PKL).unlink()
     out = tmp_path / "run"
-    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--text-tower", "minilm", "--epochs", "1",
-                 "--image-size", str(SIZE), "--seed", "0", "--output-dir", str(out)])
+    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--text-tower", "minilm", "--text-trainable",
+                 "--text-learning-rate", "1e-6", "--epochs", "1", "--image-size", str(SIZE), "--seed", "0",
+                 "--output-dir", str(out)])
     assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads((out / "metrics.json").read_text())["config"]["text_learning_rate"] == 1e-6
     image = next((tiny_data / "flickr8k-resised").glob("*.jpg"))
     script = (
         "import sys\n"

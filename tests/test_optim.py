@@ -81,3 +81,15 @@ def test_weight_decay_skips_bias_and_layer_norm():
                        "layer_normalization/beta": False, "conv2d/kernel": True}
     # Decoupled decay scaled by the learning rate: 1 - lr * 0.01.
     np.testing.assert_allclose(np.asarray(variables[0]), 1 - 0.1 * 0.01, rtol=1e-6)
+
+
+def test_a_learning_rate_multiplier_scales_matching_variables_only():
+    values = [np.ones(s, "float32") for s in SHAPES[:2]]
+    variables = _keras3_vars(values)  # dense/kernel, dense/bias
+    opt = create_optimizer(init_lr=0.1, num_train_steps=10, num_warmup_steps=0, lr_multipliers={"^dense/bias$": 0.1})
+    opt.apply_gradients(zip([np.full(s, 0.3, "float32") for s in SHAPES[:2]], variables))
+    kernel_step = 1 - np.asarray(variables[0]) - 0.1 * 0.01  # minus the kernel's weight decay
+    bias_step = 1 - np.asarray(variables[1])  # biases are not decayed
+    # Adam's first step moves each weight by about the learning rate, whatever the gradient's size.
+    np.testing.assert_allclose(kernel_step, 0.1, rtol=1e-3)
+    np.testing.assert_allclose(bias_step, 0.01, rtol=1e-3)
