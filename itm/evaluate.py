@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataDir, Split, make_dataset, model_inputs
+from .data import DataDir, Split, make_dataset, model_inputs, preprocess_image
 from .metrics import (average_precision, best_threshold, binary_metrics, bootstrap_ci, retrieval_metrics,
                       roc_auc)
 
@@ -74,12 +74,9 @@ def retrieval(model, split: Split, embeddings, image_size: int = 224, batch_size
         if t.match:
             relevant[image_index[t.image], caption_index[t.caption]] = True
 
-    def load(path):
-        img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return tf.image.resize(img, (image_size, image_size)) / 255.0
-
     paths = [str(split.images_dir / name) for name in images]
-    image_ds = tf.data.Dataset.from_tensor_slices(paths).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    image_ds = tf.data.Dataset.from_tensor_slices(paths).map(
+        lambda path: preprocess_image(tf.io.read_file(path), image_size), num_parallel_calls=tf.data.AUTOTUNE)
     image_feats = image_encoder.predict(image_ds.batch(batch_size), verbose=0)
     text_in = (tf.constant(captions) if text_input_name(model) == "caption"
                else np.stack([embeddings[c] for c in captions]))  # raw captions, or their embeddings
