@@ -41,6 +41,8 @@ class TrainConfig:
     negatives: str = "fixed"  # fixed: the split's no-match triples; redraw: new negative captions every epoch
     temperature: float = 0.07  # contrastive objective: InfoNCE temperature
     contrastive_weight: float = 1.0  # contrastive objective: weight of InfoNCE beside the head's loss
+    hard_negatives: bool = False  # contrastive: the head also meets in-batch pairs drawn by similarity (ALBEF)
+    extra_captions: str = "none"  # contrastive: more captions of the TRAIN images (none | auto | a Flickr8k.token.txt)
     precision: str = "float32"  # float32 | mixed_bfloat16 (CPUs with AVX512-BF16) | mixed_float16 (GPUs)
     strategy: str = "default"  # tf.distribute: default (one device) | mirrored (this machine's GPUs or CPUs)
 
@@ -109,6 +111,12 @@ def make_config(preset: str = "faithful", **overrides) -> TrainConfig:
     if config.text_learning_rate is not None and not (config.text_tower == "minilm" and config.text_trainable):
         raise ConfigError("--text-learning-rate is for fine-tuning the minilm text tower (--text-tower minilm "
                           "--text-trainable)")
+    if config.extra_captions != "none" and config.objective != "contrastive":
+        raise ConfigError("--extra-captions feeds the contrastive objective's positives: use it with "
+                          "--objective contrastive")
+    if config.hard_negatives and config.objective != "contrastive":
+        raise ConfigError("--hard-negatives draws from the contrastive objective's batch: use it with "
+                          "--objective contrastive")
     if config.pipeline == "grouped" and config.objective != "kl":
         raise ConfigError("--pipeline grouped is for the kl objective (the contrastive one is grouped already)")
     return config
@@ -128,10 +136,25 @@ def fast_precision() -> str:
     return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
 
 
-def apply_fast(config: TrainConfig) -> TrainConfig:
-    """--fast: what speeds training up without changing the model or the loss."""
+# --fast on the kl objective: 4x the triples per step at 4x the learning rate (a linear scaling rule).
+# A grouped step of 16 triples holds only about 3 images, too few for the convolutions and the optimizer
+# update (6.5M weights) to run efficiently; 64 triples (about 11 images) amortise both.
+FAST_BATCH_SCALE = 4
+FAST_LR_SCALE = 4
+
+
+def apply_fast(config: TrainConfig, explicit: set[str] = frozenset()) -> TrainConfig:
+    """--fast: what speeds training up without changing the model or the loss.
+
+    kl objective: image-grouped batches (the image tower once per image) of 4x the triples at 4x the
+    learning rate, unless --batch-size or --learning-rate (``explicit``) were given; every objective:
+    mixed precision where the hardware has it.
+    """
     if config.objective == "kl":
         config.pipeline = "grouped"
+        if not {"batch_size", "learning_rate"} & set(explicit):
+            config.batch_size *= FAST_BATCH_SCALE
+            config.learning_rate *= FAST_LR_SCALE
     elif config.pipeline == "faithful":
         config.pipeline = "cached"
     config.precision = fast_precision()

@@ -75,14 +75,22 @@ def end_epoch(model, data: DataDir, cache: ImageCache, optimizer, history, backu
 
 def fit_contrastive(model, data: DataDir, cache: ImageCache, optimizer, epochs: int, batch_size: int,
                     temperature: float = 0.07, contrastive_weight: float = 1.0, seed: int = 0,
-                    callbacks_every_seconds: float = 30.0, backup=None) -> dict[str, list[float]]:
-    """Train ``model`` in place; returns per-epoch history like ``keras.Model.fit``'s."""
+                    callbacks_every_seconds: float = 30.0, backup=None,
+                    extra: dict[str, list[str]] | None = None, hard_negatives: bool = False) -> dict[str, list[float]]:
+    """Train ``model`` in place; returns per-epoch history like ``keras.Model.fit``'s.
+
+    ``extra``: more matching captions of training images (itm/extra_captions.py), drawn from with
+    the split's own; their embeddings must be in ``data.embeddings``. ``hard_negatives``: see train_step.
+    """
     import tensorflow as tf
 
     from .model import split_model
 
     image_encoder, text_encoder, head = split_model(model)
     positives = captions_per_image(data.splits["train"])
+    for image, captions in (extra or {}).items():
+        if image in positives:
+            positives[image] = positives[image] + captions
     images = sorted(positives)
     image_rows = np.array([cache.index[name] for name in images])
     steps_per_epoch = len(images) // batch_size
@@ -108,7 +116,8 @@ def fit_contrastive(model, data: DataDir, cache: ImageCache, optimizer, epochs: 
             zi = image_encoder(images, training=True)  # (B,D), or (B,N,D) tokens for attention
             zt = text_encoder(text, training=True)  # (B,D)
             vi = zi if len(zi.shape) == 2 else tf.reduce_mean(zi, axis=1)
-            logits = tf.matmul(tf.math.l2_normalize(vi, -1), tf.math.l2_normalize(zt, -1),
+            vi, ti = tf.cast(vi, tf.float32), tf.cast(zt, tf.float32)  # the loss in float32 under mixed precision
+            logits = tf.matmul(tf.math.l2_normalize(vi, -1), tf.math.l2_normalize(ti, -1),
                                transpose_b=True) / temperature  # (B,B)
             targets = tf.range(b)
             nce = 0.5 * (tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(targets, logits, True))
@@ -120,6 +129,15 @@ def fit_contrastive(model, data: DataDir, cache: ImageCache, optimizer, epochs: 
             kl = tf.reduce_sum(pair_labels * tf.math.log(tf.clip_by_value(pair_labels, 1e-7, 1.0)
                                                          / tf.clip_by_value(p, 1e-7, 1.0)), axis=-1)
             head_loss = tf.reduce_sum(pair_weights * kl) / tf.reduce_sum(pair_weights)
+            if hard_negatives:
+                # ALBEF's hard negatives: for each image a caption of another image, and for each caption
+                # another image, drawn with the probability of their (no-gradient) similarity; the head
+                # then meets the confusable pairs as often as the positives, not 1/B as often.
+                sim = tf.stop_gradient(logits) - 1e4 * tf.eye(b)
+                rows = tf.range(b, dtype=tf.int64)
+                hard = tf.concat([rows * b + tf.random.categorical(sim, 1)[:, 0],
+                                  tf.random.categorical(tf.transpose(sim), 1)[:, 0] * b + rows], axis=0)
+                head_loss += 0.5 * (tf.reduce_mean(tf.gather(kl, rows * (b + 1))) + tf.reduce_mean(tf.gather(kl, hard)))
             # The batch images' own triples from the split: the original's loss, on its (maybe hard) negatives.
             pt = tf.cast(head([tf.gather(zi, owner), text_encoder(triple_text, training=True)], training=True),
                          tf.float32)

@@ -16,8 +16,9 @@ from datetime import datetime
 from pathlib import Path
 
 from .config import TrainConfig, resolve_data_dir
-from .resume import BACKUP_DIR, EpochBackup
 from .data import load_data_dir, load_image_cache, make_cached_dataset, make_dataset, model_inputs
+from .extra_captions import load_extra_captions
+from .resume import BACKUP_DIR, EpochBackup
 
 
 def _callbacks(epochs: int, steps_per_epoch: int, every_seconds: float = 30.0) -> list:
@@ -115,6 +116,10 @@ def train(config: TrainConfig) -> Path:
     model.summary(line_length=110)
 
     train_split, dev_split = data.splits["train"], data.splits["dev"]
+    extra = load_extra_captions(config.extra_captions, data_dir, train_split)
+    if extra:
+        extra, vectors = extra
+        data.embeddings.update(vectors)
     cache = None
     if config.pipeline in ("cached", "grouped") or config.objective == "contrastive":
         start = time.perf_counter()
@@ -152,7 +157,8 @@ def train(config: TrainConfig) -> Path:
 
         history = fit_contrastive(model, data, cache, optimizer, config.epochs, config.batch_size,
                                   temperature=config.temperature, contrastive_weight=config.contrastive_weight,
-                                  seed=config.seed, backup=backup)
+                                  seed=config.seed, backup=backup, extra=extra,
+                                  hard_negatives=config.hard_negatives)
     elif config.pipeline == "grouped":
         from .grouped import fit_grouped_triples
 
