@@ -85,7 +85,7 @@ def test_redrawn_negatives_change_each_epoch_and_never_use_own_captions(tiny_dat
 
 @pytest.mark.parametrize("extra", [
     ["--objective", "contrastive", "--fusion", "interaction", "--image-tower", "cnn-bn", "--batch-size", "8",
-     "--learning-rate", "1e-3"],
+     "--learning-rate", "1e-3", "--hard-negatives"],
     ["--pipeline", "cached", "--negatives", "redraw", "--fusion", "mlp", "--batch-size", "16",
      "--learning-rate", "1e-3"],
 ])

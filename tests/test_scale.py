@@ -18,7 +18,20 @@ def _iterations(model_path):
     return int(r.stdout.split()[-1])
 
 
-@pytest.mark.parametrize("extra, steps_per_epoch", [([], 4), (["--fast"], 4)], ids=["fit", "grouped"])
+def test_fast_scales_the_batch_and_rate_unless_they_are_given():
+    from itm.config import FAST_BATCH_SCALE, FAST_LR_SCALE, apply_fast, make_config
+
+    fast = apply_fast(make_config())
+    assert (fast.pipeline, fast.batch_size, fast.learning_rate) == ("grouped", 16 * FAST_BATCH_SCALE, 3e-5 * FAST_LR_SCALE)
+    given = apply_fast(make_config(batch_size=32), explicit={"batch_size"})
+    assert (given.batch_size, given.learning_rate) == (32, 3e-5)
+    contrastive = apply_fast(make_config("best-cpu"))
+    assert (contrastive.pipeline, contrastive.batch_size) == ("cached", 64)
+
+
+# --fast with an explicit --batch-size keeps 16 triples (4 images of the fixture) per step: 4 steps an epoch.
+@pytest.mark.parametrize("extra, steps_per_epoch", [([], 4), (["--fast", "--batch-size", "16"], 4)],
+                         ids=["fit", "grouped"])
 def test_sigkilled_run_resumes_with_the_same_total_steps(extra, steps_per_epoch, tiny_data, tmp_path):
     out = tmp_path / "run"
     args = [sys.executable, "-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "8", "--image-size", "32",
