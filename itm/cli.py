@@ -193,10 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["dev", "test"], default="test", help="default: %(default)s")
     p.set_defaults(func=run_compare)
 
-    from . import embed, prepare
+    from . import embed, prepare, shards
 
     embed.add_commands(sub)
     prepare.add_commands(sub)
+    shards.add_commands(sub)
     from . import inference, serve
 
     inference.add_commands(sub)  # predict, rank, search

@@ -1,0 +1,98 @@
+"""TFRecord shards: every triple written once, read back exactly as the faithful pipeline reads it, trained on."""
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from itm.data import IMAGES_SUBDIR, SPLIT_FILES, DataError, load_data_dir, make_dataset
+from itm.shards import INDEX_FILE, make_shard_dataset, read_index, write_shards
+
+
+def _records(path: Path):
+    return [tf.train.Example.FromString(r.numpy()).features.feature for r in tf.data.TFRecordDataset(str(path))]
+
+
+def _tree(root: Path):
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
+
+
+def test_every_triple_written_once_and_rerun_gives_the_same_bytes(tiny_data, tmp_path):
+    out = write_shards(tiny_data, num_shards=3)
+    assert out == tiny_data / "shards"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "dev-00000-of-00001.tfrecord", INDEX_FILE, "test-00000-of-00001.tfrecord",
+        "train-00000-of-00003.tfrecord", "train-00001-of-00003.tfrecord", "train-00002-of-00003.tfrecord"]
+    data = load_data_dir(tiny_data)
+    index = read_index(out, splits=("train", "dev", "test"), data_dir=tiny_data)
+    for name, split in data.splits.items():
+        records = [f for p in sorted(out.glob(f"{name}-*.tfrecord")) for f in _records(p)]
+        images = {t.image for t in split.triples}
+        assert len(records) == len(images) == index["splits"][name]["images"]  # one record per image
+        triples = Counter()
+        for f in records:
+            image = f["image_name"].bytes_list.value[0].decode()
+            assert f["image"].bytes_list.value[0] == (tiny_data / IMAGES_SUBDIR / image).read_bytes()  # as stored
+            captions = [c.decode() for c in f["caption"].bytes_list.value]
+            vectors = np.array(f["text_embedding"].float_list.value, np.float32).reshape(len(captions), 384)
+            for caption, vector, match in zip(captions, vectors, f["match"].int64_list.value):
+                np.testing.assert_array_equal(vector, data.embeddings[caption])
+                triples[(image, caption, bool(match))] += 1
+        assert triples == Counter((t.image, t.caption, t.match) for t in split.triples)
+        assert sum(triples.values()) == index["splits"][name]["triples"]
+
+    first = _tree(out)
+    write_shards(tiny_data, num_shards=3, out=tmp_path / "again")
+    assert _tree(tmp_path / "again") == first
+    write_shards(tiny_data, num_shards=2)  # another count replaces the earlier shards of each split
+    assert sorted(p.name for p in out.glob("train-*")) == ["train-00000-of-00002.tfrecord",
+                                                            "train-00001-of-00002.tfrecord"]
+
+
+def _by_triple(ds, key=lambda name: Path(name).name):
+    out = {}
+    for features, labels in ds:
+        for i in range(len(labels)):
+            k = (key(features["file_name"][i].numpy().decode()), features["caption"][i].numpy().decode())
+            assert k not in out
+            out[k] = (features["image_input"][i].numpy(), features["text_embedding"][i].numpy(), labels[i].numpy())
+    return out
+
+
+def test_the_shard_pipeline_yields_what_the_faithful_one_does(tiny_data):
+    write_shards(tiny_data, num_shards=3)
+    data = load_data_dir(tiny_data)
+    for split, size in (("dev", 224), ("train", 32)):
+        faithful = make_dataset(data.splits[split], data.embeddings, batch_size=8, shuffle=False, image_size=size)
+        sharded = make_shard_dataset(tiny_data / "shards", split, batch_size=8, shuffle=False, image_size=size)
+        assert faithful.element_spec == sharded.element_spec  # same keys, shapes and dtypes
+        want, got = _by_triple(faithful), _by_triple(sharded)
+        assert got.keys() == want.keys()
+        for k, (pixels, vector, label) in want.items():
+            np.testing.assert_array_equal(got[k][0], pixels)  # the same preprocess_image, bit for bit
+            np.testing.assert_array_equal(got[k][1], vector)
+            np.testing.assert_array_equal(got[k][2], label)
+
+    train = data.splits["train"]
+    shuffled = make_shard_dataset(tiny_data / "shards", "train", batch_size=16, shuffle=True, seed=1, image_size=32)
+    batches = list(shuffled)
+    assert [len(b[1]) for b in batches] == [16] * 4
+    seen = [(f.decode(), c.decode()) for features, _ in batches
+            for f, c in zip(features["file_name"].numpy(), features["caption"].numpy())]
+    in_file_order = [(t.image, t.caption) for t in train.triples]
+    assert sorted(seen) == sorted(in_file_order) and seen != in_file_order
+
+
+def test_missing_changed_or_incomplete_shards_are_refused(tiny_data):
+    with pytest.raises(DataError, match=r"no shards folder .* itm shard --data-dir"):
+        read_index(tiny_data / "shards", data_dir=tiny_data)
+    write_shards(tiny_data, num_shards=2)
+    (tiny_data / "shards" / "train-00001-of-00002.tfrecord").unlink()
+    with pytest.raises(DataError, match="1 train shard.s. missing, e.g. train-00001-of-00002.tfrecord"):
+        read_index(tiny_data / "shards", data_dir=tiny_data)
+    write_shards(tiny_data, num_shards=2)
+    path = tiny_data / SPLIT_FILES["dev"]
+    path.write_text(path.read_text().replace("\tmatch", "\tno-match", 1))
+    with pytest.raises(DataError, match="DevImages.txt has changed since the shards were written"):
+        read_index(tiny_data / "shards", data_dir=tiny_data)
