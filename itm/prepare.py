@@ -345,11 +345,17 @@ def select_images(dataset: str, captions_file: Path, images_dir: Path, out: Path
 
 def prepare(dataset: str, captions_file, images_dir, out, seed: int = 0, negatives: int = DEFAULT_NEGATIVES,
             splits: str | None = None, image_size: int = 224, embed: bool = True, model: str | None = None,
-            batch_size: int | None = None) -> Path:
-    """Build the data folder ``out``; see the module docstring. Returns ``out``."""
+            batch_size: int | None = None, shards: int | None = None) -> Path:
+    """Build the data folder ``out``; see the module docstring. Returns ``out``.
+
+    ``shards``: then also write it as that many TFRecord shards of the train split (``itm.shards``).
+    """
     from .embed import DEFAULT_BATCH_SIZE, atomic_write, embed_data_dir
 
     captions_file, images_dir, out = Path(captions_file), Path(images_dir), Path(out)
+    if shards is not None and not embed:
+        raise DataError("--shards holds the embeddings too, so it cannot go with --no-embed: compute them later "
+                        f"with 'itm embed --data-dir {out}', then 'itm shard --data-dir {out} --shards {shards}'")
     if embed:  # fail now, not after resizing thousands of photos
         from .text_models import MissingExtra, require_sentence_transformers
         try:
@@ -384,13 +390,17 @@ def prepare(dataset: str, captions_file, images_dir, out, seed: int = 0, negativ
         embed_data_dir(out, model=model, batch_size=batch_size or DEFAULT_BATCH_SIZE)
     else:
         print(f"embeddings skipped (--no-embed); compute them with: itm embed --data-dir {out}", flush=True)
+    if shards is not None:
+        from .shards import write_shards
+
+        write_shards(out, num_shards=shards)
     return out
 
 
 def run_prepare(args) -> int:
     prepare(args.dataset, args.captions, args.images, args.out, seed=args.seed, negatives=args.negatives,
             splits=args.splits, image_size=args.image_size, embed=not args.no_embed, model=args.model,
-            batch_size=args.batch_size)
+            batch_size=args.batch_size, shards=args.shards)
     return 0
 
 
@@ -417,4 +427,7 @@ def add_commands(sub) -> None:
     p.add_argument("--no-embed", action="store_true", help="skip the embeddings (run 'itm embed' later)")
     p.add_argument("--model", help="sentence-transformers model for the embeddings (as 'itm embed --model')")
     p.add_argument("--batch-size", type=_positive_int, help="captions per encoder batch (as 'itm embed')")
+    p.add_argument("--shards", type=_positive_int, metavar="N",
+                   help="then also write DIR/shards: N TFRecord shards of the train split, proportionally fewer of "
+                        "dev and test (as 'itm shard'; for data bigger than memory, see data/README.md)")
     p.set_defaults(func=run_prepare)

@@ -282,3 +282,35 @@ def test_no_match_is_never_a_caption_of_the_image_itself():
     problems = Problems()
     assert sorted(draw_negatives(sorted(caps), caps, 4, random.Random(0), problems)["a.jpg"]) == ["b1", "c1", "c2"]
     assert problems.counts["image with fewer than 4 other captions to use as no-match"] == 3
+
+
+def test_prepare_with_shards_writes_them_after_the_folder(flickr8k, tmp_path, monkeypatch):
+    """--shards N: the folder, its embeddings (a stand-in encoder here: no torch), then its shards."""
+    import numpy as np
+
+    import itm.embed
+    import itm.text_models
+    from itm.shards import read_index
+
+    def fake_embed(data_dir, model=None, batch_size=None):
+        captions = itm.embed.split_captions(data_dir)
+        vectors = np.random.default_rng(0).normal(size=(len(captions), 384)).astype(np.float32)
+        itm.embed.write_embeddings(Path(data_dir) / "flickr8k.cmp9137.sentence_transformers.npz",
+                                   dict(zip(captions, vectors)))
+
+    monkeypatch.setattr(itm.text_models, "require_sentence_transformers", lambda: None)
+    monkeypatch.setattr(itm.embed, "embed_data_dir", fake_embed)
+    token, images, caps = flickr8k
+    out = prepare("flickr8k", token, images, tmp_path / "out", negatives=2, shards=2)
+    index = read_index(out / "shards", splits=("train", "dev", "test"), data_dir=out)
+    splits = read_out(out)
+    assert index["splits"]["train"]["shards"] == 2
+    assert {s: index["splits"][s]["triples"] for s in splits} == {s: len(t) for s, t in splits.items()}
+
+
+def test_cli_shards_without_embeddings_is_a_clear_error(flickr8k, tmp_path):
+    token, images, _ = flickr8k
+    err = _cli_error(["flickr8k", "--captions", str(token), "--images", str(images), "--out", str(tmp_path / "o"),
+                      "--no-embed", "--shards", "4"])
+    assert "--shards holds the embeddings too" in err and "itm shard --data-dir" in err
+    assert not (tmp_path / "o").exists()
