@@ -66,7 +66,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="contrastive: more matching captions of the TRAIN images from a Flickr8k.token.txt-style "
                         "file (auto: DATA_DIR/Flickr8k.token.txt when present); dev and test images take none")
     g.add_argument("--pipeline", choices=list(CHOICES["pipeline"]),
-                   help="faithful: decode a JPEG per triple; cached: decode each image once, keep uint8")
+                   help="faithful: decode a JPEG per triple; cached: decode each image once, keep uint8; grouped: "
+                        "cached, whole images per batch; shards: stream train and dev from TFRecord shards "
+                        "('itm shard'), for data bigger than memory")
+    g.add_argument("--shards-dir", help="--pipeline shards: the shards folder (default: DATA_DIR/shards)")
     g.add_argument("--negatives", choices=list(CHOICES["negatives"]),
                    help="redraw: new no-match captions every epoch (needs --pipeline cached)")
     g.add_argument("--augment", action="store_true", default=None, help="random flips and shifts in training")
@@ -85,7 +88,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     options = ("data_dir", "epochs", "batch_size", "learning_rate", "seed", "output_dir", "limit", "image_size",
                "image_tower", "image_weights", "freeze_backbone", "fusion", "text_tower", "text_trainable", "text_learning_rate", "objective", "pipeline", "negatives",
-               "extra_captions", "hard_negatives", "augment", "precision", "strategy")
+               "extra_captions", "hard_negatives", "augment", "precision", "strategy", "shards_dir")
     config = make_config(args.preset, **{k: getattr(args, k) for k in options})
     if args.fast:
         from .config import apply_fast

@@ -37,7 +37,9 @@ class TrainConfig:
     freeze_backbone: bool = False
     objective: str = "kl"  # kl: the original's loss on the split's triples; contrastive: see itm/contrastive.py
     pipeline: str = "faithful"  # faithful: decode a JPEG per triple; cached: decode each image once (uint8);
-    # grouped: cached, and each batch holds whole images with all their triples (image tower once per image)
+    # grouped: cached, and each batch holds whole images with all their triples (image tower once per image);
+    # shards: stream train and dev from TFRecord shards (itm shard), for data bigger than memory
+    shards_dir: str | None = None  # pipeline shards: where the shards are (default: DATA_DIR/shards)
     negatives: str = "fixed"  # fixed: the split's no-match triples; redraw: new negative captions every epoch
     temperature: float = 0.07  # contrastive objective: InfoNCE temperature
     contrastive_weight: float = 1.0  # contrastive objective: weight of InfoNCE beside the head's loss
@@ -77,7 +79,7 @@ CHOICES = {
     "fusion": ("concat", "mlp", "interaction", "attention"),
     "text_tower": ("precomputed", "minilm", "scratch"),
     "objective": ("kl", "contrastive"),
-    "pipeline": ("faithful", "cached", "grouped"),
+    "pipeline": ("faithful", "cached", "grouped", "shards"),
     "negatives": ("fixed", "redraw"),
     "precision": ("float32", "mixed_bfloat16", "mixed_float16"),
     "strategy": ("default", "mirrored"),
@@ -119,6 +121,14 @@ def make_config(preset: str = "faithful", **overrides) -> TrainConfig:
                           "--objective contrastive")
     if config.pipeline == "grouped" and config.objective != "kl":
         raise ConfigError("--pipeline grouped is for the kl objective (the contrastive one is grouped already)")
+    if config.pipeline == "shards" and config.objective != "kl":
+        raise ConfigError("--pipeline shards is for the kl objective (the contrastive one decodes every image "
+                          "into memory)")
+    if config.pipeline == "shards" and config.limit is not None:
+        raise ConfigError("--limit takes the first N triples of the split files; shards hold whole splits: "
+                          "use another --pipeline for a quick check")
+    if config.shards_dir is not None and config.pipeline != "shards":
+        raise ConfigError("--shards-dir is for --pipeline shards")
     return config
 
 
@@ -148,9 +158,12 @@ def apply_fast(config: TrainConfig, explicit: set[str] = frozenset()) -> TrainCo
 
     kl objective: image-grouped batches (the image tower once per image) of 4x the triples at 4x the
     learning rate, unless --batch-size or --learning-rate (``explicit``) were given; every objective:
-    mixed precision where the hardware has it.
+    mixed precision where the hardware has it. Shards stay shards, at their batch size: they are for data
+    that the grouped pipeline's decoded-once cache cannot hold.
     """
-    if config.objective == "kl":
+    if config.pipeline == "shards":
+        pass  # only the precision changes
+    elif config.objective == "kl":
         config.pipeline = "grouped"
         if not {"batch_size", "learning_rate"} & set(explicit):
             config.batch_size *= FAST_BATCH_SCALE

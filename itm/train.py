@@ -95,6 +95,14 @@ def train(config: TrainConfig) -> Path:
     for split in data.splits.values():
         print(f"  {split.name:5s} {len(split.triples):6d} triples ({split.n_match} match, "
               f"{len(split.triples) - split.n_match} no-match), {len({t.image for t in split.triples})} images")
+    shards = None
+    if config.pipeline == "shards":  # checked before anything is written: missing or stale shards are an error
+        from .shards import read_index, shards_dir_of
+
+        shards = shards_dir_of(data_dir, config.shards_dir)
+        shard_index = read_index(shards, splits=("train", "dev"), data_dir=data_dir)
+        print(f"  train and dev stream from {shards} ({shard_index['splits']['train']['shards']} + "
+              f"{shard_index['splits']['dev']['shards']} TFRecord shards)")
 
     import keras
 
@@ -166,7 +174,16 @@ def train(config: TrainConfig) -> Path:
         history = fit_grouped_triples(model, data, cache, optimizer, config.epochs, images_per_batch,
                                       seed=config.seed, backup=backup)
     elif config.objective == "kl":
-        if cache is not None:
+        if shards is not None:
+            from .shards import make_shard_dataset
+
+            inputs = tuple(model.input)
+            train_ds = model_inputs(make_shard_dataset(shards, "train", config.batch_size, shuffle=True,
+                                                       seed=config.seed, image_size=config.image_size,
+                                                       index=shard_index), inputs)
+            dev_ds = model_inputs(make_shard_dataset(shards, "dev", config.batch_size, shuffle=False,
+                                                     image_size=config.image_size, index=shard_index), inputs)
+        elif cache is not None:
             train_ds = make_cached_dataset(train_split, data.embeddings, cache, config.batch_size, shuffle=True,
                                            seed=config.seed, negatives=config.negatives)
             dev_ds = make_cached_dataset(dev_split, data.embeddings, cache, config.batch_size, shuffle=False)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import run_cli
+from itm.config import ConfigError, make_config
 from itm.data import IMAGES_SUBDIR, SPLIT_FILES, DataError, load_data_dir, make_dataset
 from itm.shards import INDEX_FILE, make_shard_dataset, read_index, write_shards
 
@@ -96,3 +98,41 @@ def test_missing_changed_or_incomplete_shards_are_refused(tiny_data):
     path.write_text(path.read_text().replace("\tmatch", "\tno-match", 1))
     with pytest.raises(DataError, match="DevImages.txt has changed since the shards were written"):
         read_index(tiny_data / "shards", data_dir=tiny_data)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(limit=8), "--limit takes the first N triples"),
+    (dict(objective="contrastive"), "--pipeline shards is for the kl objective"),
+])
+def test_impossible_shard_options(options, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config(pipeline="shards", **options)
+    with pytest.raises(ConfigError, match="--shards-dir is for --pipeline shards"):
+        make_config(shards_dir="/somewhere")
+
+
+def test_train_on_shards_from_the_command_line(tiny_data, tmp_path):
+    r = run_cli(["-m", "itm", "shard", "--data-dir", str(tiny_data), "--shards", "2", "--out", str(tmp_path / "s")])
+    assert r.returncode == 0, r.stderr
+    assert "train: 2/2 shards" in r.stderr and f"to {tmp_path / 's'}" in r.stdout
+    out = tmp_path / "run"
+    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--pipeline", "shards", "--shards-dir",
+                 str(tmp_path / "s"), "--epochs", "1", "--image-size", "32", "--seed", "1", "--output-dir", str(out)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"train and dev stream from {tmp_path / 's'} (2 + 1 TFRecord shards)" in r.stdout
+    assert "val_loss" in (out / "history.csv").read_text() and (out / "metrics.json").is_file()
+    import keras
+
+    import itm.optim  # noqa: F401  (registers the optimizer)
+
+    model = keras.saving.load_model(out / "model.keras")
+    assert int(model.optimizer.iterations) == 64 // 16
+
+
+def test_training_on_a_folder_without_shards_is_a_clear_error(tiny_data, tmp_path):
+    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--pipeline", "shards", "--epochs", "1",
+                 "--output-dir", str(tmp_path / "run")])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"--pipeline shards: no shards folder at {tiny_data / 'shards' / INDEX_FILE}" in r.stderr
+    assert f"itm shard --data-dir {tiny_data}" in r.stderr
+    assert not (tmp_path / "run").exists()
