@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import math
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from .config import FAST_BATCH_SCALE
 
@@ -21,6 +24,7 @@ SETTINGS = {
     "cached": ("cached", "float32", 16),  # decode each image once, uint8 in memory
     "grouped": ("grouped", "float32", 16),  # ... and the image tower once per image
     "fast": ("grouped", "fast", 16 * FAST_BATCH_SCALE),  # ... mixed precision, 4x the triples per step (= --fast)
+    "shards": ("shards", "float32", 16),  # stream TFRecord shards, each image decoded once per epoch (not by default)
 }
 
 
@@ -55,7 +59,9 @@ def measure(setting: str, data_dir: str, steps: int, image_size: int = 224) -> d
            "train_triples": n_triples}
 
     cache = None
-    if pipeline != "faithful":
+    if pipeline == "shards":
+        shards, made = _shards_for(data_dir, out)
+    elif pipeline != "faithful":
         start = time.perf_counter()
         cache = load_image_cache([train], image_size)
         out["decode_once_seconds"] = round(time.perf_counter() - start, 2)
@@ -81,6 +87,11 @@ def measure(setting: str, data_dir: str, steps: int, image_size: int = 224) -> d
         if pipeline == "faithful":
             ds = model_inputs(make_dataset(train, data.embeddings, batch_size, shuffle=True, seed=0,
                                            image_size=image_size))
+        elif pipeline == "shards":
+            from .shards import make_shard_dataset
+
+            ds = model_inputs(make_shard_dataset(shards, "train", batch_size, shuffle=True, seed=0,
+                                                 image_size=image_size)).repeat()
         else:
             ds = make_cached_dataset(train, data.embeddings, cache, batch_size, shuffle=True, seed=0)
         model.fit(ds.take(warmup), epochs=1, verbose=0)
@@ -111,7 +122,23 @@ def measure(setting: str, data_dir: str, steps: int, image_size: int = 224) -> d
         model.predict(x, verbose=0)
     out["inference_examples_per_second"] = round(reps * len(texts) / (time.perf_counter() - start), 1)
     out["peak_rss_mb"] = round(_peak_rss_mb(), 0)
+    if pipeline == "shards" and made:
+        shutil.rmtree(shards)
     return out
+
+
+def _shards_for(data_dir: str, out: dict):
+    """DIR/shards when written, else the train split's shards written into a temporary folder (timed)."""
+    from .shards import INDEX_FILE, SHARDS_SUBDIR, read_index, write_shards
+
+    shards = Path(data_dir) / SHARDS_SUBDIR
+    if (shards / INDEX_FILE).is_file():
+        read_index(shards, splits=("train",), data_dir=data_dir)  # refuses stale shards
+        return shards, False
+    start = time.perf_counter()
+    shards = write_shards(data_dir, out=Path(tempfile.mkdtemp(prefix="itm-bench-shards-")), splits=("train",))
+    out["shard_write_seconds"] = round(time.perf_counter() - start, 2)
+    return shards, True
 
 
 def run(data_dir: str, settings: list[str], steps: int) -> dict:

@@ -183,11 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure pipeline, training and inference speed of each setting (JSON)",
                        description="Time the faithful model under each training setting (naive original-style "
-                                   "pipeline, decoded-once cache, image-grouped batches, --fast) on a data folder; "
-                                   "prints JSON. A measurement, not a test.")
+                                   "pipeline, decoded-once cache, image-grouped batches, --fast, TFRecord shards) on a "
+                                   "data folder; prints JSON. A measurement, not a test.")
     p.add_argument("--data-dir", help="data folder (default: as for 'itm train')")
     p.add_argument("--steps", type=_positive_int, default=40, help="timed training steps per setting (default: 40)")
-    p.add_argument("--settings", default="naive,cached,grouped,fast", help="comma-separated (default: %(default)s)")
+    p.add_argument("--settings", default="naive,cached,grouped,fast",
+                   help="comma-separated, of naive, cached, grouped, fast, shards (default: %(default)s; shards "
+                        "reads DIR/shards, or writes the train split's shards into a temporary folder first)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one setting in this process
     p.set_defaults(func=run_bench)
 
