@@ -252,20 +252,21 @@ def make_shard_dataset(shards_dir, split: str, batch_size: int = 16, shuffle: bo
                        image_size: int = 224, index: dict | None = None):
     """Stream a split from its shards: the faithful pipeline's batches, without holding the data in memory.
 
-    Shards are listed from the index (shuffled when training), read ``MAX_CYCLE_LENGTH`` at a time in parallel
-    (in any order when training: ``deterministic=False``, so a slow read never stalls the others),
-    image records shuffled, each image decoded once with ``preprocess_image``, its triples
-    flattened out, shuffled again (``SHUFFLE_BATCHES`` batches of triples, holding at most that
-    many decoded images: the only memory that grows with the image size), batched and prefetched. Yields ``image_input``,
-    ``text_embedding``, ``caption`` and ``file_name`` (the image's name in the data folder) with the
-    one-hot label, match = [1, 0]. Without ``shuffle`` the order is fixed, not the split file's.
+    Shards are listed from the index (shuffled when training), read ``MAX_CYCLE_LENGTH`` at a time
+    in parallel (in any order when training: ``deterministic=False``, so a slow read never stalls the
+    others), image records shuffled, each image decoded once with ``preprocess_image``, its triples
+    flattened out, shuffled again (``SHUFFLE_BATCHES`` batches of triples, holding at most that many
+    decoded images: the only memory that grows with the image size), batched and prefetched. Yields
+    ``image_input``, ``text_embedding``, ``caption`` and ``file_name`` (the image's name in the data
+    folder) with the one-hot label, match = [1, 0]. Without ``shuffle`` the order is fixed, not the
+    split file's.
     """
     import tensorflow as tf
 
     shards_dir = Path(shards_dir)
     index = index or read_index(shards_dir, splits=(split,))
     n = index["splits"][split]["shards"]
-    # The index's file names, not a glob: a stray or half-written file is never read (list_files would).
+    # The index's file names rather than list_files' glob: exactly the shards the index counted.
     files = tf.data.Dataset.from_tensor_slices([str(shards_dir / shard_name(split, i, n)) for i in range(n)])
     if shuffle:
         files = files.shuffle(n, seed=seed, reshuffle_each_iteration=True)
