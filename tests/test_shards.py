@@ -136,3 +136,10 @@ def test_training_on_a_folder_without_shards_is_a_clear_error(tiny_data, tmp_pat
     assert f"--pipeline shards: no shards folder at {tiny_data / 'shards' / INDEX_FILE}" in r.stderr
     assert f"itm shard --data-dir {tiny_data}" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_fast_keeps_the_shards_and_their_batch_size():
+    from itm.config import apply_fast
+
+    config = apply_fast(make_config(pipeline="shards"))
+    assert (config.pipeline, config.batch_size, config.learning_rate) == ("shards", 16, 3e-5)
