@@ -130,6 +130,9 @@ def fast_precision() -> str:
 
 def apply_fast(config: TrainConfig) -> TrainConfig:
     """--fast: what speeds training up without changing the model or the loss."""
+    if config.strategy != "default":
+        raise ConfigError(f"--fast trains on image-grouped batches, on one device: drop --fast or --strategy "
+                          f"{config.strategy}")
     if config.objective == "kl":
         config.pipeline = "grouped"
     elif config.pipeline == "faithful":
