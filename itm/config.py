@@ -43,6 +43,7 @@ class TrainConfig:
     contrastive_weight: float = 1.0  # contrastive objective: weight of InfoNCE beside the head's loss
     precision: str = "float32"  # float32 | mixed_bfloat16 (CPUs with AVX512-BF16) | mixed_float16 (GPUs)
     strategy: str = "default"  # tf.distribute: default (one device) | mirrored (this machine's GPUs or CPUs)
+    # | multiworker (the machines TF_CONFIG names; see itm/multiworker.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,7 +79,7 @@ CHOICES = {
     "pipeline": ("faithful", "cached", "grouped"),
     "negatives": ("fixed", "redraw"),
     "precision": ("float32", "mixed_bfloat16", "mixed_float16"),
-    "strategy": ("default", "mirrored"),
+    "strategy": ("default", "mirrored", "multiworker"),
 }
 
 
@@ -101,8 +102,10 @@ def make_config(preset: str = "faithful", **overrides) -> TrainConfig:
     if config.negatives == "redraw" and config.pipeline != "cached":
         raise ConfigError("--negatives redraw needs --pipeline cached")
     if config.strategy != "default" and (config.objective != "kl" or config.pipeline == "grouped"):
-        raise ConfigError("--strategy mirrored runs Keras' fit: use it with the kl objective and the "
-                          "faithful or cached pipeline")
+        raise ConfigError(f"--strategy {config.strategy} trains on the split's triples: use it with the kl "
+                          "objective and the faithful or cached pipeline")
+    if config.strategy == "multiworker" and config.negatives != "fixed":
+        raise ConfigError("--strategy multiworker shards the split's triples: use it with --negatives fixed")
     if config.text_tower != "precomputed" and (config.objective != "kl" or config.pipeline != "faithful"):
         raise ConfigError(f"--text-tower {config.text_tower} reads raw captions: use it with the kl objective and "
                           "the faithful pipeline")
