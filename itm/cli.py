@@ -70,7 +70,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="tf.distribute: default (one device), mirrored (MirroredStrategy over all GPUs here), "
                         "multiworker (MultiWorkerMirroredStrategy over the machines in the TF_CONFIG environment "
                         "variable: start the same command on each; --batch-size is the global batch, split "
-                        "across all replicas; worker 0 writes the run)")
+                        "across all replicas; the chief, task 0, writes the run)")
     p.add_argument("--fast", action="store_true",
                    help="train faster with the same model and loss: image-grouped batches (the image tower once "
                         "per image) on decoded-once images, and mixed precision where the hardware has it")
