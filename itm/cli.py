@@ -75,7 +75,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--augment", action="store_true", default=None, help="random flips and shifts in training")
     g.add_argument("--precision", choices=list(CHOICES["precision"]))
     g.add_argument("--strategy", choices=list(CHOICES["strategy"]),
-                   help="tf.distribute: default (one device), mirrored (MirroredStrategy over all GPUs here)")
+                   help="tf.distribute: default (one device), mirrored (MirroredStrategy over all GPUs here), "
+                        "multiworker (MultiWorkerMirroredStrategy over the machines in the TF_CONFIG environment "
+                        "variable: start the same command on each; --batch-size is the global batch, split "
+                        "across all replicas; the chief, task 0, writes the run)")
     p.add_argument("--fast", action="store_true",
                    help="train faster with the same model and loss: image-grouped batches (the image tower once "
                         "per image) on decoded-once images, of 4x the triples at 4x the learning rate (unless "

@@ -47,6 +47,7 @@ class TrainConfig:
     extra_captions: str = "none"  # contrastive: more captions of the TRAIN images (none | auto | a Flickr8k.token.txt)
     precision: str = "float32"  # float32 | mixed_bfloat16 (CPUs with AVX512-BF16) | mixed_float16 (GPUs)
     strategy: str = "default"  # tf.distribute: default (one device) | mirrored (this machine's GPUs or CPUs)
+    # | multiworker (the machines TF_CONFIG names; see itm/multiworker.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,7 +83,7 @@ CHOICES = {
     "pipeline": ("faithful", "cached", "grouped", "shards"),
     "negatives": ("fixed", "redraw"),
     "precision": ("float32", "mixed_bfloat16", "mixed_float16"),
-    "strategy": ("default", "mirrored"),
+    "strategy": ("default", "mirrored", "multiworker"),
 }
 
 
@@ -105,8 +106,13 @@ def make_config(preset: str = "faithful", **overrides) -> TrainConfig:
     if config.negatives == "redraw" and config.pipeline != "cached":
         raise ConfigError("--negatives redraw needs --pipeline cached")
     if config.strategy != "default" and (config.objective != "kl" or config.pipeline == "grouped"):
-        raise ConfigError("--strategy mirrored runs Keras' fit: use it with the kl objective and the "
-                          "faithful or cached pipeline")
+        raise ConfigError(f"--strategy {config.strategy} trains on the split's triples: use it with the kl "
+                          "objective and the faithful or cached pipeline")
+    if config.strategy == "multiworker" and config.pipeline == "shards":
+        raise ConfigError("--strategy multiworker shards the split's triples itself: use it with the faithful or "
+                          "cached pipeline")
+    if config.strategy == "multiworker" and config.negatives != "fixed":
+        raise ConfigError("--strategy multiworker shards the split's triples: use it with --negatives fixed")
     if config.text_tower != "precomputed" and (config.objective != "kl" or config.pipeline != "faithful"):
         raise ConfigError(f"--text-tower {config.text_tower} reads raw captions: use it with the kl objective and "
                           "the faithful pipeline")
@@ -161,6 +167,9 @@ def apply_fast(config: TrainConfig, explicit: set[str] = frozenset()) -> TrainCo
     mixed precision where the hardware has it. Shards stay shards, at their batch size: they are for data
     that the grouped pipeline's decoded-once cache cannot hold.
     """
+    if config.strategy != "default":
+        raise ConfigError(f"--fast trains on image-grouped batches, on one device: drop --fast or --strategy "
+                          f"{config.strategy}")
     if config.pipeline == "shards":
         pass  # only the precision changes
     elif config.objective == "kl":

@@ -15,7 +15,7 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
-from .config import TrainConfig, resolve_data_dir
+from .config import ConfigError, TrainConfig, resolve_data_dir
 from .data import load_data_dir, load_image_cache, make_cached_dataset, make_dataset, model_inputs
 from .extra_captions import load_extra_captions
 from .resume import BACKUP_DIR, EpochBackup
@@ -52,12 +52,18 @@ def _callbacks(epochs: int, steps_per_epoch: int, every_seconds: float = 30.0) -
 
 
 def make_strategy(name: str):
-    """tf.distribute's engine: one device, or MirroredStrategy over all GPUs of this machine.
+    """tf.distribute's engine: one device, MirroredStrategy over all GPUs of this machine, or
+    MultiWorkerMirroredStrategy over the machines that TF_CONFIG names (see itm/multiworker.py).
 
-    (MultiWorkerMirroredStrategy is not offered: Keras 3's fit cannot drive it yet, keras-team/keras#20585.)
+    Call it before any other TensorFlow op: MultiWorkerMirroredStrategy must be created first.
     """
     import tensorflow as tf
 
+    if name == "multiworker":
+        from .multiworker import check_tf_config
+
+        check_tf_config()
+        return tf.distribute.MultiWorkerMirroredStrategy()  # waits here until every worker has started
     return tf.distribute.MirroredStrategy() if name == "mirrored" else tf.distribute.get_strategy()
 
 
@@ -77,7 +83,8 @@ def write_history_csv(history: dict[str, list[float]], path: Path) -> None:
 
 
 def train(config: TrainConfig) -> Path:
-    """Train, save and evaluate one run as ``config`` says; returns the run folder."""
+    """Train, save and evaluate one run as ``config`` says; returns the run folder (which, under
+    --strategy multiworker, only the chief writes)."""
     data_dir, origin = resolve_data_dir(config.data_dir)
     print(origin, flush=True)
     out = Path(config.output_dir) if config.output_dir else default_output_dir(config.preset)
@@ -107,8 +114,14 @@ def train(config: TrainConfig) -> Path:
     import keras
 
     strategy = make_strategy(config.strategy)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    # False only on a worker of a multi-worker cluster other than the chief: it writes nothing.
+    chief = strategy.extended.should_checkpoint
+    if config.strategy == "multiworker" and config.batch_size % strategy.num_replicas_in_sync:
+        raise ConfigError(f"--batch-size {config.batch_size} is the global batch, split evenly across the "
+                          f"{strategy.num_replicas_in_sync} replicas of all workers: make it a multiple of that")
+    if chief:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
     # Keras warns that fit(shuffle=True) is ignored for a tf.data input; the pipeline shuffles itself.
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
@@ -143,6 +156,11 @@ def train(config: TrainConfig) -> Path:
         steps_per_epoch = len({t.image for t in train_split.triples if t.match}) // config.batch_size
     elif config.pipeline == "grouped":
         steps_per_epoch = math.ceil(train_images / images_per_batch)
+    elif config.strategy == "multiworker":  # whole global batches only (itm/multiworker.py: epoch_shard)
+        steps_per_epoch = len(train_split.triples) // config.batch_size
+        if steps_per_epoch == 0:
+            raise ConfigError(f"the train split has {len(train_split.triples)} triples, fewer than one global "
+                              f"batch of {config.batch_size}; lower --batch-size")
     else:
         steps_per_epoch = math.ceil(len(train_split.triples) / config.batch_size)
     num_train_steps = steps_per_epoch * config.epochs
@@ -174,40 +192,48 @@ def train(config: TrainConfig) -> Path:
         history = fit_grouped_triples(model, data, cache, optimizer, config.epochs, images_per_batch,
                                       seed=config.seed, backup=backup)
     elif config.objective == "kl":
-        if shards is not None:
-            from .shards import make_shard_dataset
+        if config.negatives != "fixed" and cache is None:
+            raise ValueError("negatives='redraw' needs the cached pipeline (pipeline='cached')")
+        inputs = tuple(model.input)  # image_input, and text_embedding or caption
 
-            inputs = tuple(model.input)
-            train_ds = model_inputs(make_shard_dataset(shards, "train", config.batch_size, shuffle=True,
+        def batches(split, batch_size, shuffle=False):
+            """The split's (inputs, one-hot label) batches; shuffled ones get the run's seed and negatives."""
+            if shards is not None:
+                from .shards import make_shard_dataset
+
+                return model_inputs(make_shard_dataset(shards, split.name, batch_size, shuffle=shuffle,
                                                        seed=config.seed, image_size=config.image_size,
                                                        index=shard_index), inputs)
-            dev_ds = model_inputs(make_shard_dataset(shards, "dev", config.batch_size, shuffle=False,
-                                                     image_size=config.image_size, index=shard_index), inputs)
-        elif cache is not None:
-            train_ds = make_cached_dataset(train_split, data.embeddings, cache, config.batch_size, shuffle=True,
-                                           seed=config.seed, negatives=config.negatives)
-            dev_ds = make_cached_dataset(dev_split, data.embeddings, cache, config.batch_size, shuffle=False)
+            if cache is not None:
+                return make_cached_dataset(split, data.embeddings, cache, batch_size, shuffle=shuffle,
+                                           seed=config.seed, negatives=config.negatives if shuffle else "fixed")
+            return model_inputs(make_dataset(split, data.embeddings, batch_size, shuffle=shuffle, seed=config.seed,
+                                             image_size=config.image_size), inputs)
+
+        dev_ds = batches(dev_split, config.batch_size)
+        if config.strategy == "multiworker":
+            from .multiworker import fit_multiworker
+
+            history = fit_multiworker(model, strategy, batches, train_split, dev_ds, config.epochs,
+                                      config.batch_size, config.seed, backup=backup if chief else None)
         else:
-            if config.negatives != "fixed":
-                raise ValueError("negatives='redraw' needs the cached pipeline (pipeline='cached')")
-            inputs = tuple(model.input)  # image_input, and text_embedding or caption
-            train_ds = model_inputs(make_dataset(train_split, data.embeddings, config.batch_size, shuffle=True,
-                                                 seed=config.seed, image_size=config.image_size), inputs)
-            dev_ds = model_inputs(make_dataset(dev_split, data.embeddings, config.batch_size, shuffle=False,
-                                               image_size=config.image_size), inputs)
-        earlier = backup.history()  # epochs done before an interruption, if any
-        callbacks = _callbacks(config.epochs, steps_per_epoch) + [
-            backup.history_saver(earlier), keras.callbacks.BackupAndRestore(backup_dir=str(backup.dir))]
-        fit = model.fit(train_ds, validation_data=dev_ds, epochs=config.epochs, callbacks=callbacks,
-                        verbose=1 if sys.stdout.isatty() else 2)
-        done = config.epochs - len(fit.history.get("loss", []))
-        history = {k: [float(v) for v in earlier.get(k, [])[:done]] + [float(v) for v in vs]
-                   for k, vs in fit.history.items()}
+            train_ds = batches(train_split, config.batch_size, shuffle=True)
+            earlier = backup.history()  # epochs done before an interruption, if any
+            callbacks = _callbacks(config.epochs, steps_per_epoch) + [
+                backup.history_saver(earlier), keras.callbacks.BackupAndRestore(backup_dir=str(backup.dir))]
+            fit = model.fit(train_ds, validation_data=dev_ds, epochs=config.epochs, callbacks=callbacks,
+                            verbose=1 if sys.stdout.isatty() else 2)
+            done = config.epochs - len(fit.history.get("loss", []))
+            history = {k: [float(v) for v in earlier.get(k, [])[:done]] + [float(v) for v in vs]
+                       for k, vs in fit.history.items()}
     else:
         raise ValueError(f"unknown objective {config.objective!r}; choose from kl, contrastive")
     train_seconds = time.perf_counter() - start
     print(f"model trained in {train_seconds:.1f} s", flush=True)
 
+    if not chief:
+        print("This worker is done; the chief writes and evaluates the run.", flush=True)
+        return out
     backup.finish()
     model.save(out / "model.keras")
     write_history_csv(history, out / "history.csv")
@@ -215,6 +241,10 @@ def train(config: TrainConfig) -> Path:
 
     plot_history(history, out / "history.png")
 
+    if config.strategy == "multiworker":
+        # The chief evaluates alone: a model built under the strategy would wait in predict for the other
+        # workers, so it scores the saved model, loaded outside the strategy.
+        model = keras.saving.load_model(out / "model.keras")
     finish_run(model, data, config, out, train_seconds)
     return out
 

@@ -1,7 +1,9 @@
 """Training that scales out on tf.distribute and survives being killed."""
 import csv
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -97,3 +99,108 @@ def test_mirrored_strategy_from_the_command_line(tiny_data, tmp_path):
                  "--strategy", "mirrored", "--output-dir", str(tmp_path / "run")])
     assert r.returncode == 0, r.stdout + r.stderr
     assert (tmp_path / "run" / "model.keras").is_file()
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _run_workers(args, n, logs, timeout=150):
+    """Run ``python *args(i)`` as worker i of an n-worker cluster on loopback; return each one's
+    (exit status, output)."""
+    hosts = [f"127.0.0.1:{port}" for port in _free_ports(n)]
+    procs = []
+    try:
+        for i in range(n):
+            tf_config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}}
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": json.dumps(tf_config)}
+            with open(logs / f"worker{i}.log", "w") as log:  # a file, not a pipe, which could fill and stall
+                procs.append(subprocess.Popen([sys.executable, *args(i)], cwd=ROOT, env=env, stdout=log,
+                                              stderr=subprocess.STDOUT))
+        deadline = time.time() + timeout
+        codes = [p.wait(timeout=max(1, deadline - time.time())) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [(code, (logs / f"worker{i}.log").read_text()) for i, code in enumerate(codes)]
+
+
+def test_two_workers_on_loopback_complete_a_multiworker_run(tiny_data, tmp_path):
+    """The tiny train split has 64 triples: a global batch of 16 split over the two workers makes
+    4 steps an epoch (8 in 2 epochs); a batch of 16 per worker would make 2 (4)."""
+    outs = [tmp_path / "chief", tmp_path / "worker1"]
+    results = _run_workers(lambda i: ["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "2",
+                                      "--image-size", "32", "--batch-size", "16", "--strategy", "multiworker",
+                                      "--output-dir", str(outs[i])], 2, tmp_path)
+    for code, output in results:
+        assert code == 0, output
+    epochs = [[line for line in output.splitlines() if line.startswith("epoch ")] for _, output in results]
+    assert len(epochs[0]) == 2
+    # One cluster: both workers report the same global loss, step for step.
+    assert [line.split(" - ", 2)[2] for line in epochs[0]] == [line.split(" - ", 2)[2] for line in epochs[1]]
+    assert _iterations(outs[0] / "model.keras") == 2 * 64 // 16
+    assert (outs[0] / "metrics.json").is_file() and (outs[0] / "report.md").is_file()
+    assert not (outs[0] / "backup").exists()
+    assert not outs[1].exists(), "only the chief writes"
+
+
+SAME_RUN = r"""
+import sys
+import itm.train
+from itm.config import make_config
+itm.train.finish_run = lambda *args: None  # the test split's evaluation is not what is compared here
+itm.train.train(make_config(data_dir=sys.argv[1], output_dir=sys.argv[2], epochs=2, image_size=32, seed=4,
+                  strategy="multiworker", dropout=0.0, clipnorm=0.0))
+"""
+
+
+def test_two_workers_train_as_one_on_the_same_global_batches(tiny_data, tmp_path):
+    """Same seed, so the same global batches: one worker and two (each with half of every batch)
+    end with the same history. Dropout is off, as is clipping (under a strategy it applies to each
+    replica's gradient before the sum)."""
+    histories = []
+    for n in (1, 2):
+        out = tmp_path / f"{n}-workers"
+        (tmp_path / f"logs{n}").mkdir()
+        for code, output in _run_workers(lambda i, out=out: ["-c", SAME_RUN, str(tiny_data), str(out / str(i))], n,
+                                         tmp_path / f"logs{n}"):
+            assert code == 0, output
+        with open(out / "0" / "history.csv") as f:
+            histories.append([{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)])
+    assert len(histories[0]) == 2
+    for one, two in zip(*histories):
+        assert two == pytest.approx(one, rel=1e-5)
+
+
+@pytest.mark.parametrize("tf_config", ["", "{not json"], ids=["missing", "malformed"])
+def test_multiworker_without_a_usable_tf_config_is_a_clean_error(tf_config, tiny_data, tmp_path):
+    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "1", "--image-size", "32",
+                 "--strategy", "multiworker", "--output-dir", str(tmp_path / "run")], env={"TF_CONFIG": tf_config})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "error:" in r.stderr and "TF_CONFIG" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("tf_config", [
+    '{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}',
+    '{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
+    '{"cluster": {"worker": ["a"]}, "task": {"type": "worker", "index": 0}}',
+    '{"cluster": {"ps": ["a:1"]}, "task": {"type": "ps", "index": 0}}',
+    '["a:1"]',
+])
+def test_tf_config_is_checked(tf_config):
+    from itm.config import ConfigError
+    from itm.multiworker import check_tf_config
+
+    with pytest.raises(ConfigError, match="TF_CONFIG"):
+        check_tf_config(tf_config)
+    good = '{"cluster": {"chief": ["a:1"], "worker": ["b:2"]}, "task": {"type": "worker", "index": 0}}'
+    assert check_tf_config(good)["task"] == {"type": "worker", "index": 0}
