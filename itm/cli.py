@@ -74,6 +74,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="redraw: new no-match captions every epoch (needs --pipeline cached)")
     g.add_argument("--augment", action="store_true", default=None, help="random flips and shifts in training")
     g.add_argument("--precision", choices=list(CHOICES["precision"]))
+    g.add_argument("--xla", action="store_true", default=None,
+                   help="compile the training step with XLA (kl objective, not grouped): often faster on GPUs; "
+                        "about 3x slower on this project's 2-core CPU")
     g.add_argument("--strategy", choices=list(CHOICES["strategy"]),
                    help="tf.distribute: default (one device), mirrored (MirroredStrategy over all GPUs here), "
                         "multiworker (MultiWorkerMirroredStrategy over the machines in the TF_CONFIG environment "
@@ -91,7 +94,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     options = ("data_dir", "epochs", "batch_size", "learning_rate", "seed", "output_dir", "limit", "image_size",
                "image_tower", "image_weights", "freeze_backbone", "fusion", "text_tower", "text_trainable", "text_learning_rate", "objective", "pipeline", "negatives",
-               "extra_captions", "hard_negatives", "augment", "precision", "strategy", "shards_dir")
+               "extra_captions", "hard_negatives", "augment", "precision", "xla", "strategy", "shards_dir")
     config = make_config(args.preset, **{k: getattr(args, k) for k in options})
     if args.fast:
         from .config import apply_fast

@@ -45,6 +45,7 @@ class TrainConfig:
     contrastive_weight: float = 1.0  # contrastive objective: weight of InfoNCE beside the head's loss
     hard_negatives: bool = False  # contrastive: the head also meets in-batch pairs drawn by similarity (ALBEF)
     extra_captions: str = "none"  # contrastive: more captions of the TRAIN images (none | auto | a Flickr8k.token.txt)
+    xla: bool = False  # compile the Keras train step with XLA (jit_compile): often faster on GPUs, slower on CPUs
     precision: str = "float32"  # float32 | mixed_bfloat16 (CPUs with AVX512-BF16) | mixed_float16 (GPUs)
     strategy: str = "default"  # tf.distribute: default (one device) | mirrored (this machine's GPUs or CPUs)
     # | multiworker (the machines TF_CONFIG names; see itm/multiworker.py)
@@ -64,7 +65,7 @@ PRESETS: dict[str, dict] = {
     # From scratch, for 2 CPU cores: a batch-normalised CNN at 128x128 on decoded-once images,
     # interaction features in the head, and image-grouped batches with in-batch negatives.
     "best-cpu": dict(image_tower="cnn-bn", image_size=128, augment=True, fusion="interaction",
-                     objective="contrastive", pipeline="cached", batch_size=64, learning_rate=1e-3,
+                     objective="contrastive", pipeline="cached", batch_size=32, learning_rate=1e-3,
                      warmup_fraction=0.05, epochs=30, projection_dim=256),
     # An ImageNet backbone (downloaded by Keras on first use), frozen, with the same head and objective.
     "pretrained": dict(image_tower="efficientnetb0", image_weights="imagenet", freeze_backbone=True,
@@ -122,6 +123,9 @@ def make_config(preset: str = "faithful", **overrides) -> TrainConfig:
     if config.extra_captions != "none" and config.objective != "contrastive":
         raise ConfigError("--extra-captions feeds the contrastive objective's positives: use it with "
                           "--objective contrastive")
+    if config.xla and (config.objective != "kl" or config.pipeline == "grouped" or config.strategy == "multiworker"):
+        raise ConfigError("--xla compiles Keras' fit step: use it with the kl objective and the faithful, cached or "
+                          "shards pipeline (the grouped loops' batch shapes vary from step to step), on one machine")
     if config.hard_negatives and config.objective != "contrastive":
         raise ConfigError("--hard-negatives draws from the contrastive objective's batch: use it with "
                           "--objective contrastive")
@@ -170,6 +174,9 @@ def apply_fast(config: TrainConfig, explicit: set[str] = frozenset()) -> TrainCo
     if config.strategy != "default":
         raise ConfigError(f"--fast trains on image-grouped batches, on one device: drop --fast or --strategy "
                           f"{config.strategy}")
+    if config.xla and config.pipeline != "shards":
+        raise ConfigError("--fast trains on image-grouped batches, which XLA would recompile at every new batch "
+                          "shape: drop --fast or --xla")
     if config.pipeline == "shards":
         pass  # only the precision changes
     elif config.objective == "kl":

@@ -101,6 +101,16 @@ def test_objectives_lower_the_loss(extra, tiny_data, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["n"] == 24
 
 
+def test_xla_compiles_the_fit_step(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "1", "--image-size", str(SIZE),
+                 "--seed", "0", "--xla", "--output-dir", str(out)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads((out / "metrics.json").read_text())["config"]["xla"] is True
+    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--xla", "--fast"])
+    assert r.returncode == 2 and "drop --fast or --xla" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_command_line_choices_name_the_registries():
     from itm.config import CHOICES
     from itm.model import IMAGE_TOWERS

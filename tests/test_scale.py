@@ -28,7 +28,7 @@ def test_fast_scales_the_batch_and_rate_unless_they_are_given():
     given = apply_fast(make_config(batch_size=32), explicit={"batch_size"})
     assert (given.batch_size, given.learning_rate) == (32, 3e-5)
     contrastive = apply_fast(make_config("best-cpu"))
-    assert (contrastive.pipeline, contrastive.batch_size) == ("cached", 64)
+    assert (contrastive.pipeline, contrastive.batch_size) == ("cached", 32)
 
 
 # --fast with an explicit --batch-size keeps 16 triples (4 images of the fixture) per step: 4 steps an epoch.
