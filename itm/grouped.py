@@ -64,6 +64,11 @@ def end_epoch(model, data: DataDir, cache: ImageCache, optimizer, history, backu
               "val_balanced_accuracy": dev_metrics["balanced_accuracy"],
               "val_roc_auc": roc_auc(dev_match, probs[:, 0]),
               "learning_rate": float(optimizer.learning_rate)}
+    record_epoch(model, record, history, backup, epoch, epochs, start)
+
+
+def record_epoch(model, record: dict, history, backup, epoch: int, epochs: int, start: float) -> None:
+    """Append the epoch's figures to ``history``, print them like Keras does, and back the run up."""
     for k, v in record.items():
         history[k].append(v)
     print(f"epoch {epoch}/{epochs} - {time.perf_counter() - start:.0f}s - " +

@@ -28,6 +28,7 @@ import numpy as np
 
 from .config import ConfigError
 from .data import Split
+from .grouped import record_epoch
 
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                      '"task": {"type": "worker", "index": 0}}')
@@ -153,11 +154,5 @@ def fit_multiworker(model, strategy, batches, train: Split, dev_ds, epochs: int,
         record = {"loss": loss_sum / steps_per_epoch, "binary_accuracy": correct / (steps_per_epoch * global_batch),
                   "val_loss": dev_loss / dev_count, "val_binary_accuracy": dev_correct / dev_count,
                   "learning_rate": float(optimizer.learning_rate)}
-        for k, v in record.items():
-            history[k].append(v)
-        print(f"epoch {epoch}/{epochs} - {time.perf_counter() - start:.0f}s - " +
-              " - ".join(f"{k}: {v:.4f}" for k, v in record.items() if k != "learning_rate") +
-              f" - learning_rate: {record['learning_rate']:.3g}", flush=True)
-        if backup:
-            backup.save(model, epoch, dict(history))
+        record_epoch(model, record, history, backup, epoch, epochs, start)
     return dict(history)
