@@ -93,8 +93,9 @@ def run_train(args: argparse.Namespace) -> int:
     from .train import train
 
     options = ("data_dir", "epochs", "batch_size", "learning_rate", "seed", "output_dir", "limit", "image_size",
-               "image_tower", "image_weights", "freeze_backbone", "fusion", "text_tower", "text_trainable", "text_learning_rate", "objective", "pipeline", "negatives",
-               "extra_captions", "hard_negatives", "augment", "precision", "xla", "strategy", "shards_dir")
+               "image_tower", "image_weights", "freeze_backbone", "fusion", "text_tower", "text_trainable",
+               "text_learning_rate", "objective", "pipeline", "negatives", "extra_captions", "hard_negatives",
+               "augment", "precision", "xla", "strategy", "shards_dir")
     config = make_config(args.preset, **{k: getattr(args, k) for k in options})
     if args.fast:
         from .config import apply_fast

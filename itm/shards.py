@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from .data import EMBEDDING_DIM, SPLIT_FILES, DataError, Split, embeddings_path, load_data_dir
+from .embed import atomic_write
 
 SHARDS_SUBDIR = "shards"
 INDEX_FILE = "index.json"
@@ -160,8 +161,7 @@ def write_shards(data_dir, num_shards: int | None = None, out=None, splits=("tra
         n = max(1, round(n_reference * len(split.triples) / len(reference.triples)))
         index["splits"][name] = _write_split(split, data.embeddings, out, n)
     text = json.dumps(index, indent=2) + "\n"
-    (out / f".{INDEX_FILE}.tmp").write_text(text)
-    os.replace(out / f".{INDEX_FILE}.tmp", out / INDEX_FILE)
+    atomic_write(out / INDEX_FILE, lambda f: f.write(text.encode()))
     total = sum(s["bytes"] for s in index["splits"].values())
     print(f"wrote {sum(s['shards'] for s in index['splits'].values())} shards ({total / 2**20:.1f} MiB) to {out} "
           f"in {time.perf_counter() - start:.1f} s", flush=True)
