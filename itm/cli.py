@@ -62,6 +62,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "in-batch negatives, InfoNCE plus the head's loss")
     g.add_argument("--hard-negatives", action="store_true", default=None,
                    help="contrastive: the head also trains on in-batch pairs drawn by similarity (ALBEF-style)")
+    g.add_argument("--soft-targets", type=float, metavar="T",
+                   help="contrastive: InfoNCE targets spread over the batch's captions that say the same thing, "
+                        "softmax(caption-caption cosine / T) (e.g. 0.1); 0: one-hot, CLIP's (default)")
     g.add_argument("--extra-captions", metavar="none|auto|FILE",
                    help="contrastive: more matching captions of the TRAIN images from a Flickr8k.token.txt-style "
                         "file (auto: DATA_DIR/Flickr8k.token.txt when present); dev and test images take none")
@@ -73,7 +76,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--negatives", choices=list(CHOICES["negatives"]),
                    help="redraw: new no-match captions every epoch (needs --pipeline cached)")
     g.add_argument("--augment", action="store_true", default=None, help="random flips and shifts in training")
-    g.add_argument("--precision", choices=list(CHOICES["precision"]))
+    g.add_argument("--precision", choices=list(CHOICES["precision"]),
+                   help="mixed_bfloat16: CPUs with AVX512-BF16 or AMX; mixed_float16: GPUs; auto: the one this "
+                        "machine has fast maths for, else float32")
     g.add_argument("--xla", action="store_true", default=None,
                    help="compile the training step with XLA (kl objective, not grouped): often faster on GPUs; "
                         "about 3x slower on this project's 2-core CPU")
@@ -95,6 +100,7 @@ def run_train(args: argparse.Namespace) -> int:
     options = ("data_dir", "epochs", "batch_size", "learning_rate", "seed", "output_dir", "limit", "image_size",
                "image_tower", "image_weights", "freeze_backbone", "fusion", "text_tower", "text_trainable",
                "text_learning_rate", "objective", "pipeline", "negatives", "extra_captions", "hard_negatives",
+               "soft_targets",
                "augment", "precision", "xla", "strategy", "shards_dir")
     config = make_config(args.preset, **{k: getattr(args, k) for k in options})
     if args.fast:

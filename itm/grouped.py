@@ -78,14 +78,42 @@ def record_epoch(model, record: dict, history, backup, epoch: int, epochs: int, 
         backup.save(model, epoch, dict(history))
 
 
+def contrastive_targets(text, soft_targets: float = 0.0):
+    """(B,B) InfoNCE targets for a batch of B caption embeddings: one-hot (CLIP) when ``soft_targets``
+    is 0, else row k is softmax(cosine of caption k to the batch's captions / soft_targets)."""
+    import tensorflow as tf
+
+    if soft_targets <= 0:
+        return tf.eye(tf.shape(text)[0])
+    unit = tf.math.l2_normalize(tf.cast(text, tf.float32), -1)
+    return tf.nn.softmax(tf.matmul(unit, unit, transpose_b=True) / soft_targets, axis=-1)
+
+
+def info_nce(logits, targets):
+    """CLIP's symmetric cross-entropy over the (B,B) image-caption logits (image i, caption j).
+
+    Row k of ``targets`` is what batch item k should match, image to captions and caption to images
+    alike (built from the captions' similarities, which are symmetric).
+    """
+    import tensorflow as tf
+
+    cross_entropy = tf.keras.losses.categorical_crossentropy
+    return 0.5 * (tf.reduce_mean(cross_entropy(targets, logits, from_logits=True))
+                  + tf.reduce_mean(cross_entropy(targets, tf.transpose(logits), from_logits=True)))
+
+
 def fit_contrastive(model, data: DataDir, cache: ImageCache, optimizer, epochs: int, batch_size: int,
                     temperature: float = 0.07, contrastive_weight: float = 1.0, seed: int = 0,
                     callbacks_every_seconds: float = 30.0, backup=None,
-                    extra: dict[str, list[str]] | None = None, hard_negatives: bool = False) -> dict[str, list[float]]:
+                    extra: dict[str, list[str]] | None = None, hard_negatives: bool = False,
+                    soft_targets: float = 0.0) -> dict[str, list[float]]:
     """Train ``model`` in place; returns per-epoch history like ``keras.Model.fit``'s.
 
     ``extra``: more matching captions of training images (itm/extra_captions.py), drawn from with
     the split's own; their embeddings must be in ``data.embeddings``. ``hard_negatives``: see train_step.
+    ``soft_targets`` > 0: InfoNCE's targets are softmax(cosine of the batch's captions / soft_targets),
+    not one-hot, so that two images whose captions say the same thing ("a dog runs on the grass") are
+    not pushed apart as if they did not match.
     """
     import tensorflow as tf
 
@@ -124,10 +152,7 @@ def fit_contrastive(model, data: DataDir, cache: ImageCache, optimizer, epochs: 
             vi, ti = tf.cast(vi, tf.float32), tf.cast(zt, tf.float32)  # the loss in float32 under mixed precision
             logits = tf.matmul(tf.math.l2_normalize(vi, -1), tf.math.l2_normalize(ti, -1),
                                transpose_b=True) / temperature  # (B,B)
-            targets = tf.range(b)
-            nce = 0.5 * (tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(targets, logits, True))
-                         + tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
-                             targets, tf.transpose(logits), True)))
+            nce = info_nce(logits, contrastive_targets(text, soft_targets))
             p = head([tf.repeat(zi, b, axis=0), tf.tile(zt, [b] + [1] * (len(zt.shape) - 1))],
                      training=True)  # (B*B,2): image i with caption j at row i*B + j
             p = tf.cast(p, tf.float32)
@@ -150,8 +175,8 @@ def fit_contrastive(model, data: DataDir, cache: ImageCache, optimizer, epochs: 
                 triple_labels * tf.math.log(tf.clip_by_value(triple_labels, 1e-7, 1.0) / tf.clip_by_value(pt, 1e-7, 1.0)),
                 axis=-1))
             loss = head_loss + triple_loss + contrastive_weight * nce
-        grads = tape.gradient(loss, variables)
-        optimizer.apply_gradients(zip(grads, variables))
+            scaled = optimizer.scale_loss(loss)  # float16: the model's LossScaleOptimizer scales; else as is
+        optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         correct = tf.cast(tf.equal(p[:, 0] > 0.5, eye > 0.5), tf.float32)
         balanced_acc = 0.5 * (tf.reduce_sum(correct * eye) / b + tf.reduce_sum(correct * (1 - eye)) / (b * b - b))
         return loss, balanced_acc
@@ -215,7 +240,8 @@ class GroupedTriples:
                 zt = text_encoder(text, training=True)  # (T,D): one per triple
                 p = tf.cast(head([tf.gather(zi, owner), zt], training=True), tf.float32)  # (T,2)
                 loss = loss_fn(labels, p)
-            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+                scaled = optimizer.scale_loss(loss)  # float16: the model's LossScaleOptimizer scales; else as is
+            optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
             correct = tf.reduce_mean(tf.cast(tf.equal(p[:, 0] > 0.5, labels[:, 0] > 0.5), tf.float32))
             return loss, correct
 

@@ -85,7 +85,7 @@ def test_redrawn_negatives_change_each_epoch_and_never_use_own_captions(tiny_dat
 
 @pytest.mark.parametrize("extra", [
     ["--objective", "contrastive", "--fusion", "interaction", "--image-tower", "cnn-bn", "--batch-size", "8",
-     "--learning-rate", "1e-3", "--hard-negatives"],
+     "--learning-rate", "1e-3", "--hard-negatives", "--soft-targets", "0.1"],
     ["--pipeline", "cached", "--negatives", "redraw", "--fusion", "mlp", "--batch-size", "16",
      "--learning-rate", "1e-3"],
 ])
@@ -99,6 +99,42 @@ def test_objectives_lower_the_loss(extra, tiny_data, tmp_path):
     loss = [float(row[header.index("loss")]) for row in rows]
     assert len(loss) == 6 and loss[-1] < loss[0], loss
     assert json.loads((out / "metrics.json").read_text())["n"] == 24
+
+
+def test_info_nce_one_hot_is_clips_loss():
+    from itm.grouped import contrastive_targets, info_nce
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (5, 5)).astype(np.float32)
+    targets = np.asarray(contrastive_targets(rng.normal(size=(5, 384)).astype(np.float32), 0.0))
+    np.testing.assert_array_equal(targets, np.eye(5))
+
+    def log_softmax(x):
+        return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+    clip = -0.5 * (np.mean(np.diag(log_softmax(logits))) + np.mean(np.diag(log_softmax(logits.T))))
+    np.testing.assert_allclose(float(info_nce(logits, targets)), clip, rtol=1e-5)
+
+
+def test_soft_targets_do_not_punish_a_caption_that_says_the_same_thing():
+    """Images 0 and 1 carry the same caption: one-hot InfoNCE wants image 0 to tell them apart,
+    soft targets share the mass between them, so scoring both alike is what they reward."""
+    from itm.grouped import contrastive_targets, info_nce
+
+    rng = np.random.default_rng(1)
+    text = rng.normal(size=(4, 384)).astype(np.float32)
+    text[1] = text[0]
+    soft = np.asarray(contrastive_targets(text, 0.1))
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-6)
+    assert abs(soft[0, 0] - soft[0, 1]) < 1e-6 and soft[0, 0] > 0.45 and soft[2, 2] > 0.99
+
+    peaked = np.full((4, 4), -5.0, np.float32)
+    np.fill_diagonal(peaked, 5.0)
+    alike = peaked.copy()
+    alike[0, 1] = alike[1, 0] = 5.0  # image 0 and caption 1 (the same words) score as a match
+    one_hot = np.eye(4, dtype=np.float32)
+    assert float(info_nce(alike, soft)) < float(info_nce(peaked, soft))
+    assert float(info_nce(alike, one_hot)) > float(info_nce(peaked, one_hot))
 
 
 def test_xla_compiles_the_fit_step(tiny_data, tmp_path):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
@@ -29,6 +30,38 @@ def test_fast_scales_the_batch_and_rate_unless_they_are_given():
     assert (given.batch_size, given.learning_rate) == (32, 3e-5)
     contrastive = apply_fast(make_config("best-cpu"))
     assert (contrastive.pipeline, contrastive.batch_size) == ("cached", 32)
+
+
+def test_auto_precision_is_the_fast_one_this_machine_has():
+    from itm.config import fast_precision, make_config
+
+    assert make_config("best-cpu").precision == fast_precision() != "auto"
+    assert make_config("best-cpu", precision="float32").precision == "float32"
+
+
+@pytest.mark.parametrize("extra", [["--objective", "contrastive", "--batch-size", "4"], ["--pipeline", "grouped"]],
+                         ids=["contrastive", "grouped"])
+def test_float16_custom_loops_step_through_the_loss_scaler(extra, tiny_data, tmp_path):
+    """Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer; the image-grouped loops
+    must step that one (scaling the loss), or small float16 gradients underflow to zero."""
+    import keras
+
+    import itm.model  # noqa: F401  (registers itm's serializable layers and functions)
+    import itm.optim  # noqa: F401
+
+    out = tmp_path / "run"
+    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "2", "--image-size", "32",
+                 "--image-tower", "cnn-bn", "--fusion", "interaction", "--learning-rate", "1e-3", "--seed", "0",
+                 "--output-dir", str(out), *extra, "--precision", "mixed_float16"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    history = (out / "history.csv").read_text().splitlines()
+    header, last = history[0].split(","), history[-1].split(",")
+    assert np.isfinite(float(last[header.index("loss")]))
+    optimizer = keras.saving.load_model(out / "model.keras").optimizer
+    assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    # The scaler's own state moves only when the steps go through it: its count of finite steps, or
+    # its scale, halved at each step whose scaled gradients overflowed.
+    assert int(optimizer.step_counter) > 0 or float(optimizer.dynamic_scale) != optimizer.initial_scale
 
 
 # --fast with an explicit --batch-size keeps 16 triples (4 images of the fixture) per step: 4 steps an epoch.
