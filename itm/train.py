@@ -173,6 +173,7 @@ def train(config: TrainConfig) -> Path:
         if config.precision == "mixed_float16":
             # float16 gradients underflow without loss scaling; compile adds it only for a model whose own
             # dtype policy is mixed_float16, which a functional model built under that global policy is not.
+            # fit and the custom loops (which scale the loss with optimizer.scale_loss) all step this one.
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         # XLA (jit_compile, --xla) made this model's CPU step about 3x slower here, so it is off by default.
         model.compile(optimizer=optimizer, loss=keras.losses.KLDivergence(),
@@ -182,11 +183,10 @@ def train(config: TrainConfig) -> Path:
     print(f"TRAINING model: {config.epochs} epochs x {steps_per_epoch} steps of {config.batch_size} "
           f"({config.objective} objective)", flush=True)
     start = time.perf_counter()
-    # The custom loops step model.optimizer: under mixed_float16, the LossScaleOptimizer above.
     if config.objective == "contrastive":
         from .grouped import fit_contrastive
 
-        history = fit_contrastive(model, data, cache, model.optimizer, config.epochs, config.batch_size,
+        history = fit_contrastive(model, data, cache, optimizer, config.epochs, config.batch_size,
                                   temperature=config.temperature, contrastive_weight=config.contrastive_weight,
                                   seed=config.seed, backup=backup, extra=extra,
                                   hard_negatives=config.hard_negatives, soft_targets=config.soft_targets)
@@ -194,7 +194,7 @@ def train(config: TrainConfig) -> Path:
         from .grouped import fit_grouped_triples
 
         print(f"  image-grouped batches: {images_per_batch} images with all their triples per step", flush=True)
-        history = fit_grouped_triples(model, data, cache, model.optimizer, config.epochs, images_per_batch,
+        history = fit_grouped_triples(model, data, cache, optimizer, config.epochs, images_per_batch,
                                       seed=config.seed, backup=backup)
     elif config.objective == "kl":
         if config.negatives != "fixed" and cache is None:
