@@ -138,7 +138,7 @@ def fit_contrastive(model, data: DataDir, cache: ImageCache, optimizer, epochs: 
     given = defaultdict(list)  # each image's own triples from the split, hard negatives included
     for t in data.splits["train"].triples:
         given[t.image].append(t)
-    dim = len(next(iter(data.embeddings.values())))
+    dim = data_embedding_dim(data)
     spec = [tf.TensorSpec([b, *cache.pixels.shape[1:]], tf.uint8), tf.TensorSpec([b, dim], tf.float32),
             tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, dim], tf.float32), tf.TensorSpec([None, 2], tf.float32)]
 
