@@ -1,10 +1,11 @@
 """itm: image-text matching on TensorFlow/Keras.
 
-Where things are: data reading and the tf.data pipeline in ``itm.data``; the model in
-``itm.model``; the original's optimizer in ``itm.optim``; training in ``itm.train``;
-evaluation in ``itm.evaluate`` and ``itm.metrics``; the command line in ``itm.cli``.
+Where things are: a data folder and the training pipelines in ``itm.data``; the model library (the
+classifier, text encoders, pretrained weights, the original's optimizer) in ``itm.models``; every
+training option and preset in ``itm.options``; training in ``itm.training``; scoring and reports in
+``itm.evaluation``; ``itm.Matcher`` and the web app in ``itm.serving``; the command line in ``itm.cli``.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .compat import ITM_Classifier, ITM_DataLoader  # noqa: E402,F401
 
@@ -12,7 +13,7 @@ from .compat import ITM_Classifier, ITM_DataLoader  # noqa: E402,F401
 def __getattr__(name):
     """``itm.Matcher`` on first use, so that ``import itm`` does not import TensorFlow."""
     if name == "Matcher":
-        from .inference import Matcher
+        from .serving.matcher import Matcher
 
         return Matcher
     raise AttributeError(f"module 'itm' has no attribute {name!r}")

@@ -1,8 +1,9 @@
 """The original's class names, for people who know ``ITM_DataLoader`` and ``ITM_Classifier``."""
 from __future__ import annotations
 
-from .config import make_config, resolve_data_dir
-from .data import load_data_dir, make_dataset
+from .data.folder import load_data_dir
+from .data.source import resolve_data_dir
+from .options import resolve_config
 
 
 class ITM_DataLoader:
@@ -14,6 +15,8 @@ class ITM_DataLoader:
     SENTENCE_EMBEDDING_SHAPE = (384,)
 
     def __init__(self, data_dir=None, batch_size: int = BATCH_SIZE, limit: int | None = None, seed: int | None = None):
+        from .data.batches import file_triples
+
         path, origin = resolve_data_dir(data_dir)
         print(origin)
         data = load_data_dir(path, limit=limit)
@@ -21,21 +24,20 @@ class ITM_DataLoader:
         self.splits = data.splits
         self.sentence_embeddings = data.embeddings
         self.train_ds, self.val_ds, self.test_ds = (
-            make_dataset(data.splits[s], data.embeddings, batch_size, shuffle=True, seed=seed,
+            file_triples(data.splits[s], data.embeddings, batch_size, shuffle=True, seed=seed,
                          image_size=self.IMAGE_SIZE[0]) for s in ("train", "dev", "test"))
 
 
 class ITM_Classifier:
-    """As in the original, constructing one trains, evaluates and saves a model (see ``itm.train``).
+    """As in the original, constructing one trains, evaluates and saves a model (see ``itm.training``).
 
-    Keyword arguments are ``TrainConfig`` fields, e.g. ``ITM_Classifier(data_dir=..., epochs=2)``.
+    Keyword arguments are options (``itm.options.TrainConfig``), e.g. ``ITM_Classifier(data_dir=..., epochs=2)``.
     """
 
     def __init__(self, preset: str = "faithful", **options):
-        import json
+        from .files import read_json
+        from .training.run import train
 
-        from .train import train
-
-        self.config = make_config(preset, **options)
+        self.config = resolve_config(preset, **options)
         self.run_dir = train(self.config)
-        self.metrics = json.loads((self.run_dir / "metrics.json").read_text())
+        self.metrics = read_json(self.run_dir / "metrics.json", "metrics file")

@@ -62,8 +62,8 @@ def main() -> int:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from itm.data import load_embeddings_file
-    from itm.minilm import embed_captions, encoder_from_folder
+    from itm.data.folder import load_embeddings_file
+    from itm.models.minilm import embed_captions, encoder_from_folder
 
     data_dir = Path(args.data_dir)
     pkl = Path(args.embeddings) if args.embeddings else next(data_dir.glob("*.pkl"))

@@ -12,13 +12,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from itm import demo  # noqa: E402
+from itm.data import demo  # noqa: E402
 
 
 def embed_captions() -> None:
     """Compute all-MiniLM-L6-v2 embeddings of every demo caption into itm/assets/demo_captions.npz."""
     import numpy as np
-    from itm.text_models import load_sentence_transformer
+    from itm.models.encoders import load_sentence_transformer
 
     captions = demo.all_captions()
     model = load_sentence_transformer()

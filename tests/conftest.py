@@ -15,7 +15,7 @@ TINY_IMAGE = 64
 
 @pytest.fixture(scope="session")
 def tiny_data_master(tmp_path_factory):
-    from itm.demo import generate
+    from itm.data.demo import generate
 
     return generate(tmp_path_factory.mktemp("tiny") / "data", sizes=TINY_SIZES, seed=3, image_size=TINY_IMAGE)
 

@@ -1,8 +1,8 @@
 """The demo dataset is honest: only relating caption and image can answer it."""
 from collections import Counter, defaultdict
 
-from itm.data import load_data_dir
-from itm.demo import COLOURS, SHAPES, BACKGROUNDS, all_captions, generate, load_caption_embeddings
+from itm.data.folder import load_data_dir
+from itm.data.demo import COLOURS, SHAPES, BACKGROUNDS, all_captions, generate, load_caption_embeddings
 
 
 def _attrs(caption):

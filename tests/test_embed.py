@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SHARED, run_cli
-from itm.data import (EMBEDDINGS_NPZ, EMBEDDINGS_PKL, SPLIT_FILES, DataError, load_embeddings_file,
-                      load_embeddings_npz, load_embeddings_pickle)
-from itm.embed import embed_data_dir, split_captions, write_embeddings
+from itm.data.folder import (EMBEDDINGS_NPZ, EMBEDDINGS_PKL, SPLIT_FILES, load_embeddings_file,
+                             load_embeddings_npz, load_embeddings_pickle)
+from itm.errors import DataError
+from itm.data.embed import embed_data_dir, split_captions, write_embeddings
 
 needs_st = pytest.mark.skipif(importlib.util.find_spec("sentence_transformers") is None,
                               reason="sentence-transformers not installed (pip install '.[embed]')")
 needs_pil = pytest.mark.skipif(importlib.util.find_spec("PIL") is None,
                                reason="the tiny data fixture draws JPEGs with Pillow")
-# 'itm embed' where the whole command line can load (Keras installed), else its TensorFlow-free twin
-EMBED = ["-m", "itm", "embed"] if importlib.util.find_spec("keras") else ["-m", "itm.embed"]
+EMBED = ["-m", "itm", "embed"]  # the command line imports no TensorFlow until a command needs it
 
 
 def hash_vector(caption: str, dim: int = 384) -> np.ndarray:
@@ -126,7 +126,7 @@ def test_bad_npz_files_are_refused(tmp_path):
 
 @needs_pil
 def test_loader_reads_npz_and_prefers_it(tiny_data):
-    from itm.data import load_data_dir
+    from itm.data.folder import load_data_dir
 
     pkl = load_embeddings_pickle(tiny_data / EMBEDDINGS_PKL)
     write_embeddings(tiny_data / EMBEDDINGS_NPZ, {c: -v for c, v in pkl.items()})
@@ -181,7 +181,8 @@ def test_cli_reproduces_the_committed_demo_vectors(tmp_path):
 @needs_st
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data not present at {SHARED}")
 def test_reproduces_a_sample_of_the_shared_embeddings():
-    from itm.embed import encode_with_progress, sentence_transformers_encoder
+    from itm.data.embed import encode_with_progress
+    from itm.models.encoders import sentence_transformers_encoder
 
     shared = load_embeddings_pickle(SHARED / EMBEDDINGS_PKL)
     captions = sorted(shared)[::60]  # ~300 captions spread over the file
@@ -190,7 +191,7 @@ def test_reproduces_a_sample_of_the_shared_embeddings():
 
 
 def test_a_write_that_fails_midway_leaves_the_old_file(tmp_path):
-    from itm.embed import atomic_write
+    from itm.files import atomic_write
 
     path = tmp_path / "e.npz"
     path.write_bytes(b"old")

@@ -6,7 +6,7 @@ import pytest
 from sklearn import metrics as skm
 
 from conftest import ROOT, TINY_IMAGE, run_cli
-from itm.metrics import (average_precision, best_threshold, binary_metrics, bootstrap_ci, retrieval_metrics,
+from itm.evaluation.metrics import (average_precision, best_threshold, binary_metrics, bootstrap_ci, retrieval_metrics,
                          roc_auc)
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -67,6 +67,7 @@ def test_retrieval_ranks_by_hand():
     assert r["R@1"] == 0.5 and r["R@2"] == 1.0 and r["median_rank"] == 1.5
 
 
+@pytest.mark.slow
 def test_evaluate_and_compare_commands(tiny_data, tmp_path):
     run = tmp_path / "run"
     r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "1", "--image-size", str(TINY_IMAGE),

@@ -2,7 +2,8 @@
 import pytest
 
 from conftest import run_cli
-from itm.data import DataError, load_data_dir
+from itm.data.folder import load_data_dir
+from itm.errors import DataError
 
 SIZE = 32
 
@@ -28,7 +29,7 @@ def _token_file(data, path, new_for_train=1):
 
 
 def test_only_new_captions_of_training_images_are_taken(tiny_data, tmp_path):
-    from itm.extra_captions import extra_positives
+    from itm.data.extra_captions import extra_positives
 
     data = load_data_dir(tiny_data)
     new = _token_file(data, tmp_path / "Flickr8k.token.txt", new_for_train=2)
@@ -39,7 +40,7 @@ def test_only_new_captions_of_training_images_are_taken(tiny_data, tmp_path):
 
 
 def test_a_file_with_nothing_new_is_a_clear_error(tiny_data, tmp_path):
-    from itm.extra_captions import extra_positives, resolve
+    from itm.data.extra_captions import extra_positives, resolve
 
     data = load_data_dir(tiny_data)
     _token_file(data, tmp_path / "tokens.txt", new_for_train=0)
@@ -54,8 +55,8 @@ def test_a_file_with_nothing_new_is_a_clear_error(tiny_data, tmp_path):
 
 def test_contrastive_training_embeds_and_uses_them(tiny_data, tmp_path):
     pytest.importorskip("tensorflow_text", reason="embedding the extra captions needs pip install '.[text]'")
-    from itm.data import load_embeddings_file
-    from itm.text_models import model_folder
+    from itm.data.folder import load_embeddings_file
+    from itm.models.minilm_files import model_folder
 
     try:
         model_folder()

@@ -16,7 +16,7 @@ IMAGES = "flickr8k-resised"
 @pytest.fixture(scope="module")
 def encoder():
     """The sentence encoder for new captions in this environment (TensorFlow or sentence-transformers), or None."""
-    from itm.inference import find_encoder
+    from itm.models.encoders import find_encoder
 
     return find_encoder()[0]
 
@@ -51,7 +51,8 @@ def test_import_itm_stays_light():
 
 def test_score_equals_the_full_model_on_the_training_pipeline(matcher, examples, tiny_data_master):
     """The split model and the shared preprocessing give exactly what training's pipeline and model give."""
-    from itm.data import load_data_dir, make_dataset
+    from itm.data.batches import file_triples as make_dataset
+    from itm.data.folder import load_data_dir
 
     image, captions = examples
     data = load_data_dir(tiny_data_master)
@@ -84,7 +85,8 @@ def test_score_takes_paths_bytes_pil_and_arrays(matcher, examples, tmp_path):
 
 def test_caption_spelling_and_new_captions(run, matcher, examples, encoder):
     from itm import Matcher
-    from itm.inference import CaptionError, preprocess
+    from itm.data.images import preprocess
+    from itm.errors import CaptionError
 
     image, captions = examples
     shouted = "  " + captions[0].upper().replace(" ", "  ") + " "
@@ -111,14 +113,14 @@ def test_caption_spelling_and_new_captions(run, matcher, examples, encoder):
 
 
 def test_bad_images_are_refused_readably(matcher, examples, tmp_path):
-    from itm.inference import ImageError
+    from itm.errors import ImageError
 
     _, captions = examples
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
     with pytest.raises(ImageError, match="is not an image"):
         matcher.score(text, captions)
-    with pytest.raises(ImageError, match="cannot read image"):
+    with pytest.raises(ImageError, match="does not exist"):
         matcher.score(tmp_path / "missing.jpg", captions)
     with pytest.raises(ImageError, match="uint8"):
         matcher.score(np.zeros((8, 8, 3), np.float32), captions)
@@ -174,6 +176,7 @@ def test_threshold_is_the_calibrated_one_else_half(run, tmp_path):
     assert m.threshold == 0.5 and "no calibration.json" in m.threshold_source
 
 
+@pytest.mark.slow
 def test_predict_rank_search_commands(run, examples, matcher, encoder, tmp_path):
     image, captions = examples
     args = ["-m", "itm", "predict", "--run", str(run), "--image", str(image)]
@@ -181,6 +184,7 @@ def test_predict_rank_search_commands(run, examples, matcher, encoder, tmp_path)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[0].startswith("Threshold: dev-calibrated")
+    assert "note: this run was trained on the synthetic demo data" in r.stderr  # the tiny data is demo-made
     p = matcher.score(image, captions[:2])[0]
     for line, c, q in zip(lines[1:], captions, p):
         word = "Match" if q >= matcher.threshold else "No-Match"
@@ -201,6 +205,8 @@ def test_predict_rank_search_commands(run, examples, matcher, encoder, tmp_path)
         assert r.returncode == 2 and "error: cannot embed 1 caption" in r.stderr and "Traceback" not in r.stderr
     else:
         assert r.returncode == 0 and 'Caption: "a purple giraffe"' in r.stdout, r.stderr
+        assert f"note: 1 caption(s) were not in the run's data folder and were embedded by {encoder.backend}" in r.stderr
+
 
     capfile = tmp_path / "captions.txt"
     capfile.write_text("\n".join(captions) + "\n\n")
@@ -219,3 +225,57 @@ def test_predict_rank_search_commands(run, examples, matcher, encoder, tmp_path)
     assert "0 newly encoded" not in first.stdout and "0 newly encoded" in second.stdout
     assert first.stdout.splitlines()[1:] == second.stdout.splitlines()[1:]
     assert len(second.stdout.splitlines()) == 4
+
+
+# ---------------------------------------------------------------- tampered run folders
+
+def _copy_run(run, tmp_path):
+    bad = tmp_path / "run"
+    shutil.copytree(run, bad, ignore=shutil.ignore_patterns("search-cache"))
+    return bad
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("model.keras", b"\x13random bytes", "is not a saved Keras model"),
+    ("calibration.json", b"{not json", "calibration file .* is not valid JSON"),
+    ("calibration.json", b'{"chosen_on": "dev"}', "has no 'threshold'"),
+    ("calibration.json", b'{"threshold": NaN}', "NaN is not a number JSON allows"),
+    ("calibration.json", b'{"threshold": 7}', "must lie in \\[0.0, 1.0\\]"),
+    ("calibration.json", b'[0.5]', "must hold a JSON object"),
+    ("config.json", b"\xff\xfe", "cannot read run file"),
+])
+def test_a_tampered_run_folder_is_a_clear_error(run, tmp_path, name, content, message):
+    from itm import Matcher
+    from itm.errors import DataError
+
+    bad = _copy_run(run, tmp_path)
+    (bad / name).write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        Matcher.load(bad)
+
+
+def test_a_model_archive_without_its_config_is_a_clear_error(run, tmp_path):
+    import zipfile
+
+    from itm import Matcher
+    from itm.errors import DataError
+
+    bad = _copy_run(run, tmp_path)
+    with zipfile.ZipFile(run / "model.keras") as src, zipfile.ZipFile(bad / "model.keras", "w") as dst:
+        for item in src.infolist():
+            if item.filename != "config.json":
+                dst.writestr(item, src.read(item))
+    with pytest.raises(DataError, match="cannot load .*model.keras"):
+        Matcher.load(bad)
+
+
+@pytest.mark.slow
+def test_tampered_run_folders_give_one_line_errors_from_the_commands(run, examples, tmp_path):
+    image, captions = examples
+    bad = _copy_run(run, tmp_path)
+    (bad / "calibration.json").write_text('{"threshold": NaN}')
+    r = run_cli(["-m", "itm", "predict", "--run", str(bad), "--image", str(image), "--caption", captions[0]])
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "NaN is not a number JSON allows" in r.stderr
+    (bad / "metrics.json").write_text("{broken")
+    r = run_cli(["-m", "itm", "evaluate", "--run", str(bad)])
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "metrics file" in r.stderr

@@ -1,7 +1,7 @@
 """Metrics on a hand-made example whose every number is worked out below."""
 import pytest
 
-from itm.metrics import binary_metrics
+from itm.evaluation.metrics import binary_metrics
 
 
 def test_hand_made_example():

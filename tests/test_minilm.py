@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SHARED, run_cli
-from itm.data import DataError
+from itm.errors import DataError
 
 pytest.importorskip("tensorflow_text", reason="tensorflow-text not installed (pip install 'tensorflow-text==2.20.*')")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from itm.minilm import (SentenceEncoder, caption_input, encoder_from_folder, minilm_text_tower,  # noqa: E402
+from itm.models.minilm import (SentenceEncoder, caption_input, encoder_from_folder, minilm_text_tower,  # noqa: E402
                         scratch_text_tower)
-from itm.text_models import HUB_NAME, default_model_path, model_folder  # noqa: E402
-from itm.tokenizer import WordPieceTokenizer, load_vocab  # noqa: E402
+from itm.models.minilm_files import HUB_NAME, default_model_path, model_folder  # noqa: E402
+from itm.models.tokenizer import WordPieceTokenizer, load_vocab  # noqa: E402
 
 TABLE = json.loads((Path(__file__).parent / "minilm_token_ids.json").read_text(encoding="utf-8"))["cases"]
 HAVE_MODEL = default_model_path() != HUB_NAME
@@ -57,7 +57,7 @@ def test_token_ids_match_the_committed_reference_table():
 @needs_model
 def test_token_ids_match_sentence_transformers_itself():
     pytest.importorskip("sentence_transformers", reason="sentence-transformers not installed (the table covers it)")
-    from itm.text_models import load_sentence_transformer
+    from itm.models.encoders import load_sentence_transformer
 
     st = load_sentence_transformer()
     captions = [case["caption"] for case in TABLE] + ["A black dog is running through the snow ."]
@@ -68,8 +68,8 @@ def test_token_ids_match_sentence_transformers_itself():
 
 @pytest.mark.skipif(not PICKLE.is_file(), reason=f"no shared Flickr8k data at {SHARED}")
 def test_embeddings_match_the_shared_sentence_transformers_pickle(encoder):
-    from itm.data import load_embeddings_pickle
-    from itm.minilm import embed_captions
+    from itm.data.folder import load_embeddings_pickle
+    from itm.models.minilm import embed_captions
 
     expected = load_embeddings_pickle(PICKLE)
     everything = sorted(expected)
@@ -122,7 +122,7 @@ def test_the_tower_is_frozen_unless_asked_and_gives_384_dims():
 
 def small_classifier(text_features):
     """image (B,32,32,3) + caption (B,) -> [p(match), p(no-match)], from the classifier's own parts."""
-    from itm.model import concat_head, faithful_cnn, project_embeddings
+    from itm.models.classifier import concat_head, faithful_cnn, project_embeddings
 
     image = keras.Input(shape=(32, 32, 3), name="image_input")
     text = caption_input()
@@ -159,7 +159,7 @@ def test_a_trained_minilm_classifier_scores_new_captions_in_a_fresh_process_with
                     raise ImportError("torch is not available here")
         sys.meta_path.insert(0, NoTorch())
         import numpy as np, keras, tensorflow as tf
-        import itm.minilm  # registers the layers
+        import itm.models.minilm  # registers the layers
         model = keras.saving.load_model({str(tmp_path / "m.keras")!r})
         got = model({{"image_input": tf.constant(np.load({str(tmp_path / "images.npy")!r})),
                      "caption": tf.constant({new["caption"]!r})}}).numpy()
@@ -203,7 +203,7 @@ def test_the_scratch_tower_learns_from_zero_over_the_same_wordpieces():
 
 @needs_model
 def test_itm_embed_backend_tf_writes_the_encoders_vectors(tiny_data, encoder):
-    from itm.data import load_embeddings_file
+    from itm.data.folder import load_embeddings_file
 
     out = tiny_data / "tf.npz"
     done = run_cli(["-m", "itm", "embed", "--data-dir", str(tiny_data), "--out", str(out), "--backend", "tf"])

@@ -1,4 +1,5 @@
-"""Stronger models: every fusion head, image tower and objective on the tiny fixture."""
+"""The model library: the faithful model's structure and size, every fusion head, image tower and
+objective on the tiny fixture, and the raw-caption text tower."""
 import json
 
 import keras
@@ -6,10 +7,52 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from itm.data import load_data_dir, load_image_cache, make_cached_dataset
-from itm.model import FUSION_HEADS, build_model, split_model
+from itm.models.classifier import FUSION_HEADS, OUTPUT_NAME, build_model, split_model
 
 SIZE = 32
+
+
+def _layers_of(model, cls):
+    return [layer for layer in model.layers if isinstance(layer, cls)]
+
+
+def test_faithful_parameter_count_and_layers():
+    model = build_model()
+    assert model.count_params() == 6_529_570
+    convs = _layers_of(model, keras.layers.Conv2D)
+    assert [(c.filters, c.kernel_size, c.padding, c.activation.__name__) for c in convs] == [
+        (16, (3, 3), "same", "relu"), (32, (3, 3), "same", "relu"), (64, (3, 3), "same", "relu")]
+    assert len(_layers_of(model, keras.layers.MaxPooling2D)) == 3
+    assert model.get_layer("image_flatten").output.shape == (None, 28 * 28 * 64)
+    dense = {layer.name: layer.units for layer in _layers_of(model, keras.layers.Dense)}
+    assert dense == {"image_proj_dense": 128, "image_proj_block_0_dense": 128, "text_proj_dense": 128,
+                     "text_proj_block_0_dense": 128, OUTPUT_NAME: 2}
+    assert len(_layers_of(model, keras.layers.LayerNormalization)) == 2
+    assert {d.rate for d in _layers_of(model, keras.layers.Dropout)} == {0.1}
+    assert len(_layers_of(model, keras.layers.Dropout)) == 4
+    assert model.get_layer("fusion_concat").output.shape == (None, 256)
+    assert model.get_layer(OUTPUT_NAME).activation.__name__ == "softmax"
+    assert sorted(model.input.keys()) == ["image_input", "text_embedding"]
+
+
+def test_best_cpu_model_size():
+    from itm.options import resolve_config
+
+    assert build_model(**resolve_config("best-cpu").model_kwargs()).count_params() == 1_804_002
+
+
+def test_outputs_are_probabilities():
+    model = build_model(image_size=32)
+    x = {"image_input": np.random.rand(4, 32, 32, 3).astype("float32"),
+         "text_embedding": np.random.rand(4, 384).astype("float32")}
+    p = model.predict(x, verbose=0)
+    assert p.shape == (4, 2)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_unknown_component_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown fusion head 'nope'; choose from concat"):
+        build_model(fusion="nope")
 
 
 def _inputs(n=3, size=SIZE, seed=0):
@@ -19,7 +62,7 @@ def _inputs(n=3, size=SIZE, seed=0):
 
 
 def _round_trip(model, tmp_path, x):
-    import itm.optim  # noqa: F401  (registers itm's serializable classes)
+    import itm.models.optim  # noqa: F401  (registers itm's serializable classes)
 
     before = model.predict(x, verbose=0)
     model.save(tmp_path / "m.keras")
@@ -41,7 +84,7 @@ def test_fusion_heads(fusion, tmp_path):
     np.testing.assert_allclose(head.predict([zi, zt], verbose=0), p, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("tower", ["cnn-bn", "efficientnetb0", "mobilenetv3small", "resnet50"])
+@pytest.mark.parametrize("tower", ["cnn-bn", "mobilenetv2", "efficientnetb0", "mobilenetv3small", "resnet50"])
 def test_image_towers(tower, tmp_path):
     model = build_model(image_size=SIZE, image_tower=tower, fusion="interaction", augment=True)
     assert _round_trip(model, tmp_path, _inputs()).shape == (3, 2)
@@ -61,26 +104,30 @@ def test_backbone_weights_from_a_file_and_frozen(tmp_path):
 
 
 def test_redrawn_negatives_change_each_epoch_and_never_use_own_captions(tiny_data):
+    from itm.data.batches import cached_triples
+    from itm.data.folder import load_data_dir
+    from itm.data.images import load_image_cache
+
     data = load_data_dir(tiny_data)
     train = data.splits["train"]
-    cache = load_image_cache([train], SIZE)
-    ds = make_cached_dataset(train, data.embeddings, cache, batch_size=1000, shuffle=False, seed=0,
-                             negatives="redraw")
+    cache = load_image_cache([t.image for t in train.triples], train.images_dir, SIZE)
+    ds = cached_triples(train, data.embeddings, cache, batch_size=1000, seed=0, first_epoch=0, epochs=2,
+                        negatives="redraw")
     by_vector = {v.tobytes(): c for c, v in data.embeddings.items()}
     own = {}
     for t in train.triples:
         own.setdefault(t.image, set()).update([t.caption] if t.match else [])
+    pixels_of = {cache.pixels[cache.index[t.image]].tobytes(): t.image for t in train.triples}
     epochs = []
-    for _ in range(2):
-        (features, labels), = list(ds)
+    for features, labels in ds:  # one batch per epoch: the whole split, in that epoch's order
         captions = [by_vector[v.tobytes()] for v in features["text_embedding"].numpy()]
-        assert labels.numpy().tolist() == [[1, 0] if t.match else [0, 1] for t in train.triples]
-        for t, caption in zip(train.triples, captions):
-            assert (caption in own[t.image]) == t.match
-        epochs.append(captions)
-    assert epochs[0] != epochs[1]
-    np.testing.assert_allclose(features["image_input"].numpy()[0] * 255, cache.pixels[cache.index[train.triples[0].image]],
-                               atol=1e-3)
+        images = [pixels_of[np.round(x * 255).astype(np.uint8).tobytes()] for x in features["image_input"].numpy()]
+        matches = [y[0] == 1 for y in labels.numpy()]
+        assert sorted(zip(images, matches)) == sorted((t.image, t.match) for t in train.triples)
+        for image, caption, match in zip(images, captions, matches):
+            assert (caption in own[image]) == match
+        epochs.append(sorted(zip(images, captions)))
+    assert len(epochs) == 2 and epochs[0] != epochs[1]
 
 
 @pytest.mark.parametrize("extra", [
@@ -89,6 +136,7 @@ def test_redrawn_negatives_change_each_epoch_and_never_use_own_captions(tiny_dat
     ["--pipeline", "cached", "--negatives", "redraw", "--fusion", "mlp", "--batch-size", "16",
      "--learning-rate", "1e-3"],
 ])
+@pytest.mark.slow
 def test_objectives_lower_the_loss(extra, tiny_data, tmp_path):
     out = tmp_path / "run"
     r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "6", "--image-size", str(SIZE),
@@ -99,10 +147,12 @@ def test_objectives_lower_the_loss(extra, tiny_data, tmp_path):
     loss = [float(row[header.index("loss")]) for row in rows]
     assert len(loss) == 6 and loss[-1] < loss[0], loss
     assert json.loads((out / "metrics.json").read_text())["n"] == 24
+    assert header == ["epoch", "loss", "binary_accuracy", "val_loss", "val_binary_accuracy", "val_balanced_accuracy",
+                      "val_roc_auc", "learning_rate"]  # the same columns for every objective
 
 
 def test_info_nce_one_hot_is_clips_loss():
-    from itm.grouped import contrastive_targets, info_nce
+    from itm.training.trainer import contrastive_targets, info_nce
 
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, (5, 5)).astype(np.float32)
@@ -119,7 +169,7 @@ def test_info_nce_one_hot_is_clips_loss():
 def test_soft_targets_do_not_punish_a_caption_that_says_the_same_thing():
     """Images 0 and 1 carry the same caption: one-hot InfoNCE wants image 0 to tell them apart,
     soft targets share the mass between them, so scoring both alike is what they reward."""
-    from itm.grouped import contrastive_targets, info_nce
+    from itm.training.trainer import contrastive_targets, info_nce
 
     rng = np.random.default_rng(1)
     text = rng.normal(size=(4, 384)).astype(np.float32)
@@ -137,6 +187,7 @@ def test_soft_targets_do_not_punish_a_caption_that_says_the_same_thing():
     assert float(info_nce(alike, one_hot)) > float(info_nce(peaked, one_hot))
 
 
+@pytest.mark.slow
 def test_xla_compiles_the_fit_step(tiny_data, tmp_path):
     out = tmp_path / "run"
     r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "1", "--image-size", str(SIZE),
@@ -144,14 +195,18 @@ def test_xla_compiles_the_fit_step(tiny_data, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads((out / "metrics.json").read_text())["config"]["xla"] is True
     r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--xla", "--fast"])
-    assert r.returncode == 2 and "drop --fast or --xla" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "--xla compiles Keras' step for fixed shapes" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
-def test_command_line_choices_name_the_registries():
-    from itm.config import CHOICES
-    from itm.model import IMAGE_TOWERS
+def test_command_line_choices_are_the_registries():
+    from itm import models
+    from itm.models import classifier
+    from itm.options import OPTIONS
 
-    assert CHOICES["image_tower"] == tuple(IMAGE_TOWERS) and CHOICES["fusion"] == tuple(FUSION_HEADS)
+    assert OPTIONS["image_tower"].metadata["choices"] == tuple(classifier.IMAGE_TOWERS) == models.IMAGE_TOWERS
+    assert OPTIONS["fusion"].metadata["choices"] == tuple(classifier.FUSION_HEADS)
+    assert OPTIONS["text_tower"].metadata["choices"] == tuple(classifier.TEXT_TOWERS)
 
 
 def test_impossible_options_are_a_clear_error(tiny_data, tmp_path):
@@ -160,13 +215,15 @@ def test_impossible_options_are_a_clear_error(tiny_data, tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_minilm_text_tower_trains_on_raw_captions_and_scores_new_ones_without_torch(tiny_data, tmp_path):
     """A model with the all-MiniLM-L6-v2 tower inside, fine-tuned at its own learning rate, trains without
     an embeddings file, and a fresh process that cannot import torch or sentence-transformers scores
     captions it has never seen."""
     pytest.importorskip("tensorflow_text", reason="the minilm tower needs pip install '.[text]'")
-    from itm.data import DataError, EMBEDDINGS_PKL
-    from itm.text_models import model_folder
+    from itm.data.folder import EMBEDDINGS_PKL
+    from itm.errors import DataError
+    from itm.models.minilm_files import model_folder
 
     try:
         model_folder()

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import keras
 
-from itm.optim import create_optimizer, learning_rate_schedule
+from itm.models.optim import create_optimizer, learning_rate_schedule
 
 NAMES = ["dense/kernel", "dense/bias", "layer_normalization/gamma", "layer_normalization/beta", "conv2d/kernel"]
 SHAPES = [(5, 4), (4,), (4,), (4,), (3, 3, 2, 4)]

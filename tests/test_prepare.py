@@ -10,8 +10,9 @@ pytest.importorskip("PIL", reason="itm prepare resizes photos with Pillow")
 from PIL import Image  # noqa: E402
 
 from conftest import SHARED, run_cli  # noqa: E402
-from itm.data import IMAGES_SUBDIR, SPLIT_FILES, DataError, Problems, parse_split_file  # noqa: E402
-from itm.prepare import prepare, read_captions  # noqa: E402
+from itm.data.folder import IMAGES_SUBDIR, SPLIT_FILES, Problems, parse_split_file  # noqa: E402
+from itm.errors import DataError  # noqa: E402
+from itm.data.prepare import prepare, read_captions  # noqa: E402
 
 N_IMAGES = 12
 SHARED_CAPTION = "A dog runs on the grass ."  # belongs to two images: never a no-match for either
@@ -244,7 +245,7 @@ def test_cli_no_embed_run(flickr8k, tmp_path):
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data not present at {SHARED}")
 def test_real_flickr8k_token_file(tmp_path):
     """A few hundred real images from the shared raw caption file: the output passes the loader's checks."""
-    from itm.data import check_image
+    from itm.data.images import image_problem as check_image
 
     available = sorted(p.name for p in (SHARED / "flickr8k-resised").iterdir())[:300]
     wanted = set(available)
@@ -271,7 +272,7 @@ def test_real_flickr8k_token_file(tmp_path):
 
 
 def test_no_match_is_never_a_caption_of_the_image_itself():
-    from itm.prepare import draw_negatives
+    from itm.data.prepare import draw_negatives
 
     caps = {"a.jpg": ["x", "a1"], "b.jpg": ["x", "b1"], "c.jpg": ["c1", "c2"]}
     for seed in range(30):
@@ -288,18 +289,18 @@ def test_prepare_with_shards_writes_them_after_the_folder(flickr8k, tmp_path, mo
     """--shards N: the folder, its embeddings (a stand-in encoder here: no torch), then its shards."""
     import numpy as np
 
-    import itm.embed
-    import itm.text_models
-    from itm.shards import read_index
+    import itm.data.embed
+    import itm.models.encoders
+    from itm.data.shards import read_index
 
     def fake_embed(data_dir, model=None, batch_size=None):
-        captions = itm.embed.split_captions(data_dir)
+        captions = itm.data.embed.split_captions(data_dir)
         vectors = np.random.default_rng(0).normal(size=(len(captions), 384)).astype(np.float32)
-        itm.embed.write_embeddings(Path(data_dir) / "flickr8k.cmp9137.sentence_transformers.npz",
+        itm.data.embed.write_embeddings(Path(data_dir) / "flickr8k.cmp9137.sentence_transformers.npz",
                                    dict(zip(captions, vectors)))
 
-    monkeypatch.setattr(itm.text_models, "require_sentence_transformers", lambda: None)
-    monkeypatch.setattr(itm.embed, "embed_data_dir", fake_embed)
+    monkeypatch.setattr(itm.models.encoders, "require_sentence_transformers", lambda: None)
+    monkeypatch.setattr(itm.data.embed, "embed_data_dir", fake_embed)
     token, images, caps = flickr8k
     out = prepare("flickr8k", token, images, tmp_path / "out", negatives=2, shards=2)
     index = read_index(out / "shards", splits=("train", "dev", "test"), data_dir=out)

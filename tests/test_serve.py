@@ -1,9 +1,13 @@
-"""`itm serve` over real HTTP on loopback: good requests, each bad one, and 20 at once."""
+"""`itm serve` over real HTTP on loopback: good requests, each bad one, 50 at once, random bytes."""
+import io
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import run_cli
 
 from itm_serving import MAX_UPLOAD_MB, server, trained_run
 
@@ -65,7 +69,7 @@ def test_match_answers_as_the_matcher_does(live, matcher, triples):
 
 
 def test_bad_requests_get_readable_errors(live, matcher, triples, tmp_path):
-    from itm.inference import find_encoder
+    from itm.models.encoders import find_encoder
 
     image, caption = triples[0]
     jpeg = image.read_bytes()
@@ -78,6 +82,9 @@ def test_bad_requests_get_readable_errors(live, matcher, triples, tmp_path):
         "empty file": (post_match(live, b"", [caption]), 400, "empty"),
         "too large": (post_match(live, jpeg + b"\0" * (MAX_UPLOAD_MB * 2**20), [caption]), 413, "upload limit"),
         "too many captions": (post_match(live, jpeg, [caption] * 101), 400, "too many captions"),
+        "caption too long": (post_match(live, jpeg, [caption, "a" * 1001]), 400, "a caption of 1,001 characters"),
+        "too many pixels": (post_match(live, _png(7000, 7000), [caption], "big.png"), 400,
+                            "7000x7000 pixels, more than the 16,000,000 allowed"),
     }
     if find_encoder()[0] is None:
         cases["caption that cannot be embedded"] = (post_match(live, jpeg, ["a purple giraffe"]), 400, "cannot embed")
@@ -101,16 +108,47 @@ def test_bad_requests_get_readable_errors(live, matcher, triples, tmp_path):
     assert httpx.get(live.url + "/healthz").status_code == 200  # still serving
 
 
-def test_twenty_concurrent_requests_are_each_answered_correctly(live, matcher, triples):
-    jobs = [(triples[i % len(triples)][0], [triples[(i + k) % len(triples)][1] for k in range(1 + i % 3)])
-            for i in range(20)]
-    with httpx.Client(limits=httpx.Limits(max_connections=20)) as client:
-        with ThreadPoolExecutor(20) as pool:
+def _png(width, height) -> bytes:
+    """A one-colour PNG: a small file (61 KB at 7000 x 7000) that claims many pixels."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("L", (width, height)).save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def test_fifty_concurrent_requests_are_each_answered_correctly(live, matcher, triples):
+    jobs = [(triples[i % len(triples)][0], [triples[(i + k) % len(triples)][1] for k in range(1 + i % 5)])
+            for i in range(50)]
+    with httpx.Client(limits=httpx.Limits(max_connections=50)) as client:
+        with ThreadPoolExecutor(50) as pool:
             answers = list(pool.map(lambda job: post_match(live, job[0].read_bytes(), job[1], client=client), jobs))
     for (image, captions), r in zip(jobs, answers):
         assert r.status_code == 200, r.text
         got = [x["p_match"] for x in r.json()["results"]]
         np.testing.assert_allclose(got, matcher.score(image, captions)[0], atol=1e-5)
+    # requests with 1 to 5 captions ran through the same traced model functions: nothing retraced
+    live.log.seek(0)
+    assert "retracing" not in live.log.read()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=2000), captions=st.lists(st.text(max_size=40), max_size=3))
+def test_random_uploads_are_never_a_server_error(live, triples, raw, captions):
+    r = post_match(live, raw, captions)
+    assert r.status_code in (200, 400, 413, 422), (r.status_code, r.text)
+    assert "detail" in r.json() or "results" in r.json()
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--port", "70000"], "--port must lie in 1..65535"),
+    (["--max-upload-mb", "inf"], "--max-upload-mb: must be a finite number"),
+    (["--max-upload-mb", "0.0000001"], "less than 1 KiB"),
+    (["--max-upload-mb", "5000"], "--max-upload-mb must be a number in (0, 1024]"),
+])
+def test_server_limits_are_checked_at_start_up(run, option, message):
+    r = run_cli(["-m", "itm", "serve", "--run", str(run), *option], timeout=60)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
 
 
 def test_search_over_the_served_folder(live, matcher, triples, tiny_data_master):

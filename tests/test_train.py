@@ -1,4 +1,4 @@
-"""Training really learns, and the command line produces a complete run folder."""
+"""Training really learns, the command line produces a complete run folder, and the run folder's policy."""
 import csv
 import json
 
@@ -7,16 +7,17 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SHARED, TINY_IMAGE, run_cli
-from itm.data import load_data_dir, make_dataset, model_inputs
-from itm.demo import DEMO_VERSION
-from itm.model import build_model
-from itm.optim import create_optimizer
+from itm.data.batches import file_triples, model_inputs
+from itm.data.folder import load_data_dir
+from itm.data.demo import DEMO_VERSION
+from itm.models.classifier import build_model
+from itm.models.optim import create_optimizer
 
 
 def test_short_training_lowers_the_loss(tiny_data):
     keras.utils.set_random_seed(0)
     data = load_data_dir(tiny_data)
-    ds = model_inputs(make_dataset(data.splits["train"], data.embeddings, batch_size=16, shuffle=True, seed=0,
+    ds = model_inputs(file_triples(data.splits["train"], data.embeddings, batch_size=16, shuffle=True, seed=0,
                                    image_size=TINY_IMAGE)).cache()
     model = build_model(image_size=TINY_IMAGE)
     steps = 4 * 8
@@ -34,7 +35,8 @@ def _check_run_folder(out, n_test):
     assert (out / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(out / "history.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["epoch", "loss", "binary_accuracy", "val_loss", "val_binary_accuracy", "learning_rate"]
+    assert list(rows[0]) == ["epoch", "loss", "binary_accuracy", "val_loss", "val_binary_accuracy",
+                             "val_balanced_accuracy", "val_roc_auc", "learning_rate"]
     lines = (out / "predictions.tsv").read_text().splitlines()
     assert lines[0] == "image\tcaption\tlabel\tp_match" and len(lines) == n_test + 1
     p = np.array([float(line.split("\t")[3]) for line in lines[1:]])
@@ -51,12 +53,14 @@ def _check_run_folder(out, n_test):
     return metrics, rows
 
 
+@pytest.mark.slow
 def test_itm_classifier_end_to_end(tiny_data, tmp_path):
     out = tmp_path / "run"
     r = run_cli(["ITM_Classifier.py", "--data-dir", str(tiny_data), "--epochs", "2", "--batch-size", "8",
                  "--learning-rate", "1e-4", "--seed", "7", "--image-size", str(TINY_IMAGE), "--output-dir", str(out)])
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"Data: {tiny_data} (from --data-dir)" in r.stdout
+    assert "Seed: 7 (from --seed); precision: float32" in r.stdout
     assert "TEST accuracy=" in r.stdout and "Tensorflow test method: Loss:" in r.stdout
     assert any(line.startswith("ITM=") and " PREDICTIONS: match=" in line and ", no-match=" in line and " -> " in line
                for line in r.stdout.splitlines())
@@ -67,7 +71,7 @@ def test_itm_classifier_end_to_end(tiny_data, tmp_path):
 
     # The saved model loads back in a fresh process and gives the same predictions.
     check = (
-        "import sys, numpy as np, keras, itm.optim\n"
+        "import sys, numpy as np, keras, itm.models.optim\n"
         "m = keras.saving.load_model(sys.argv[1])\n"
         "x = {'image_input': np.full((1, 64, 64, 3), 0.5, 'float32'), 'text_embedding': np.full((1, 384), 0.05, 'float32')}\n"
         "print(type(m.optimizer).__name__, float(m.predict(x, verbose=0)[0, 0]))\n")
@@ -82,6 +86,7 @@ def test_itm_train_is_the_same_command(tiny_data, tmp_path):
     assert r.returncode == 0 and "--data-dir" in r.stdout and "--limit" in r.stdout and "faithful" in r.stdout
 
 
+@pytest.mark.slow
 def test_demo_is_used_when_no_data_is_configured(tmp_path):
     env = {"ITM_CACHE_DIR": str(tmp_path / "cache"), "ITM_DATA_DIR": ""}
     r = run_cli([str(ROOT / "ITM_Classifier.py"), "--epochs", "1", "--limit", "8", "--image-size", "32",
@@ -91,6 +96,7 @@ def test_demo_is_used_when_no_data_is_configured(tmp_path):
     assert any("bundled DEMO dataset" in line for line in first), first
     assert any("flickr8k.dataset-cmp9137-item1" in line for line in first)
     assert (tmp_path / "cache" / f"demo-{DEMO_VERSION}" / "flickr8k-resised").is_dir()
+    assert "(random; pass --seed to choose one)" in r.stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -113,7 +119,8 @@ def test_bad_data_folder_fails_before_training(tiny_data, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"real Flickr8k data not found at {SHARED}")
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"the course data is not at {SHARED}")
 def test_real_data_one_epoch(tmp_path):
     out = tmp_path / "real"
     r = run_cli(["ITM_Classifier.py", "--data-dir", str(SHARED), "--epochs", "1", "--limit", "256", "--seed", "0",
@@ -121,3 +128,53 @@ def test_real_data_one_epoch(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     metrics, _ = _check_run_folder(out, n_test=256)
     assert metrics["parameters"] == 6_529_570
+
+
+# ---------------------------------------------------------------- the run folder's policy
+
+def _train(tiny_data, out, *extra):
+    return run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "1", "--image-size", "32",
+                    "--limit", "24", "--seed", "1", "--output-dir", str(out), *extra])
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_not_overwritten_unless_asked(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    assert _train(tiny_data, out).returncode == 0
+    (out / "metrics-dev.json").write_text("{}")  # an earlier evaluation's file
+    before = (out / "model.keras").read_bytes()
+    r = _train(tiny_data, out)
+    assert r.returncode == 2 and "holds a finished run: pass --overwrite" in r.stderr and "Traceback" not in r.stderr
+    assert (out / "model.keras").read_bytes() == before
+    r = _train(tiny_data, out, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert not (out / "metrics-dev.json").exists() and (out / "metrics.json").is_file()
+
+
+def test_an_interrupted_run_resumes_only_with_its_own_options(tiny_data, tmp_path):
+    from itm.errors import ConfigError
+    from itm.options import resolve_config
+    from itm.training.run import resolve_run
+
+    out = tmp_path / "run"
+    first = resolve_config(data_dir=str(tiny_data), output_dir=str(out), seed=3)
+    assert resolve_run(first)[1] is False
+    (out / "backup").mkdir(parents=True)  # as a run killed after its first epoch leaves it
+    (out / "config.json").write_text(json.dumps(first.to_dict()))
+    (out / "backup" / "state.json").write_text('{"epoch": 1, "weights": "epoch1.weights.h5", "history": {}}')
+    same = resolve_config(data_dir=str(tiny_data), output_dir=str(out))  # no --seed: the run's own is taken
+    assert resolve_run(same)[1] is True and same.seed == 3
+    other = resolve_config(data_dir=str(tiny_data), output_dir=str(out), fusion="mlp")
+    with pytest.raises(ConfigError, match="--fusion was 'concat', now 'mlp'"):
+        resolve_run(other)
+    assert json.loads((out / "config.json").read_text())["fusion"] == "concat"  # nothing was written
+
+
+@pytest.mark.parametrize("where, message", [("file", "is a file, not a folder"), ("inside", "which is a file"),
+                                           ("proc", "cannot write the run folder")])
+def test_an_output_dir_that_cannot_hold_a_run_is_refused_before_the_data_check(where, message, tiny_data, tmp_path):
+    (tmp_path / "f").write_text("x")
+    out = {"file": tmp_path / "f", "inside": tmp_path / "f" / "run", "proc": "/proc/itm-run"}[where]
+    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data / "absent"), "--output-dir", str(out)])
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert "does not exist" not in r.stderr  # refused before the data folder was looked at

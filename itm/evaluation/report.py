@@ -1,16 +1,17 @@
 """A one-page Markdown report of a run, and a side-by-side comparison of several runs."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from ..files import read_json
 
 
 def load_run_metrics(run_dir: Path, split: str = "test") -> dict:
     """The run's metrics for ``split`` (from ``itm evaluate`` or training), with its config and timing."""
     run_dir = Path(run_dir)
-    base = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    base = read_json(run_dir / "metrics.json", "metrics file") if (run_dir / "metrics.json").is_file() else {}
     path = run_dir / f"metrics-{split}.json"
-    metrics = json.loads(path.read_text()) if path.is_file() else (base if base.get("split") == split else {})
+    metrics = read_json(path, "metrics file") if path.is_file() else (base if base.get("split") == split else {})
     for key in ("config", "train_seconds", "seconds_per_epoch", "parameters", "train_examples_per_second"):
         if key in base:
             metrics.setdefault(key, base[key])

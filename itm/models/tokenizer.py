@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from .data import DataError
+from ..errors import DataError
 
 PAD, UNK, CLS, SEP = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
 # CJK ideographs, as BERT's BasicTokenizer._is_chinese_char lists them: each becomes a word of its own.

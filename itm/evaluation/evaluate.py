@@ -6,22 +6,18 @@
 from __future__ import annotations
 
 import csv
-import json
 import random
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .data import DataDir, Split, make_dataset, model_inputs, preprocess_image
+from ..data.batches import group_by_image, one_hot
+from ..data.folder import DataDir, Split
+from ..files import write_json
 from .metrics import (average_precision, best_threshold, binary_metrics, bootstrap_ci, retrieval_metrics,
                       roc_auc)
-
-
-def predict_split(model, split: Split, embeddings, batch_size: int = 16, image_size: int = 224) -> np.ndarray:
-    """Softmax outputs ``[p(match), p(no-match)]`` for every triple of ``split``, in file order."""
-    ds = make_dataset(split, embeddings, batch_size=batch_size, shuffle=False, image_size=image_size)
-    return np.asarray(model.predict(model_inputs(ds, tuple(model.input)), verbose=0), dtype=np.float64)
+from .predict import Scorer
 
 
 def print_sample_predictions(split: Split, probs: np.ndarray, rate: float = 0.1, seed: int | None = None) -> None:
@@ -53,19 +49,10 @@ def split_metrics(is_match: np.ndarray, p_match: np.ndarray, dev_threshold: floa
     }
 
 
-def retrieval(model, split: Split, embeddings, image_size: int = 224, batch_size: int = 64,
-              pair_batch: int = 16384) -> dict:
-    """Image-to-text and text-to-image Recall@1/5/10 over the split's images and captions.
-
-    Each image and each caption is encoded once; only the fusion head runs per pair.
-    """
-    import tensorflow as tf
-
-    from .model import split_model, text_input_name
-
+def retrieval(scorer: Scorer, split: Split, embeddings) -> dict:
+    """Image-to-text and text-to-image Recall@1/5/10 over the split's images and captions."""
     start = time.perf_counter()
-    image_encoder, text_encoder, head = split_model(model)
-    images = sorted({t.image for t in split.triples})
+    images = sorted(group_by_image(split.triples))
     captions = sorted({t.caption for t in split.triples})
     image_index = {name: i for i, name in enumerate(images)}
     caption_index = {c: j for j, c in enumerate(captions)}
@@ -73,23 +60,8 @@ def retrieval(model, split: Split, embeddings, image_size: int = 224, batch_size
     for t in split.triples:
         if t.match:
             relevant[image_index[t.image], caption_index[t.caption]] = True
-
-    paths = [str(split.images_dir / name) for name in images]
-    image_ds = tf.data.Dataset.from_tensor_slices(paths).map(
-        lambda path: preprocess_image(tf.io.read_file(path), image_size), num_parallel_calls=tf.data.AUTOTUNE)
-    image_feats = image_encoder.predict(image_ds.batch(batch_size), verbose=0)
-    text_in = (tf.constant(captions) if text_input_name(model) == "caption"
-               else np.stack([embeddings[c] for c in captions]))  # raw captions, or their embeddings
-    text_feats = text_encoder.predict(text_in, batch_size=256, verbose=0)
-
-    scores = np.empty((len(images), len(captions)), dtype=np.float32)
-    rows_per_batch = max(1, pair_batch // len(captions))
-    for i in range(0, len(images), rows_per_batch):
-        block = image_feats[i:i + rows_per_batch]
-        img = np.repeat(block, len(captions), axis=0)
-        txt = np.tile(text_feats, (len(block), 1))
-        p = np.asarray(head([img, txt], training=False))[:, 0]
-        scores[i:i + len(block)] = p.reshape(len(block), len(captions))
+    scores = scorer.all_pairs(scorer.split_image_features(images, split.images_dir),
+                              scorer.caption_features(captions, embeddings))
     return {
         "images": len(images), "captions": len(captions),
         "image_to_text": retrieval_metrics(scores, relevant),
@@ -98,9 +70,16 @@ def retrieval(model, split: Split, embeddings, image_size: int = 224, batch_size
     }
 
 
-def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), batch_size: int = 16,
-                   image_size: int = 224, seed: int = 0, original_printout: bool = False,
-                   with_retrieval: bool = True) -> dict[str, dict]:
+def keras_evaluation(labels: np.ndarray, probs: np.ndarray) -> dict:
+    """What the original's ``model.evaluate`` reported (its loss and binary accuracy), from the predictions."""
+    import keras
+
+    return {"loss": float(keras.losses.KLDivergence()(labels, probs)),
+            "binary_accuracy": float(np.mean((probs > 0.5) == (labels > 0.5)))}
+
+
+def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: int = 0,
+                   original_printout: bool = False, with_retrieval: bool = True) -> dict[str, dict]:
     """Score ``splits`` and write, per split, ``metrics-<split>.json``, predictions and figures.
 
     The decision threshold that maximises balanced accuracy on dev is stored in
@@ -109,17 +88,17 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), batch_
     from . import plots
 
     out_dir = Path(out_dir)
-    probs = {"dev": predict_split(model, data.splits["dev"], data.embeddings, batch_size, image_size)}
+    scorer = Scorer(model)
+    probs = {"dev": scorer.score_split(data.splits["dev"], data.embeddings)}
     dev_match = np.array([t.match for t in data.splits["dev"].triples])
     threshold = best_threshold(dev_match, probs["dev"][:, 0])
-    (out_dir / "calibration.json").write_text(json.dumps(
-        {"threshold": threshold, "chosen_on": "dev", "criterion": "max balanced accuracy"}, indent=2) + "\n")
-
+    write_json(out_dir / "calibration.json", {"threshold": threshold, "chosen_on": "dev",
+                                              "criterion": "max balanced accuracy"})
     results = {}
     for name in splits:
         split = data.splits[name]
         if name not in probs:
-            probs[name] = predict_split(model, split, data.embeddings, batch_size, image_size)
+            probs[name] = scorer.score_split(split, data.embeddings)
         p = probs[name]
         is_match = np.array([t.match for t in split.triples])
         if original_printout:
@@ -129,16 +108,15 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), batch_
         # The original's own count: predicted class is the larger of the two probabilities.
         accuracy = float(np.mean((p[:, 0] > p[:, 1]) == is_match))
         print("%s accuracy=%4f" % (name.upper(), accuracy))
-        ds = make_dataset(split, data.embeddings, batch_size=batch_size, shuffle=False, image_size=image_size)
-        tf_eval = model.evaluate(model_inputs(ds, tuple(model.input)), verbose=0, return_dict=True)
+        tf_eval = keras_evaluation(one_hot(split.triples), p)
         print(f"Tensorflow test method: Loss: {tf_eval['loss']}; ACCURACY: {tf_eval['binary_accuracy']}")
 
         metrics = {"split": name, **split_metrics(is_match, p[:, 0], threshold, seed=seed)}
         metrics["accuracy"] = accuracy
         metrics["dev_threshold"] = threshold
-        metrics["tf_evaluate"] = {"loss": float(tf_eval["loss"]), "binary_accuracy": float(tf_eval["binary_accuracy"])}
+        metrics["tf_evaluate"] = tf_eval
         if with_retrieval:
-            metrics["retrieval"] = retrieval(model, split, data.embeddings, image_size)
+            metrics["retrieval"] = retrieval(scorer, split, data.embeddings)
         print(summary_line(metrics))
 
         write_predictions(out_dir / ("predictions.tsv" if name == "test" else f"predictions-{name}.tsv"), split, p)
@@ -146,7 +124,7 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), batch_
         plots.plot_confusion(metrics["confusion"], out_dir / f"confusion-{name}.png")
         plots.plot_score_distribution(is_match, p[:, 0], out_dir / f"scores-{name}.png")
         plots.plot_samples(split, p[:, 0], out_dir / f"samples-{name}.png", seed=seed)
-        (out_dir / f"metrics-{name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_json(out_dir / f"metrics-{name}.json", metrics)
         results[name] = metrics
     return results
 

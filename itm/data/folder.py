@@ -1,4 +1,4 @@
-"""Reading an ITM data folder: split files, sentence embeddings, images, and the tf.data pipeline.
+"""Reading an ITM data folder: split files, sentence embeddings and image names, all checked.
 
 A data folder has the layout of the original CMP9137 baseline::
 
@@ -8,16 +8,20 @@ A data folder has the layout of the original CMP9137 baseline::
     DIR/flickr8k.cmp9137.sentence_transformers.npz   (or) captions + float32 matrix; preferred
 
 Everything is checked up front (``load_data_dir``) and every problem is reported at
-once, so that a bad line 19,000 never costs a user a long training run.
+once, with its file and line, so that a bad line 19,000 never costs a user a long training run.
+Images are checked by the same rule the pipelines and inference decode with (``itm.data.images``).
 """
 from __future__ import annotations
 
 import pickle
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..errors import DataError
+from .images import image_problem
 
 IMAGES_SUBDIR = "flickr8k-resised"
 SPLIT_FILES = {
@@ -27,13 +31,9 @@ SPLIT_FILES = {
 }
 EMBEDDINGS_PKL = "flickr8k.cmp9137.sentence_transformers.pkl"
 EMBEDDINGS_NPZ = "flickr8k.cmp9137.sentence_transformers.npz"  # safe form: no code can ride in it
-EMBEDDING_DIM = 384
+from ..models.encoders import EMBEDDING_DIM  # noqa: E402
 LABELS = ("match", "no-match")
 MAX_EXAMPLES_PER_PROBLEM = 5
-
-
-class DataError(Exception):
-    """A problem with the user's data: reported as a readable message, never a traceback."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class Triple:
     image: str  # file name inside IMAGES_SUBDIR
     caption: str
     match: bool
+    line: int = field(default=0, compare=False)  # where it stands in its split file, for messages
 
 
 @dataclass
@@ -85,7 +86,8 @@ class Problems:
 def parse_split_file(path: Path, problems: Problems) -> list[Triple]:
     """Parse ``image<TAB>caption<TAB>label`` lines; bad lines go to ``problems``."""
     triples = []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    # utf-8-sig: a byte-order mark that an editor put at the start is not part of the first image name
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for lineno, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():
@@ -103,7 +105,7 @@ def parse_split_file(path: Path, problems: Problems) -> list[Triple]:
             if not image or not caption.strip():
                 problems.add("empty image name or caption", f"{where}: {line[:80]!r}")
                 continue
-            triples.append(Triple(image, caption, label == "match"))
+            triples.append(Triple(image, caption, label == "match", lineno))
     return triples
 
 
@@ -198,23 +200,6 @@ def load_embeddings(data_dir: Path) -> dict[str, np.ndarray]:
     return load_embeddings_file(path)
 
 
-# ---------------------------------------------------------------- images
-
-def check_image(path: Path) -> str | None:
-    """Return why ``path`` is not a usable image, or None. Decodes at reduced size, so it is cheap."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.draft("RGB", (64, 64))
-            im.load()
-    except FileNotFoundError:
-        return "missing"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        return f"not a decodable image ({e})"
-    return None
-
-
 # ---------------------------------------------------------------- whole folder
 
 @dataclass
@@ -261,16 +246,17 @@ def load_data_dir(data_dir, limit: int | None = None, splits=("train", "dev", "t
                                                 f"('itm embed --data-dir {data_dir}' computes it)")
 
     if images_dir.is_dir():
-        seen = {}
+        seen = set()
         for split in loaded.values():
             for t in split.triples:
-                if t.image not in seen:
-                    seen[t.image] = (check_image(images_dir / t.image), split.name)
-        for image, (why, split_name) in seen.items():
-            if why:
-                kind = "missing image" if why == "missing" else "undecodable image"
-                problems.add(kind, f"{images_dir / image} (used in {SPLIT_FILES[split_name]})" +
-                             ("" if why == "missing" else f": {why}"))
+                if t.image in seen:
+                    continue
+                seen.add(t.image)
+                why = image_problem(images_dir / t.image)
+                if why:
+                    kind = "missing image" if why == "missing" else "unusable image"
+                    problems.add(kind, f"{SPLIT_FILES[split.name]}:{t.line}: {images_dir / t.image}"
+                                 + ("" if why == "missing" else f": {why}"))
 
     if emb_path is not None:
         checked = set()
@@ -280,137 +266,14 @@ def load_data_dir(data_dir, limit: int | None = None, splits=("train", "dev", "t
                     continue
                 checked.add(t.caption)
                 vector = embeddings.get(t.caption)
+                where = f"{SPLIT_FILES[split.name]}:{t.line}"
                 if vector is None:
-                    problems.add("caption missing from the embeddings", f"{SPLIT_FILES[split.name]}: {t.caption!r}")
+                    problems.add("caption missing from the embeddings", f"{where}: {t.caption!r}")
                 elif vector.shape != (embedding_dim,):
-                    problems.add(f"embedding not of size {embedding_dim}", f"{t.caption!r}: shape {vector.shape}")
+                    problems.add(f"embedding not of size {embedding_dim}", f"{where}: {t.caption!r}: shape {vector.shape}")
+                elif not np.isfinite(vector).all():
+                    problems.add(f"embedding with NaN or infinity (in {emb_path.name})", f"{where}: {t.caption!r}")
 
     if problems:
         raise DataError(problems.report(data_dir))
     return DataDir(data_dir, loaded, embeddings)
-
-
-# ---------------------------------------------------------------- tf.data
-
-def preprocess_image(image, image_size: int = 224):
-    """Encoded image bytes (or decoded uint8 pixels, HxWx3) -> float32 [S, S, 3] in [0, 1].
-
-    The one image preprocessing, shared by training (``make_dataset``) and inference
-    (``itm.inference``), so that a served model sees exactly what it was trained on.
-    """
-    import tensorflow as tf
-
-    image = tf.convert_to_tensor(image)
-    if image.dtype == tf.string:
-        image = tf.io.decode_image(image, channels=3, expand_animations=False)
-    return tf.image.resize(image, (image_size, image_size)) / 255.0  # resize gives float32 in [0, 255]
-
-
-def make_dataset(split: Split, embeddings: dict[str, np.ndarray], batch_size: int = 16, shuffle: bool = True,
-                 seed: int | None = None, image_size: int = 224):
-    """The original's pipeline: one JPEG decode per triple, shuffled, batched, prefetched.
-
-    Yields ``(features, label)`` with features ``image_input`` (float32 in [0, 1]),
-    ``text_embedding`` (384; zeros when ``embeddings`` is empty, for models that read the caption),
-    ``caption`` and ``file_name``; label one-hot, match = [1, 0].
-    """
-    import tensorflow as tf
-
-    paths = [str(split.images_dir / t.image) for t in split.triples]
-    vectors = (np.stack([embeddings[t.caption] for t in split.triples]).astype(np.float32) if embeddings
-               else np.zeros((len(split.triples), EMBEDDING_DIM), np.float32))
-    captions = [t.caption for t in split.triples]
-    labels = np.array([[1, 0] if t.match else [0, 1] for t in split.triples], dtype=np.float32)
-
-    def process_input(path, vector, caption, label):
-        img = preprocess_image(tf.io.read_file(path), image_size)
-        features = {"image_input": img, "text_embedding": vector, "caption": caption, "file_name": path}
-        return features, label
-
-    ds = tf.data.Dataset.from_tensor_slices((paths, vectors, captions, labels))
-    if shuffle:
-        ds = ds.shuffle(batch_size * 8, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(process_input, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def model_inputs(ds, names=("image_input", "text_embedding")):
-    """Keep only the features the model takes (caption and file name are for people)."""
-    return ds.map(lambda features, label: ({k: features[k] for k in names}, label))
-
-
-# ---------------------------------------------------------------- decode once, keep uint8
-
-@dataclass
-class ImageCache:
-    """Every distinct image decoded and resized once, kept as uint8 (a quarter of float32's memory)."""
-    names: list[str]
-    pixels: np.ndarray  # (N, S, S, 3) uint8
-    index: dict[str, int]
-
-
-def load_image_cache(splits, image_size: int) -> ImageCache:
-    """Decode each distinct image of ``splits`` once (parallel tf.data), resized to ``image_size``."""
-    import tensorflow as tf
-
-    names, paths, seen = [], [], set()
-    for split in splits:
-        for t in split.triples:
-            if t.image not in seen:
-                seen.add(t.image)
-                names.append(t.image)
-                paths.append(str(split.images_dir / t.image))
-
-    def load(path):
-        img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        img = tf.image.resize(img, (image_size, image_size))
-        return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
-
-    ds = tf.data.Dataset.from_tensor_slices(paths).map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(256)
-    pixels = np.concatenate([b.numpy() for b in ds]) if paths else np.zeros((0, image_size, image_size, 3), np.uint8)
-    return ImageCache(names, pixels, {n: i for i, n in enumerate(names)})
-
-
-def make_cached_dataset(split: Split, embeddings: dict[str, np.ndarray], cache: ImageCache, batch_size: int = 16,
-                        shuffle: bool = True, seed: int | None = None, negatives: str = "fixed"):
-    """Batches from decoded-once uint8 images (scaled to [0, 1] per batch): the fast pipeline.
-
-    ``negatives="redraw"`` replaces every no-match triple's caption, each epoch, with a matching
-    caption of another image (never one of the image's own), so the model sees fresh negatives
-    instead of memorising a fixed set. Yields the model's inputs and the one-hot label.
-    """
-    import tensorflow as tf
-
-    rng = np.random.default_rng(seed)
-    image_rows = np.array([cache.index[t.image] for t in split.triples], dtype=np.int32)
-    text = np.stack([embeddings[t.caption] for t in split.triples]).astype(np.float32)
-    labels = np.array([[1, 0] if t.match else [0, 1] for t in split.triples], dtype=np.float32)
-    own = defaultdict(set)
-    for t in split.triples:
-        if t.match:
-            own[t.image].add(t.caption)
-    pool = sorted({c for captions in own.values() for c in captions})
-    negative_rows = [i for i, t in enumerate(split.triples) if not t.match]
-    if negatives not in ("fixed", "redraw"):
-        raise ValueError(f"unknown negatives {negatives!r}; choose from fixed, redraw")
-
-    def one_epoch():
-        epoch_text = text
-        if negatives == "redraw" and pool:
-            epoch_text = text.copy()
-            for i in negative_rows:
-                mine = own.get(split.triples[i].image, set())
-                caption = pool[rng.integers(len(pool))]
-                while caption in mine and len(mine) < len(pool):
-                    caption = pool[rng.integers(len(pool))]
-                epoch_text[i] = embeddings[caption]
-        order = rng.permutation(len(image_rows)) if shuffle else np.arange(len(image_rows))
-        yield image_rows[order], epoch_text[order], labels[order]
-
-    pixels = tf.constant(cache.pixels)
-    ds = tf.data.Dataset.from_generator(one_epoch, output_signature=(
-        tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, text.shape[1]], tf.float32),
-        tf.TensorSpec([None, 2], tf.float32))).unbatch().batch(batch_size)
-    ds = ds.map(lambda rows, vectors, y: ({"image_input": tf.cast(tf.gather(pixels, rows), tf.float32) / 255.0,
-                                           "text_embedding": vectors}, y), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)

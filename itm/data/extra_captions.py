@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, Problems, Split
+from ..errors import DataError, MissingExtra
+from ..files import cache_dir
+from .folder import Problems, Split
 
 AUTO = "auto"  # the data folder's own Flickr8k.token.txt, when it has one
 TOKEN_FILE = "Flickr8k.token.txt"
@@ -61,9 +63,9 @@ def extra_positives(path: Path, train: Split) -> dict[str, list[str]]:
 
 def embed_cached(captions: list[str], log=sys.stdout) -> dict[str, np.ndarray]:
     """Sentence embeddings of ``captions``, computed once and then read from the cache file."""
-    from .demo import cache_dir
-    from .data import load_embeddings_file
-    from .embed import encode_with_progress, make_encoder, write_embeddings
+    from ..models.encoders import make_encoder
+    from .embed import encode_with_progress, write_embeddings
+    from .folder import load_embeddings_file
 
     digest = hashlib.sha256("\n".join(sorted(captions)).encode()).hexdigest()[:16]
     path = cache_dir() / f"extra-captions-{digest}.npz"
@@ -71,8 +73,6 @@ def embed_cached(captions: list[str], log=sys.stdout) -> dict[str, np.ndarray]:
         return load_embeddings_file(path)
     print(f"Embedding {len(captions)} extra captions with all-MiniLM-L6-v2 (once; cached in {path}) ...",
           file=log, flush=True)
-    from .text_models import MissingExtra
-
     try:
         encode = make_encoder()
     except MissingExtra as e:

@@ -13,7 +13,6 @@ The captions' all-MiniLM-L6-v2 embeddings were computed once with sentence-trans
 """
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import shutil
@@ -22,14 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import EMBEDDINGS_PKL, IMAGES_SUBDIR, SPLIT_FILES
+from ..files import cache_dir
+from .folder import EMBEDDINGS_PKL, IMAGES_SUBDIR, SPLIT_FILES
 
 COLOURS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 80, 215),
            "yellow": (235, 205, 40), "purple": (140, 60, 180), "orange": (245, 135, 30)}
 SHAPES = ("circle", "square", "triangle", "diamond")
 BACKGROUNDS = {"white": (240, 240, 240), "grey": (125, 125, 125), "black": (20, 20, 20)}
 TEMPLATES = ("a {colour} {shape} on a {background} background", "a {background} background with a {colour} {shape}")
-ASSET = Path(__file__).parent / "assets" / "demo_captions.npz"
+ASSET = Path(__file__).parents[1] / "assets" / "demo_captions.npz"
+MARKER = "ITM-DEMO.txt"  # in every demo folder, so that a run trained on it can say so
+MARKER_TEXT = "The synthetic demo dataset of itm (itm/data/demo.py): coloured shapes, not photos.\n"
 DEMO_VERSION = "v2"
 # (images per split, match triples per image, no-match triples per image); dev/test imitate the
 # imbalance of the real test split (75% no-match), train is balanced as the real train split.
@@ -108,17 +110,20 @@ def generate(out_dir, sizes: dict | None = None, seed: int = 0, image_size: int 
         (out / SPLIT_FILES[split]).write_text("\n".join(lines) + "\n", encoding="utf-8")
     with open(out / EMBEDDINGS_PKL, "wb") as f:
         pickle.dump(load_caption_embeddings(), f)
+    (out / MARKER).write_text(MARKER_TEXT)
     return out
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("ITM_CACHE_DIR") or Path.home() / ".cache" / "itm")
+def is_demo(data_dir) -> bool:
+    return (Path(data_dir) / MARKER).is_file()
 
 
 def ensure_demo_data() -> Path:
     """The bundled demo dataset, generated on first use into the cache folder (atomically)."""
     target = cache_dir() / f"demo-{DEMO_VERSION}"
     if (target / EMBEDDINGS_PKL).is_file():
+        if not is_demo(target):  # generated before demo folders carried their marker
+            (target / MARKER).write_text(MARKER_TEXT)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     print(f"Generating the demo dataset into {target} (once) ...", flush=True)

@@ -6,11 +6,12 @@ Keras 3.15, two workers on loopback fail before the first step on any input, dic
 which this strategy cannot do on a nested batch ("Attempt to convert a value ({'image_input':
 PerReplica ...}) to a Tensor"); with that step skipped, it fails again averaging the step's scalar
 logs over axis 0 ("Invalid reduction dimension 0 for input with 0 dimensions"). So the workers
-run this loop instead, with the model, optimizer and loss that ``fit`` would have used:
+run this loop instead: the same ``Trainer.train_step`` and the same callbacks that ``fit`` would run,
+only the epoch loop is written here:
 
-* the global batch (``--batch-size``) is split across all replicas of all workers, and each
-  replica's mean KL loss is scaled by the global batch (``tf.nn.compute_average_loss``); the
-  optimizer sums the replicas' gradients, so a step is one step on the whole global batch;
+* the global batch (``--batch-size``) is split across all replicas of all workers; each replica's
+  loss is its share (``Trainer.train_step``) and the optimizer sums the replicas' gradients, so a
+  step is one step on the whole global batch;
 * the input is sharded per worker (``epoch_shard``): each worker reads and decodes only its own
   part of each epoch;
 * only the chief (task 0) writes: the run folder, and its epoch-end backup (``EpochBackup``). A
@@ -21,15 +22,11 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections import defaultdict
 
 import numpy as np
 
-from .config import ConfigError
-from .data import Split
-from .grouped import record_epoch
-
+from ..data.folder import Split
+from ..errors import ConfigError
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                      '"task": {"type": "worker", "index": 0}}')
 
@@ -90,69 +87,43 @@ def from_chief(strategy, values: list) -> list:
     return [tf.cast(s, v.dtype) for s, v in zip(summed, values)]
 
 
-def fit_multiworker(model, strategy, batches, train: Split, dev_ds, epochs: int, global_batch: int, seed: int,
-                    backup=None) -> dict[str, list[float]]:
-    """Train ``model`` (built and compiled in ``strategy.scope()``) in place; returns per-epoch history
-    like ``fit``'s. Every worker runs this at the same time; ``backup`` is the chief's ``EpochBackup``,
-    None on the others.
-
-    ``batches(split, batch_size)`` gives a split's (inputs, one-hot label) batches in order;
-    ``dev_ds`` is the dev split's, which every worker scores whole, with the same weights.
-    """
+def fit_multiworker(trainer, strategy, train: Split, embeddings, config, steps: int, done: int, callbacks) -> None:
+    """Train ``trainer`` (built and compiled in ``strategy.scope()``) in place, running ``callbacks`` as
+    ``fit`` would. Every worker runs this at the same time; ``done`` is the epochs the chief's backup had."""
     import keras
     import tensorflow as tf
 
-    optimizer = model.optimizer
+    from ..data.batches import file_triples, model_inputs
+    from .callbacks import keras_verbosity
+
+    global_batch = config.batch_size
+    optimizer = trainer.optimizer
     with strategy.scope():
-        optimizer.build(model.trainable_variables)  # all workers create the same variables, in the same order
-    done, history = backup.restore(model) if backup else (0, {})
-    variables = model.variables + optimizer.variables
-    seed, done, *values = from_chief(strategy, [tf.constant(seed, tf.int64), tf.constant(done, tf.int64),
+        optimizer.build(trainer.trainable_variables)  # all workers create the same variables, in the same order
+    variables = trainer.variables + optimizer.variables
+    seed, done, *values = from_chief(strategy, [tf.constant(config.seed, tf.int64), tf.constant(done, tf.int64),
                                                 *[tf.convert_to_tensor(v) for v in variables]])
     for v, value in zip(variables, values):
         v.assign(value)
     seed, done = int(seed), int(done)
-    history = defaultdict(list, history)
-    steps_per_epoch = len(train.triples) // global_batch
-    trainable = model.trainable_variables
 
-    def right(y, p):  # how many predictions (p(match) > 0.5) are right: the binary accuracy's count
-        return tf.reduce_sum(tf.cast(tf.equal(p[:, 0] > 0.5, y[:, 0] > 0.5), tf.float32))
+    def batches(context, epoch):
+        shard = epoch_shard(train, seed, epoch, global_batch, context.input_pipeline_id, context.num_input_pipelines)
+        return model_inputs(file_triples(shard, embeddings, context.get_per_replica_batch_size(global_batch),
+                                         shuffle=False, image_size=config.image_size))
 
-    def replica_step(x, y):
-        with tf.GradientTape() as tape:
-            p = tf.cast(model(x, training=True), tf.float32)
-            loss = tf.nn.compute_average_loss(keras.losses.kl_divergence(y, p), global_batch_size=global_batch)
-            scaled = optimizer.scale_loss(loss)  # mixed_float16's loss scaling; the loss itself otherwise
-        optimizer.apply_gradients(zip(tape.gradient(scaled, trainable), trainable))  # sums all replicas' gradients
-        return loss, right(y, p)
+    step = tf.function(lambda batch: strategy.run(trainer.train_step, args=(batch,)))
+    run = keras.callbacks.CallbackList(callbacks, add_history=False, add_progbar=True, model=trainer,
+                                       epochs=config.epochs, steps=steps, verbose=keras_verbosity())
+    run.on_train_begin()
+    for epoch in range(done, config.epochs):
+        trainer.reset_metrics()
+        run.on_epoch_begin(epoch)
+        shards = strategy.distribute_datasets_from_function(lambda context, e=epoch + 1: batches(context, e))
+        for i, batch in enumerate(shards):
+            run.on_train_batch_begin(i)
+            step(batch)
+            run.on_train_batch_end(i, {m.name: m.result() for m in trainer.metrics})
+        run.on_epoch_end(epoch, {m.name: float(m.result()) for m in trainer.metrics})
+    run.on_train_end()
 
-    @tf.function
-    def train_step(x, y):
-        loss, correct = strategy.run(replica_step, args=(x, y))
-        return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None)
-
-    @tf.function(reduce_retracing=True)
-    def predict(x):  # this worker alone: no replica waits for another
-        return tf.cast(model(x, training=False), tf.float32)
-
-    for epoch in range(done + 1, epochs + 1):
-        start = time.perf_counter()
-        shards = strategy.distribute_datasets_from_function(lambda context, epoch=epoch: batches(
-            epoch_shard(train, seed, epoch, global_batch, context.input_pipeline_id, context.num_input_pipelines),
-            context.get_per_replica_batch_size(global_batch)))
-        loss_sum = correct = 0.0
-        for x, y in shards:
-            loss, n = train_step(x, y)
-            loss_sum, correct = loss_sum + float(loss), correct + float(n)
-        dev_loss = dev_correct = dev_count = 0.0
-        for x, y in dev_ds:
-            p = predict(x)
-            dev_loss += float(tf.reduce_sum(keras.losses.kl_divergence(y, p)))
-            dev_correct += float(right(y, p))
-            dev_count += len(y)
-        record = {"loss": loss_sum / steps_per_epoch, "binary_accuracy": correct / (steps_per_epoch * global_batch),
-                  "val_loss": dev_loss / dev_count, "val_binary_accuracy": dev_correct / dev_count,
-                  "learning_rate": float(optimizer.learning_rate)}
-        record_epoch(model, record, history, backup, epoch, epochs, start)
-    return dict(history)

@@ -28,8 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-from .data import EMBEDDING_DIM, SPLIT_FILES, DataError, Split, embeddings_path, load_data_dir
-from .embed import atomic_write
+from ..errors import DataError
+from ..files import atomic_write
+from .batches import group_by_image
+from .folder import EMBEDDING_DIM, SPLIT_FILES, Split, embeddings_path, load_data_dir
 
 SHARDS_SUBDIR = "shards"
 INDEX_FILE = "index.json"
@@ -66,14 +68,6 @@ def _sources(data_dir: Path, splits) -> dict:
     return out
 
 
-def images_by_split(split: Split) -> dict[str, list]:
-    """Each image of ``split`` with its triples, in the order they appear in the split file."""
-    out: dict[str, list] = {}
-    for t in split.triples:
-        out.setdefault(t.image, []).append(t)
-    return out
-
-
 def default_num_shards(split: Split) -> int:
     """As many shards as make about TARGET_SHARD_BYTES each (JPEG sizes plus 1.5 KB per triple)."""
     images = {t.image for t in split.triples}
@@ -100,7 +94,7 @@ def _write_split(split: Split, embeddings, out: Path, n: int) -> dict:
     """Write ``split`` into ``n`` shards of ``out``; remove older shards of the split; return its index entry."""
     import tensorflow as tf
 
-    grouped = images_by_split(split)
+    grouped = group_by_image(split.triples)
     order = sorted(grouped)
     random.Random(WRITE_ORDER_SEED).shuffle(order)
     if n > len(order):
@@ -218,7 +212,7 @@ def _parse(image_size: int, embedding_dim: int):
     """record -> (the decoded image, its name, and its K triples: captions, embeddings, one-hot labels)."""
     import tensorflow as tf
 
-    from .data import preprocess_image
+    from .images import preprocess_image
 
     spec = {"image_name": tf.io.FixedLenFeature([], tf.string), "image": tf.io.FixedLenFeature([], tf.string),
             "caption": tf.io.VarLenFeature(tf.string), "text_embedding": tf.io.VarLenFeature(tf.float32),
@@ -283,26 +277,3 @@ def make_shard_dataset(shards_dir, split: str, batch_size: int = 16, shuffle: bo
     batches = math.ceil(index["splits"][split]["triples"] / batch_size)
     ds = ds.batch(batch_size).apply(tf.data.experimental.assert_cardinality(batches))
     return ds.prefetch(tf.data.AUTOTUNE)
-
-
-# ---------------------------------------------------------------- the command
-
-def run_shard(args) -> int:
-    write_shards(args.data_dir, num_shards=args.shards, out=args.out)
-    return 0
-
-
-def add_commands(sub) -> None:
-    from .cli import _positive_int
-
-    p = sub.add_parser("shard", help="write a data folder as TFRecord shards (for data bigger than memory)",
-                       description="Write every split of a data folder (checked first) as TFRecord shards: one "
-                                   "record per image with its JPEG bytes and all its triples and embeddings. "
-                                   "'itm train --pipeline shards' streams them. The same folder gives the same bytes.")
-    p.add_argument("--data-dir", required=True, help="a data folder (split files, images, embeddings)")
-    p.add_argument("--shards", type=_positive_int, metavar="N",
-                   help="shards of the train split; dev and test get proportionally fewer "
-                        f"(default: about {TARGET_SHARD_BYTES // 2**20} MiB per shard)")
-    p.add_argument("--out", help=f"folder to write into (default: DIR/{SHARDS_SUBDIR}; "
-                                 "then train with --shards-dir OUT)")
-    p.set_defaults(func=run_shard)

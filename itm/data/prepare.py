@@ -18,7 +18,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .data import IMAGES_SUBDIR, SPLIT_FILES, DataError, Problems
+from ..errors import DataError, MissingExtra
+from ..files import atomic_write
+from .folder import IMAGES_SUBDIR, SPLIT_FILES, Problems
 
 DATASETS = ("flickr8k", "flickr30k", "coco")
 SPLIT_NAMES = ("train", "dev", "test")
@@ -350,14 +352,14 @@ def prepare(dataset: str, captions_file, images_dir, out, seed: int = 0, negativ
 
     ``shards``: then also write it as that many TFRecord shards of the train split (``itm.shards``).
     """
-    from .embed import DEFAULT_BATCH_SIZE, atomic_write, embed_data_dir
+    from .embed import DEFAULT_BATCH_SIZE, embed_data_dir
 
     captions_file, images_dir, out = Path(captions_file), Path(images_dir), Path(out)
     if shards is not None and not embed:
         raise DataError("--shards holds the embeddings too, so it cannot go with --no-embed: compute them later "
                         f"with 'itm embed --data-dir {out}', then 'itm shard --data-dir {out} --shards {shards}'")
     if embed:  # fail now, not after resizing thousands of photos
-        from .text_models import MissingExtra, require_sentence_transformers
+        from ..models.encoders import require_sentence_transformers
         try:
             require_sentence_transformers()
         except MissingExtra as e:
@@ -395,39 +397,3 @@ def prepare(dataset: str, captions_file, images_dir, out, seed: int = 0, negativ
 
         write_shards(out, num_shards=shards)
     return out
-
-
-def run_prepare(args) -> int:
-    prepare(args.dataset, args.captions, args.images, args.out, seed=args.seed, negatives=args.negatives,
-            splits=args.splits, image_size=args.image_size, embed=not args.no_embed, model=args.model,
-            batch_size=args.batch_size, shards=args.shards)
-    return 0
-
-
-def add_commands(sub) -> None:
-    from .cli import _positive_int
-
-    p = sub.add_parser("prepare", help="make a data folder from Flickr8k, Flickr30k or MS-COCO captions and photos",
-                       description="Read a public caption file and its photos, split the images into train/dev/test, "
-                                   "write match and no-match triples, resize the photos and compute the sentence "
-                                   "embeddings, into the layout 'itm train' reads. The same seed gives the same bytes.")
-    p.add_argument("dataset", choices=DATASETS,
-                   help="flickr8k/flickr30k: Flickr8k.token.txt, results_20130124.token, Kaggle captions.txt or "
-                        "results.csv; coco: captions_*.json")
-    p.add_argument("--captions", required=True, help="the raw caption file")
-    p.add_argument("--images", required=True, help="the folder holding the photos")
-    p.add_argument("--out", required=True, help="the data folder to write")
-    p.add_argument("--seed", type=int, default=0, help="seed for the split and the no-match draw (default: 0)")
-    p.add_argument("--negatives", type=_positive_int, default=DEFAULT_NEGATIVES,
-                   help="no-match captions per image (default: %(default)s)")
-    p.add_argument("--splits", metavar="TRAIN,DEV,TEST",
-                   help="image lists to split by (e.g. the official Flickr_8k.{train,dev,test}Images.txt); "
-                        "default: a seeded 6:1:1 split")
-    p.add_argument("--image-size", type=_positive_int, default=224, help="photo size in pixels (default: 224)")
-    p.add_argument("--no-embed", action="store_true", help="skip the embeddings (run 'itm embed' later)")
-    p.add_argument("--model", help="sentence-transformers model for the embeddings (as 'itm embed --model')")
-    p.add_argument("--batch-size", type=_positive_int, help="captions per encoder batch (as 'itm embed')")
-    p.add_argument("--shards", type=_positive_int, metavar="N",
-                   help="then also write DIR/shards: N TFRecord shards of the train split, proportionally fewer of "
-                        "dev and test (as 'itm shard'; for data bigger than memory, see data/README.md)")
-    p.set_defaults(func=run_prepare)

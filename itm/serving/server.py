@@ -1,18 +1,27 @@
-"""``itm serve``: a small web app over ``itm.inference.Matcher`` (FastAPI on uvicorn).
+"""``itm serve``: a small web app over ``itm.Matcher`` (FastAPI on uvicorn).
 
-A page (``itm/static/index.html``) to drop an image, type captions and see p(match) as bars, with
-an image search over the folder given by ``--images``; and the JSON API behind it, documented at
-``/docs`` (OpenAPI). Requests run in FastAPI's thread pool; the Matcher serialises model calls.
-Clients only ever send bytes and text: no request names a server path.
+A page (``static/index.html``) to drop an image, type captions and see p(match) as bars, with an
+image search over the folder given by ``--images``; and the JSON API behind it, documented at
+``/docs`` (OpenAPI). Requests run in FastAPI's thread pool; the Matcher decodes at most two images
+at a time and serialises model calls. Clients only ever send bytes and text: no request names a
+server path.
+
+Limits, each a clear 4xx rather than work: the request body (``--max-upload-mb``, 413), the image's
+pixel count, read from its header before decoding (``--max-image-pixels``, 400), and the captions of a
+request (at most ``MAX_CAPTIONS``, each at most ``MAX_CAPTION_CHARS`` characters, 400).
 """
 
+import math
 import sys
 from pathlib import Path
 
-from .data import DataError
+from ..errors import ConfigError, DataError
+from .matcher import MAX_CAPTION_CHARS
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 10.0
+MAX_UPLOAD_MB = 1024.0
+DEFAULT_MAX_IMAGE_PIXELS = 16_000_000  # a 4000 x 4000 photo: 48 MB once decoded
 MAX_CAPTIONS = 100
 SERVE_HINT = "pip install '.[serve]'  (fastapi, uvicorn, python-multipart)"
 
@@ -76,7 +85,22 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 2**20)):
+def check_limits(port: int, max_upload_mb: float, max_image_pixels: int) -> int:
+    """The server's limits, checked at start-up; returns the upload cap in bytes."""
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port must lie in 1..65535, not {port}")
+    if not math.isfinite(max_upload_mb) or not 0 < max_upload_mb <= MAX_UPLOAD_MB:
+        raise ConfigError(f"--max-upload-mb must be a number in (0, {MAX_UPLOAD_MB:g}], not {max_upload_mb}")
+    max_bytes = int(max_upload_mb * 2**20)
+    if max_bytes < 1024:
+        raise ConfigError(f"--max-upload-mb {max_upload_mb} allows {max_bytes} bytes, less than 1 KiB: no image fits")
+    if max_image_pixels < 1:
+        raise ConfigError(f"--max-image-pixels must be at least 1, not {max_image_pixels}")
+    return max_bytes
+
+
+def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 2**20),
+               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
     """The ASGI app for ``matcher``; ``images_dir`` enables ``/api/search`` over that folder."""
     try:
         from fastapi import FastAPI, File, Form, HTTPException, UploadFile
@@ -85,8 +109,9 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
     except ImportError as e:
         raise DataError(f"'itm serve' needs {e.name}: {SERVE_HINT}") from None
 
-    from .inference import FolderIndex
+    from .matcher import FolderIndex
 
+    matcher.max_pixels = max_image_pixels
     app = FastAPI(title="itm", version="0.1.0",
                   description="Image-text matching: does this caption fit this image? p(match) from a trained run.")
     # The folder is indexed (image features cached on disk) once, at start: every search is then one
@@ -104,7 +129,7 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
         threshold_source: str
 
     class SearchRequest(BaseModel):
-        query: str = Field(min_length=1, max_length=2000)
+        query: str = Field(min_length=1, max_length=MAX_CAPTION_CHARS)
         top: int = Field(default=8, ge=1, le=100)
 
     class SearchResult(BaseModel):
@@ -137,7 +162,8 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
         return {"status": "ok", "run": matcher.run_dir.name if matcher.run_dir else None,
                 "image_size": matcher.image_size, "threshold": matcher.threshold,
                 "threshold_source": matcher.threshold_source, "search": images_dir is not None,
-                "max_upload_bytes": max_upload_bytes}
+                "max_upload_bytes": max_upload_bytes, "max_image_pixels": max_image_pixels,
+                "max_captions": MAX_CAPTIONS, "max_caption_chars": MAX_CAPTION_CHARS}
 
     @app.post("/api/match", response_model=MatchResponse)
     def match(image: UploadFile | None = File(None, description="the image file (JPEG, PNG, GIF, BMP, WebP, ...)"),
@@ -150,6 +176,9 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
             raise HTTPException(400, "no caption: send one or more non-empty 'caption' fields")
         if len(captions) > MAX_CAPTIONS:
             raise HTTPException(400, f"too many captions: {len(captions)}, at most {MAX_CAPTIONS} per request")
+        if max(map(len, captions)) > MAX_CAPTION_CHARS:
+            raise HTTPException(400, f"a caption of {max(map(len, captions)):,} characters: at most "
+                                     f"{MAX_CAPTION_CHARS:,} per caption")
         data = image.file.read()
         if not data:
             raise HTTPException(400, "the uploaded image file is empty")
@@ -166,7 +195,7 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
             raise HTTPException(400, "the query is empty")
         if not idx.paths:
             return {"results": [], "threshold": matcher.threshold, "images": 0}
-        p = matcher._pairs(idx.features, matcher.encode_captions([request.query.strip()]))[:, 0]
+        p = matcher.pairs(idx.features, matcher.encode_captions([request.query.strip()]))[:, 0]
         order = (-p).argsort(kind="stable")[:request.top]
         root = Path(images_dir).resolve()
         results = []
@@ -184,41 +213,28 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
             raise HTTPException(404, "no such image")
         return FileResponse(idx.paths[number])
 
-    return BodyLimit(app, max_upload_bytes) if max_upload_bytes else app
+    return BodyLimit(app, max_upload_bytes)
 
 
-def run_serve(args) -> int:
-    from .inference import Matcher
+def serve(run, data_dir=None, images=None, host: str = "127.0.0.1", port: int = 8000,
+          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+          log_level: str = "warning") -> None:
+    """Load the run and serve it until interrupted; every limit is checked before anything loads."""
+    from .matcher import Matcher
 
+    max_bytes = check_limits(port, max_upload_mb, max_image_pixels)
     try:
         import uvicorn
     except ImportError:
         raise DataError(f"'itm serve' needs uvicorn: {SERVE_HINT}") from None
-    if args.images and not Path(args.images).is_dir():
-        raise DataError(f"--images {args.images} is not a folder")
-    matcher = Matcher.load(args.run, data_dir=args.data_dir)
-    app = create_app(matcher, args.images, int(args.max_upload_mb * 2**20))
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving on {args.host}, reachable from other machines; the app has no authentication",
+    if images and not Path(images).is_dir():
+        raise DataError(f"--images {images} is not a folder")
+    matcher = Matcher.load(run, data_dir=data_dir)
+    app = create_app(matcher, images, max_bytes, max_image_pixels)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {host}, reachable from other machines; the app has no authentication",
               file=sys.stderr)
-    print(f"itm serve: http://{args.host}:{args.port}/  (threshold: {matcher.threshold_source})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-    return 0
-
-
-def add_commands(sub) -> None:
-    from .cli import _positive_float, _positive_int
-
-    p = sub.add_parser("serve", help="a web page and JSON API for a trained run",
-                       description="Serve a page to drop an image, type captions and see p(match) as bars, plus "
-                                   "image search over --images DIR; JSON API documented at /docs. Needs "
-                                   f"{SERVE_HINT}.")
-    p.add_argument("--run", required=True, help="a run folder written by 'itm train'")
-    p.add_argument("--data-dir", help="data folder whose caption embeddings are used (default: the run's)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
-    p.add_argument("--port", type=_positive_int, default=8000, help="default: %(default)s")
-    p.add_argument("--images", metavar="DIR", help="folder of images for the search box")
-    p.add_argument("--max-upload-mb", type=_positive_float, default=DEFAULT_MAX_UPLOAD_MB,
-                   help="largest request body accepted, in MiB; larger gets 413 (default: %(default)s)")
-    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
-    p.set_defaults(func=run_serve)
+    for note in matcher.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"itm serve: http://{host}:{port}/  (threshold: {matcher.threshold_source})", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

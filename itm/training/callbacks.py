@@ -1,0 +1,165 @@
+"""What happens around the training steps, for every objective: Keras callbacks.
+
+``DevScores`` scores dev after each epoch (exact metrics, through ``itm.evaluation.predict``);
+``LearningRate`` logs the rate; ``Progress`` prints a step counter within long epochs when stdout is not
+a terminal (where Keras' bar stays silent); ``StopOnNonFinite`` ends a run whose loss is NaN or infinite;
+``EpochBackup`` keeps the run's state after each epoch so that a run killed at any moment and started
+again with the same ``--output-dir`` resumes after its last finished epoch, with the same number of
+optimizer steps as an uninterrupted one, and the history of every epoch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from ..errors import TrainingDiverged
+from ..files import atomic_write
+from ..evaluation.metrics import binary_metrics, roc_auc
+from .run_folder import BACKUP_DIR
+HISTORY_COLUMNS = ("loss", "binary_accuracy", "val_loss", "val_binary_accuracy", "val_balanced_accuracy",
+                   "val_roc_auc", "learning_rate")
+
+
+class DevScores(keras.callbacks.Callback):
+    """Adds val_loss, val_binary_accuracy, val_balanced_accuracy and val_roc_auc to each epoch's logs."""
+
+    def __init__(self, scorer, dev, embeddings, store=None):
+        super().__init__()
+        self.scorer, self.dev, self.embeddings, self.store = scorer, dev, embeddings, store
+        self.is_match = np.array([t.match for t in dev.triples])
+
+    def on_epoch_end(self, epoch, logs=None):
+        from ..data.batches import one_hot
+
+        p = self.scorer.score_split(self.dev, self.embeddings, self.store)
+        y = one_hot(self.dev.triples).astype(np.float64)
+        clipped = np.clip(y, 1e-7, 1)  # Keras' KL divergence
+        metrics = binary_metrics(self.is_match, p[:, 0])
+        logs.update(val_loss=float(np.mean(np.sum(clipped * np.log(clipped / np.clip(p, 1e-7, 1)), axis=1))),
+                    val_binary_accuracy=metrics["accuracy"], val_balanced_accuracy=metrics["balanced_accuracy"],
+                    val_roc_auc=roc_auc(self.is_match, p[:, 0]))
+
+
+class LearningRate(keras.callbacks.Callback):
+    """Adds the optimizer's current learning rate to each epoch's logs (and so to history.csv)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """A NaN or infinite loss ends the run with TrainingDiverged: no model or metrics are written that
+    could pass for a result."""
+
+    def _check(self, logs, where):
+        for key in ("loss", "val_loss"):
+            if key in (logs or {}) and not math.isfinite(float(logs[key])):
+                raise TrainingDiverged(
+                    f"training diverged: {key} became {float(logs[key])} {where}. Nothing was saved as a result. "
+                    "Check the data's embeddings for NaN or infinity, or lower --learning-rate.")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch % 50 == 0:  # reading the loss waits for the step; every 50 steps costs nothing
+            self._check(logs, f"at step {batch + 1} of epoch {self.epoch}")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs, f"in epoch {epoch + 1}")
+
+
+class Progress(keras.callbacks.Callback):
+    """A step counter every ``every_seconds`` within each epoch, for logs and CI (not a terminal)."""
+
+    def __init__(self, epochs: int, steps_per_epoch: int, every_seconds: float = 30.0):
+        super().__init__()
+        self.epochs, self.steps, self.every = epochs, steps_per_epoch, every_seconds
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.start = epoch + 1, time.perf_counter()
+        self.last = self.start
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last = now
+            done = batch + 1
+            eta = (now - self.start) / done * (self.steps - done)
+            print(f"  epoch {self.epoch}/{self.epochs} step {done}/{self.steps}: loss {float(logs['loss']):.4f} "
+                  f"binary_accuracy {float(logs['binary_accuracy']):.4f} ({eta:.0f} s left in this epoch)", flush=True)
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """The trainer's weights and optimizer state, the epoch count and every epoch's logs, after each epoch.
+
+    Written to ``RUN/backup/`` (``write=False``: kept in memory only, as on a multi-worker cluster's
+    non-chief workers). The weights go under a new name, then the state is switched to them by an atomic
+    rename, so a kill at any instant leaves a state and the weights it names.
+    """
+
+    def __init__(self, run_dir, write: bool = True):
+        super().__init__()
+        self.dir = Path(run_dir) / BACKUP_DIR
+        self.state = self.dir / "state.json"
+        self.write = write
+        self.history: dict[str, list[float]] = {}
+
+    def epochs_done(self) -> int:
+        if not (self.write and self.state.is_file()):
+            return 0
+        return int(json.loads(self.state.read_text())["epoch"])
+
+    def restore(self, trainer) -> int:
+        """Load the last backup into ``trainer`` (its optimizer built first); return the epochs it had done."""
+        if not self.epochs_done():
+            return 0
+        state = json.loads(self.state.read_text())
+        if not trainer.optimizer.built:
+            trainer.optimizer.build(trainer.trainable_variables)
+        trainer.load_weights(self.dir / state["weights"])
+        self.history = state["history"]
+        print(f"Resuming from the backup in {self.dir}: {state['epoch']} of the epochs already done", flush=True)
+        return state["epoch"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, [])
+            self.history[key] = self.history[key][:epoch] + [float(value)]
+        if not self.write:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = f"epoch{epoch + 1}.weights.h5"
+        self.model.save_weights(self.dir / name)
+        state = json.dumps({"epoch": epoch + 1, "weights": name, "history": self.history})
+        atomic_write(self.state, lambda f: f.write(state.encode()))
+        for old in self.dir.glob("epoch*.weights.h5"):
+            if old.name != name:
+                old.unlink()
+
+    def finish(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def write_history_csv(history: dict[str, list[float]], path: Path) -> None:
+    """One row per epoch, the same columns for every objective (HISTORY_COLUMNS)."""
+    import csv
+
+    keys = [k for k in HISTORY_COLUMNS if k in history] + sorted(set(history) - set(HISTORY_COLUMNS))
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", *keys])
+        for i in range(len(history["loss"])):
+            w.writerow([i + 1, *(f"{history[k][i]:.6g}" for k in keys)])
+
+
+def keras_verbosity() -> int:
+    """Keras' progress bar on a terminal; one line per epoch (with Progress's step counter) elsewhere."""
+    return 1 if sys.stdout.isatty() else 2

@@ -1,0 +1,96 @@
+"""The run folder's policy: what a new, a finished and an interrupted run folder allow.
+
+* A folder holding a finished run (``model.keras`` and ``metrics.json``) is refused unless
+  ``--overwrite`` is given; then the files a run writes are removed first.
+* A folder holding an interrupted run (``backup/state.json``) resumes it, but only with the options it
+  was started with: any difference is refused before anything is written.
+* A path that is a file, or a folder that cannot be written, is refused before the data is checked;
+  the folder itself is made only once the data has passed its check.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+from ..errors import ConfigError, DataError
+from ..files import read_json
+
+BACKUP_DIR = "backup"  # the epoch-end backup (itm.training.callbacks.EpochBackup)
+
+# What a run writes into its folder (removed by --overwrite; nothing else in the folder is touched).
+RUN_FILES = ("model.keras", "metrics.json", "config.json", "calibration.json", "history.csv", "history.png",
+             "predictions.tsv", "report.md")
+RUN_PATTERNS = ("metrics-*.json", "predictions-*.tsv", "roc-pr-*.png", "scores-*.png", "confusion-*.png",
+                "samples-*.png")
+# Options that may differ when an interrupted run is started again.
+RESTART_MAY_CHANGE = ("output_dir", "overwrite")
+
+
+def default_output_dir(preset: str) -> Path:
+    return Path("runs") / f"{preset}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def is_finished(out: Path) -> bool:
+    return (out / "model.keras").is_file() and (out / "metrics.json").is_file()
+
+
+def is_interrupted(out: Path) -> bool:
+    return (out / BACKUP_DIR / "state.json").is_file()
+
+
+def check_writable(out: Path) -> None:
+    """Refuse a path that is (or lies inside) a file, or that this process cannot write into, before any
+    long work; nothing is created yet (a data folder that fails its check leaves no run folder behind)."""
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file" if existing == out else f"lies inside {existing}, which is a file"
+        raise DataError(f"--output-dir {out} {what}, not a folder: choose another --output-dir")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise DataError(f"cannot write the run folder {out} ({existing}: {e.strerror or e}): choose another "
+                        "--output-dir") from None
+
+
+def saved_config(out: Path) -> dict:
+    return read_json(out / "config.json", "the interrupted run's config file")
+
+
+def check_restart(out: Path, config: dict) -> None:
+    """An interrupted run resumes only with the options it was started with."""
+    saved = saved_config(out)
+    changed = [f"--{k.replace('_', '-')} was {saved.get(k)!r}, now {v!r}" for k, v in config.items()
+               if k not in RESTART_MAY_CHANGE and saved.get(k) != v]
+    if changed:
+        raise ConfigError(f"{out} holds an interrupted run started with other options ({'; '.join(changed)}): "
+                          "start it again with its own options to resume it, pass --overwrite to start afresh, "
+                          "or choose another --output-dir")
+
+
+def clear(out: Path) -> None:
+    """Remove what an earlier run wrote into ``out`` (for --overwrite)."""
+    if not out.is_dir():
+        return
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for pattern in RUN_PATTERNS:
+        for path in out.glob(pattern):
+            path.unlink()
+    shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
+
+
+def open_run_folder(out: Path, overwrite: bool) -> bool:
+    """Apply the policy to ``out``; True when it holds an interrupted run to resume."""
+    check_writable(out)
+    if overwrite:
+        clear(out)
+        return False
+    if is_finished(out):
+        raise ConfigError(f"{out} holds a finished run: pass --overwrite to replace it, or choose another "
+                          "--output-dir")
+    return is_interrupted(out)

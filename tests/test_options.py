@@ -1,0 +1,132 @@
+"""Options: one declaration each; presets and --fast applied before the checks; every check, in-process."""
+import pytest
+
+from itm.errors import ConfigError
+from itm.options import (FAST_BATCH_SCALE, FAST_LR_SCALE, OPTIONS, PRESETS, TrainConfig, _checks, parse_value,
+                         problems, resolve_config)
+
+# One combination per check in itm.options._checks (in its order), and what its message says.
+CHECKS = [
+    (dict(image_size=7), "--image-size 7 is too small for the faithful-cnn image tower"),
+    (dict(negatives="redraw"), "--negatives redraw needs --pipeline cached"),
+    (dict(strategy="mirrored", objective="contrastive"), "--strategy mirrored trains on the split's triples"),
+    (dict(strategy="multiworker", pipeline="shards"), "--strategy multiworker shards the split's triples itself"),
+    (dict(strategy="multiworker", pipeline="cached", negatives="redraw"), "use it with --negatives fixed"),
+    (dict(text_tower="minilm", pipeline="cached"), "--text-tower minilm reads raw captions"),
+    (dict(text_learning_rate=1e-6), "--text-learning-rate is for fine-tuning the minilm text tower"),
+    (dict(text_trainable=True), "--text-trainable fine-tunes the minilm text tower"),
+    (dict(extra_captions="auto"), "--extra-captions feeds the contrastive objective's positives"),
+    (dict(xla=True, pipeline="grouped"), "--xla compiles Keras' step for fixed shapes"),
+    (dict(soft_targets=0.1), "--soft-targets shapes the contrastive objective's InfoNCE targets"),
+    (dict(hard_negatives=True), "--hard-negatives draws from the contrastive objective's batch"),
+    (dict(pipeline="grouped", objective="contrastive"), "--pipeline grouped is for the kl objective"),
+    (dict(pipeline="shards", objective="contrastive"), "--pipeline shards is for the kl objective"),
+    (dict(pipeline="shards", limit=10), "--limit takes the first N triples"),
+    (dict(shards_dir="x"), "--shards-dir is for --pipeline shards"),
+    (dict(image_weights="imagenet"), "--image-weights is for the pretrained backbones, not faithful-cnn"),
+    (dict(image_tower="resnet50", image_weights="torchvision"), "--image-weights torchvision are MobileNetV2's"),
+    (dict(freeze_backbone=True), "--freeze-backbone is for the pretrained backbones"),
+    (dict(image_tower="mobilenetv2", cache_features=True), "--cache-features needs a frozen backbone"),
+    (dict(image_tower="mobilenetv2", freeze_backbone=True, cache_features=True, augment=True,
+          objective="contrastive"), "--cache-features computes each photo's features once"),
+    (dict(image_tower="mobilenetv2", freeze_backbone=True, cache_features=True, fusion="attention",
+          objective="contrastive"), "the attention head cannot attend over"),
+    (dict(image_tower="mobilenetv2", freeze_backbone=True, cache_features=True),
+     "--cache-features trains on image-grouped batches"),
+    (dict(image_tower="mobilenetv2", freeze_backbone=True, cache_features=True, pipeline="grouped",
+          strategy="mirrored"), "--cache-features trains on one device"),
+]
+
+
+def test_every_check_has_a_case():
+    assert len(CHECKS) == len(list(_checks(TrainConfig())))
+
+
+@pytest.mark.parametrize("options, message", CHECKS, ids=[m[:40] for _, m in CHECKS])
+def test_each_check_refuses_its_combination(options, message):
+    with pytest.raises(ConfigError) as e:
+        resolve_config(**options)
+    assert message in str(e.value)
+
+
+def test_defaults_and_presets_pass_every_check():
+    for preset in PRESETS:
+        assert problems(resolve_config(preset)) == []
+    faithful = resolve_config()
+    assert (faithful.epochs, faithful.batch_size, faithful.learning_rate, faithful.warmup_fraction) == (10, 16, 3e-5, 0.2)
+
+
+def test_every_preset_value_is_a_valid_option_value():
+    for preset, values in PRESETS.items():
+        for name, value in values.items():
+            assert parse_value(name, value) == value, (preset, name)
+
+
+def test_several_problems_are_reported_together():
+    with pytest.raises(ConfigError) as e:
+        resolve_config(negatives="redraw", soft_targets=0.1)
+    assert "do not go together" in str(e.value) and "--negatives redraw" in str(e.value) and "--soft-targets" in str(e.value)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("learning_rate", "inf", "finite"), ("learning_rate", "nan", "finite"), ("learning_rate", 0, "greater than 0"),
+    ("epochs", 0, "at least 1"), ("dropout", 1.0, "[0, 1)"), ("seed", -1, "[0, 2**32)"),
+    ("image_tower", "vgg", "must be one of"), ("augment", "yes", "on or off"),
+])
+def test_bad_values_are_refused(name, value, message):
+    with pytest.raises(ConfigError) as e:
+        resolve_config(**{name: value})
+    assert message in str(e.value)
+
+
+def test_fast_is_applied_before_the_checks():
+    # --pipeline cached --negatives redraw --fast: the explicit pipeline stands, so redraw is kept
+    config = resolve_config(pipeline="cached", negatives="redraw", fast=True)
+    assert (config.pipeline, config.negatives, config.precision) == ("cached", "redraw", "auto")
+    # --text-tower minilm --fast: grouping needs embeddings; refused before training, with the reason
+    with pytest.raises(ConfigError, match="drop --fast"):
+        resolve_config(text_tower="minilm", fast=True)
+
+
+def test_fast_scales_the_batch_and_rate_unless_they_are_given():
+    fast = resolve_config(fast=True)
+    assert fast.pipeline == "grouped" and fast.precision == "auto"
+    assert (fast.batch_size, fast.learning_rate) == (16 * FAST_BATCH_SCALE, 3e-5 * FAST_LR_SCALE)
+    given = resolve_config(fast=True, batch_size=32, precision="float32")
+    assert (given.batch_size, given.learning_rate, given.precision) == (32, 3e-5, "float32")
+    assert resolve_config("best-cpu", fast=True).pipeline == "cached"
+    assert resolve_config(pipeline="shards", fast=True).pipeline == "shards"
+
+
+def test_the_command_line_is_derived_from_the_options():
+    from itm.cli.parser import train_parser
+
+    parser = train_parser()
+    flags = {a.dest: a for a in parser._actions if a.dest != "help"}
+    assert set(flags) == set(OPTIONS)
+    for name, action in flags.items():
+        assert action.default is None, name  # unset means "as the preset says"
+        if OPTIONS[name].metadata["choices"]:
+            assert tuple(action.choices) == OPTIONS[name].metadata["choices"]
+    args = parser.parse_args(["--preset", "best-cpu", "--no-augment", "--temperature", "0.1"])
+    config = resolve_config(args.preset, **{k: getattr(args, k) for k in OPTIONS if k != "preset"})
+    assert (config.augment, config.temperature, config.image_tower) == (False, 0.1, "cnn-bn")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--learning-rate", "inf"])
+
+
+def test_options_are_importable_without_tensorflow():
+    import subprocess
+    import sys
+
+    code = "import itm.options, itm.cli.parser, sys; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_bench_settings_are_train_options():
+    from itm.training.bench import SETTINGS
+
+    for setting, options in SETTINGS.items():
+        options = dict(options)
+        resolve_config(options.pop("preset", "faithful"), **options)  # each is a valid `itm train` invocation
