@@ -307,6 +307,8 @@ def _checks(c: TrainConfig):
            "--image-weights torchvision are MobileNetV2's: use them with --image-tower mobilenetv2")
     yield (c.freeze_backbone and c.image_tower in ("faithful-cnn", "cnn-bn"),
            f"--freeze-backbone is for the pretrained backbones, not {c.image_tower}")
+    yield (c.cache_features and c.image_weights == "none",
+           "--cache-features caches a pretrained backbone's features: give --image-weights (e.g. torchvision)")
     yield (c.cache_features and not c.freeze_backbone,
            "--cache-features needs a frozen backbone (--freeze-backbone): a trained one changes its features")
     yield (c.cache_features and c.augment,

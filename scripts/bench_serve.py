@@ -1,9 +1,15 @@
 #!/usr/bin/env python
-"""Latency of `itm serve` on loopback: starts its own server, then prints JSON with the median and
-95th-percentile latency of single POST /api/match requests, and requests/s at 8 concurrent clients.
+"""Latency of `itm serve` on loopback: starts its own server, then prints JSON with
 
-Bounded: --requests single requests and at most --concurrent-requests (or --max-seconds) for the
-concurrent part. The image and captions default to the first dev triple of the run's data folder.
+* the median and 95th-percentile latency of --requests single POST /api/match requests, one after
+  another, the k-th with 1 + k % 5 captions (so a server that retraces its model for each new number of
+  captions shows it), and how many tf.function retracing warnings the server logged;
+* --burst requests sent at once by as many clients: how many succeeded, their median and 95th-percentile
+  latency;
+* requests/s at --concurrency clients (at most --concurrent-requests or --max-seconds).
+
+The image and captions default to the first dev image of the run's data folder and its triples' captions.
+``--root`` serves from another checkout of itm (to compare versions on the same run).
 
     .venv/bin/python scripts/bench_serve.py --run runs/RUN [--image X.jpg --caption TEXT ...]
 """
@@ -31,14 +37,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run: Path, *extra: str):
-    """``itm serve`` for ``run`` on a free loopback port, answering /healthz; returns (process, url)."""
+def start_server(run: Path, *extra: str, root: Path = ROOT):
+    """``itm serve`` for ``run`` on a free loopback port, answering /healthz; returns (process, url, log)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(root)}
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a pipe nobody reads can block the server
     server = subprocess.Popen([sys.executable, "-m", "itm", "serve", "--run", str(run), "--port", str(port), *extra],
-                              cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                              cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while True:
         if server.poll() is not None:
@@ -46,7 +52,7 @@ def start_server(run: Path, *extra: str):
             sys.exit(f"itm serve exited: {log.read()[-2000:]}")
         try:
             if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                return server, url
+                return server, url, log
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:
@@ -60,7 +66,9 @@ def default_inputs(run: Path):
     data = Path(config["data_dir"])
     rows = [line.split("\t") for line in (data / "flickr8k.DevImages.txt").read_text().splitlines() if line]
     image = rows[0][0]
-    return data / "flickr8k-resised" / image, [c for i, c, _ in rows if i == image][:3]
+    captions = list(dict.fromkeys(c for _, c, _ in rows))  # the image's own first, then others
+    own = [c for i, c, _ in rows if i == image]
+    return data / "flickr8k-resised" / image, (own + [c for c in captions if c not in own])[:5]
 
 
 def percentile(values, q):
@@ -74,27 +82,45 @@ def main() -> int:
     ap.add_argument("--image", type=Path)
     ap.add_argument("--caption", action="append")
     ap.add_argument("--requests", type=int, default=50, help="single requests timed one after another")
+    ap.add_argument("--burst", type=int, default=50, help="requests sent at once, one per client")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--concurrent-requests", type=int, default=200, help="at most this many in the concurrent part")
     ap.add_argument("--max-seconds", type=float, default=60, help="and at most this long")
+    ap.add_argument("--root", type=Path, default=ROOT, help="the itm checkout that serves (default: this one)")
     args = ap.parse_args()
     image, captions = default_inputs(args.run)
     image, captions = args.image or image, args.caption or captions
     payload = image.read_bytes()
 
-    server, url = start_server(args.run)
+    server, url, log = start_server(args.run, root=args.root)
     try:
-        def one(client):
+        def one(client, n=len(captions)):
             t = time.perf_counter()
             r = client.post(url + "/api/match", files={"image": (image.name, payload, "image/jpeg")},
-                            data={"caption": captions}, timeout=60)
+                            data={"caption": captions[:n]}, timeout=120)
             r.raise_for_status()
             return time.perf_counter() - t
 
         with httpx.Client() as client:
-            for _ in range(3):  # warm-up: first calls trace the model's functions
-                one(client)
-            single = [one(client) for _ in range(args.requests)]
+            one(client)  # warm-up: the first call loads and traces
+            single = [one(client, 1 + k % len(captions)) for k in range(args.requests)]
+
+        burst, burst_failed = [], []
+        barrier = threading.Barrier(args.burst)
+
+        def burst_client():
+            with httpx.Client() as client:
+                barrier.wait()
+                try:
+                    burst.append(one(client))
+                except httpx.HTTPError as e:
+                    burst_failed.append(repr(e))
+
+        threads = [threading.Thread(target=burst_client) for _ in range(args.burst)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
 
         done, failed, lock, stop_at = [], [], threading.Lock(), time.monotonic() + args.max_seconds
 
@@ -120,12 +146,18 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(10)
+    log.seek(0)
+    retraced = log.read().count("triggered tf.function retracing")
 
     print(json.dumps({
-        "run": str(args.run), "image": image.name, "captions_per_request": len(captions),
-        "single_requests": len(single),
+        "run": str(args.run), "served_by": str(args.root), "image": image.name,
+        "captions_per_request": f"1 to {len(captions)}", "single_requests": len(single),
         "latency_ms_median": round(1000 * statistics.median(single), 1),
         "latency_ms_p95": round(1000 * percentile(single, 95), 1),
+        "retracing_warnings": retraced,
+        "burst_requests": args.burst, "burst_succeeded": len(burst), "burst_failed": len(burst_failed),
+        "burst_latency_ms_median": round(1000 * statistics.median(burst), 1) if burst else None,
+        "burst_latency_ms_p95": round(1000 * percentile(burst, 95), 1) if burst else None,
         "concurrent_clients": args.concurrency, "concurrent_requests": len(done),
         "concurrent_failed": len(failed), "concurrent_seconds": round(elapsed, 2),
         "requests_per_second": round(len(done) / elapsed, 1),

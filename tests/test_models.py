@@ -253,3 +253,30 @@ def test_minilm_text_tower_trains_on_raw_captions_and_scores_new_ones_without_to
     assert r.returncode == 0, r.stderr
     shape, low, high = r.stdout.rsplit(")", 1)[0] + ")", *map(float, r.stdout.rsplit(")", 1)[1].split())
     assert shape.endswith("(1, 2)") and 0.0 <= low <= high <= 1.0
+
+
+def test_fused_batch_normalization_computes_what_keras_batch_normalization_does():
+    import tensorflow as tf
+
+    from itm.models.classifier import FusedBatchNormalization
+
+    x = tf.random.stateless_normal((8, 6, 6, 5), seed=[1, 2]) * 3 + 1
+    keras_bn, fused = keras.layers.BatchNormalization(momentum=0.9), FusedBatchNormalization(momentum=0.9)
+    for layer in (keras_bn, fused):
+        layer.build(x.shape)
+        layer.gamma.assign(np.linspace(0.5, 1.5, 5).astype("float32"))
+        layer.beta.assign(np.linspace(-1, 1, 5).astype("float32"))
+    grads = []
+    for layer in (keras_bn, fused):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * tf.range(5, dtype=tf.float32))
+        grads.append(tape.gradient(loss, [x, layer.gamma, layer.beta]))
+        layer.y = y
+    np.testing.assert_allclose(fused.y, keras_bn.y, atol=1e-4)
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(b, a, atol=1e-3, rtol=1e-4)
+    np.testing.assert_allclose(fused.moving_mean, keras_bn.moving_mean, atol=1e-5)
+    np.testing.assert_allclose(fused.moving_variance, keras_bn.moving_variance, rtol=1e-5)
+    np.testing.assert_allclose(fused(x, training=False), keras_bn(x, training=False), atol=1e-4)

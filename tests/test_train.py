@@ -178,3 +178,24 @@ def test_an_output_dir_that_cannot_hold_a_run_is_refused_before_the_data_check(w
     r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data / "absent"), "--output-dir", str(out)])
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
     assert "does not exist" not in r.stderr  # refused before the data folder was looked at
+
+
+# ---------------------------------------------------------------- training that cannot give a result
+
+def test_a_diverging_run_stops_with_a_clear_error_and_no_result(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    r = _train(tiny_data, out, "--learning-rate", "1e30", "--clipnorm", "0", "--epochs", "2")
+    assert r.returncode == 2 and "error: training diverged: loss became nan" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert not (out / "model.keras").exists() and not (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "100000", "--image-size", "224"], "needs about"),
+    (["--image-size", "7"], "--image-size 7 is too small for the faithful-cnn image tower"),
+    (["--learning-rate", "inf"], "must be a finite number"),
+])
+def test_options_that_cannot_train_are_refused_before_training(args, message, tiny_data, tmp_path):
+    r = _train(tiny_data, tmp_path / "run", *args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert "TRAINING" not in r.stdout

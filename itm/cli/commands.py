@@ -25,23 +25,39 @@ def run_evaluate(args) -> int:
     from ..evaluation.evaluate import evaluate_model
     from ..evaluation.report import write_report
     from ..files import read_json
-    from ..serving.matcher import load_model
+    from ..serving.matcher import load_model, load_threshold
 
     run = Path(args.run)
     if not (run / "model.keras").is_file() or not (run / "metrics.json").is_file():
         raise DataError(f"{run} is not a run folder (expected model.keras and metrics.json from 'itm train')")
     config = read_json(run / "metrics.json", "metrics file").get("config", {})
-    if not isinstance(config, dict):
-        raise DataError(f"{run / 'metrics.json'}: its 'config' is not an object")
-    data_dir = args.data_dir or config.get("data_dir")
-    if not data_dir:
-        raise DataError(f"{run / 'metrics.json'} does not name the run's data folder: pass --data-dir")
-    splits = ("dev", "test") if args.split == "all" else (args.split,)
+    if not isinstance(config, dict) or not config.get("data_dir"):
+        raise DataError(f"{run / 'metrics.json'} does not name the run's data folder (its 'config' is damaged)")
     raw_text = config.get("text_tower", "precomputed") != "precomputed"
-    data = load_data_dir(data_dir, limit=None if args.data_dir else config.get("limit"), need_embeddings=not raw_text)
+    own = not args.data_dir or Path(args.data_dir).resolve() == Path(config["data_dir"]).resolve()
+    if own:
+        splits = ("dev", "test") if args.split == "all" else (args.split,)
+        data = load_data_dir(config["data_dir"], limit=config.get("limit"), need_embeddings=not raw_text)
+        threshold, tag = None, None
+    else:  # other photos: scored at the run's own dev-calibrated threshold, files named after the folder
+        if args.split == "all":
+            raise ConfigError("--split all is for the run's own data folder; score another folder's test split")
+        threshold, source = load_threshold(run)
+        splits, tag = (args.split,), args.name or Path(args.data_dir).resolve().name
+        data = load_data_dir(args.data_dir, splits=splits, need_embeddings=not raw_text)
+        print(f"Scoring {args.data_dir} ({args.split} split) as '{tag}', threshold {source}")
     model = load_model(run / "model.keras")
-    evaluate_model(model, data, run, splits=splits, seed=config.get("seed") or 0, with_retrieval=not args.no_retrieval)
-    print(f"Report: {write_report(run, splits)}")
+    evaluate_model(model, data, run, splits=splits, seed=config.get("seed") or 0,
+                   with_retrieval=not args.no_retrieval, threshold=threshold, tag=tag)
+    print(f"Report: {write_report(run, (tag,) if tag else splits)}")
+    return 0
+
+
+def run_ood_split(args) -> int:
+    from ..data.ood import ood_split
+
+    ood_split(args.captions, args.images, args.out, photos=args.photos, negatives=args.negatives, seed=args.seed,
+              exclude=args.exclude or (), train_out=args.train_out, course=args.course, embed=not args.no_embed)
     return 0
 
 
@@ -171,5 +187,5 @@ def run_serve(args) -> int:
 
 
 COMMANDS = {"train": run_train, "evaluate": run_evaluate, "bench": run_bench, "compare": run_compare,
-            "embed": run_embed, "prepare": run_prepare, "shard": run_shard, "predict": run_predict,
+            "embed": run_embed, "prepare": run_prepare, "ood-split": run_ood_split, "shard": run_shard, "predict": run_predict,
             "rank": run_rank, "search": run_search, "serve": run_serve}

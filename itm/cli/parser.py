@@ -77,9 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Load RUN_DIR/model.keras, choose the decision threshold on dev, score the split, "
                                    "and write metrics-<split>.json, figures and report.md into the run folder.")
     p.add_argument("--run", required=True, help="a run folder written by 'itm train'")
-    p.add_argument("--data-dir", help="data folder (default: the one the run was trained on); a folder with other "
-                                      "photos in the same layout scores the run on them (e.g. 'itm ood-split')")
+    p.add_argument("--data-dir", help="data folder (default: the one the run was trained on); another folder (e.g. "
+                                      "from 'itm ood-split') is scored at the run's dev-calibrated threshold, its files "
+                                      "named after it (metrics-NAME.json, ...)")
     p.add_argument("--split", choices=["dev", "test", "all"], default="test", help="default: %(default)s")
+    p.add_argument("--name", help="with another --data-dir: the name of its files in the run folder "
+                                  "(default: the folder's name)")
     p.add_argument("--no-retrieval", action="store_true", help="skip the image-text retrieval scores")
 
     p = sub.add_parser("bench", help="measure training, pipeline and inference speed of each setting (JSON)",
@@ -138,6 +141,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=positive_int, metavar="N",
                    help="then also write DIR/shards: N TFRecord shards of the train split, proportionally fewer of "
                         "dev and test (as 'itm shard'; for data bigger than memory, see data/README.md)")
+
+    from ..data.ood import DEFAULT_NEGATIVES as OOD_NEGATIVES, DEFAULT_PHOTOS
+
+    p = sub.add_parser("ood-split", help="an evaluation folder of photos outside the training split (and a training "
+                                         "folder of the rest)",
+                       description="From a folder of photos and the Flickr8k caption file, write an evaluation folder "
+                                   "in the course's format: --photos photos, each with one of its own captions as "
+                                   "match and --negatives captions of other photos as no-match, embedded. With "
+                                   "--train-out and --course, also a training folder: the course's splits plus the "
+                                   "remaining photos in its train split. The same seed gives the same folders.")
+    p.add_argument("--captions", required=True, help="Flickr8k.token.txt (every Flickr8k photo's captions)")
+    p.add_argument("--images", required=True, help="the folder of photos to draw from (e.g. flickr8k-more/flickr8k-resised)")
+    p.add_argument("--out", required=True, help="the evaluation folder to write")
+    p.add_argument("--photos", type=positive_int, default=DEFAULT_PHOTOS, help="default: %(default)s")
+    p.add_argument("--negatives", type=positive_int, default=OOD_NEGATIVES,
+                   help="no-match captions per photo (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--exclude", action="append", metavar="DIR",
+                   help="a data folder whose photos are never drawn (repeat for more)")
+    p.add_argument("--train-out", metavar="DIR", help="also write a training folder (with --course)")
+    p.add_argument("--course", metavar="DIR", help="the data folder whose splits the training folder extends")
+    p.add_argument("--no-embed", action="store_true", help="skip the embeddings (run 'itm embed' later)")
 
     p = sub.add_parser("shard", help="write a data folder as TFRecord shards (for data bigger than memory)",
                        description="Write every split of a data folder (checked first) as TFRecord shards: one "

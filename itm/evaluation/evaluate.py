@@ -79,30 +79,35 @@ def keras_evaluation(labels: np.ndarray, probs: np.ndarray) -> dict:
 
 
 def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: int = 0,
-                   original_printout: bool = False, with_retrieval: bool = True) -> dict[str, dict]:
+                   original_printout: bool = False, with_retrieval: bool = True, threshold: float | None = None,
+                   tag: str | None = None) -> dict[str, dict]:
     """Score ``splits`` and write, per split, ``metrics-<split>.json``, predictions and figures.
 
-    The decision threshold that maximises balanced accuracy on dev is stored in
-    ``calibration.json``; test metrics are reported at 0.5 and at that threshold.
+    The decision threshold that maximises balanced accuracy on dev is stored in ``calibration.json``;
+    metrics are reported at 0.5 and at that threshold. Scoring other data (an out-of-distribution
+    folder) passes the run's own ``threshold`` and a ``tag`` that names the files instead of the split.
     """
     from . import plots
 
     out_dir = Path(out_dir)
     scorer = Scorer(model)
-    probs = {"dev": scorer.score_split(data.splits["dev"], data.embeddings)}
-    dev_match = np.array([t.match for t in data.splits["dev"].triples])
-    threshold = best_threshold(dev_match, probs["dev"][:, 0])
-    write_json(out_dir / "calibration.json", {"threshold": threshold, "chosen_on": "dev",
-                                              "criterion": "max balanced accuracy"})
+    probs = {}
+    if threshold is None:
+        probs["dev"] = scorer.score_split(data.splits["dev"], data.embeddings)
+        dev_match = np.array([t.match for t in data.splits["dev"].triples])
+        threshold = best_threshold(dev_match, probs["dev"][:, 0])
+        write_json(out_dir / "calibration.json", {"threshold": threshold, "chosen_on": "dev",
+                                                  "criterion": "max balanced accuracy"})
     results = {}
-    for name in splits:
-        split = data.splits[name]
-        if name not in probs:
-            probs[name] = scorer.score_split(split, data.embeddings)
-        p = probs[name]
+    for split_name in splits:
+        name = tag or split_name
+        split = data.splits[split_name]
+        if split_name not in probs:
+            probs[split_name] = scorer.score_split(split, data.embeddings)
+        p = probs[split_name]
         is_match = np.array([t.match for t in split.triples])
         if original_printout:
-            print(f"TESTING classifier model on the {name} split "
+            print(f"TESTING classifier model on the {split_name} split "
                   "(showing a sample of image-text-matching predictions)...")
             print_sample_predictions(split, p, seed=seed)
         # The original's own count: predicted class is the larger of the two probabilities.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import tempfile
 import threading
 import zipfile
@@ -278,34 +277,24 @@ def cache_root(matcher: Matcher) -> Path:
 
 
 class FolderIndex:
-    """A folder's image features, cached in one file per (folder, model): an image is re-encoded only
-    when its path, modification time or size changed, so a second query costs one text encoding."""
+    """A folder's image features, cached in one file per (folder, model) (``itm.data.features.FeatureFile``):
+    an image is encoded again only when its path, modification time or size changed, so a second query costs
+    one text encoding."""
 
     def __init__(self, paths: list[Path], features: np.ndarray, skipped: list[str], encoded: int):
         self.paths, self.features, self.skipped, self.encoded = paths, features, skipped, encoded
 
     @classmethod
     def build(cls, matcher: Matcher, folder, log=None) -> "FolderIndex":
+        from ..data.features import FeatureFile, stamp
+
         folder = Path(folder).resolve()
         files = list_images(folder)
         key = hashlib.sha256(f"{folder}|{matcher.model_key}".encode()).hexdigest()[:24]
-        cache_file = cache_root(matcher) / f"{key}.npz"
-        cached = {}
-        if cache_file.is_file():
-            try:
-                with np.load(cache_file, allow_pickle=False) as z:
-                    if str(z["model_key"]) == matcher.model_key:
-                        cached = {(str(n), int(m), int(s)): z["features"][i]
-                                  for i, (n, m, s) in enumerate(zip(z["names"], z["mtimes"], z["sizes"]))}
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-                cached = {}  # a damaged cache is rebuilt, never trusted
-        names, stamps, todo = [], [], []
-        for path in files:
-            st = path.stat()
-            names.append(str(path.relative_to(folder)))
-            stamps.append((st.st_mtime_ns, st.st_size))
-            if (names[-1], st.st_mtime_ns, st.st_size) not in cached:
-                todo.append(len(names) - 1)
+        store = FeatureFile(cache_root(matcher) / f"{key}.npz", matcher.model_key)
+        names = [str(path.relative_to(folder)) for path in files]
+        stamps = [stamp(path) for path in files]
+        todo = [i for i in range(len(files)) if store.get(names[i], stamps[i]) is None]
         skipped = []
         if todo and log:
             print(f"encoding {len(todo)} image(s) of {folder} ({len(files) - len(todo)} cached) ...",
@@ -322,22 +311,10 @@ class FolderIndex:
                 with matcher._lock:
                     feats = matcher.scorer.encode_images(np.stack(arrays))
                 for i, f in zip(good, feats):
-                    cached[(names[i], *stamps[i])] = f
-        keep = [i for i in range(len(files)) if (names[i], *stamps[i]) in cached]
-        features = np.stack([cached[(names[i], *stamps[i])] for i in keep]) if keep else np.zeros((0,), np.float32)
+                    store.put(names[i], stamps[i], f)
+        keep = [i for i in range(len(files)) if store.get(names[i], stamps[i]) is not None]
+        features = (np.stack([store.get(names[i], stamps[i]) for i in keep]) if keep
+                    else np.zeros((0,), np.float32))
         if todo:
-            cls._write(cache_file, matcher.model_key, [names[i] for i in keep], [stamps[i] for i in keep], features)
+            store.save([(names[i], stamps[i]) for i in keep])
         return cls([files[i] for i in keep], features, skipped, len(todo) - len(skipped))
-
-    @staticmethod
-    def _write(path: Path, model_key: str, names, stamps, features) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, model_key=np.array(model_key), names=np.array(names, dtype=str),
-                         mtimes=np.array([m for m, _ in stamps], np.int64),
-                         sizes=np.array([s for _, s in stamps], np.int64), features=features)
-            os.replace(tmp, path)
-        except OSError as e:  # a read-only run folder costs speed, not the answer
-            print(f"warning: cannot write the image-feature cache {path}: {e}", file=sys.stderr)

@@ -12,9 +12,11 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from ..data.folder import load_data_dir
 from ..data.source import resolve_data_dir
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingDiverged
 from ..files import write_json
 from ..options import TrainConfig
 from . import run_folder
@@ -99,6 +101,37 @@ def image_store(config: TrainConfig, data, model):
     return None
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (MemAvailable), or None where that is unknown."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(config: TrainConfig, model, split) -> None:
+    """Refuse a batch whose image activations cannot fit in memory, before training starts (an out-of-memory
+    kill gives no message at all). The estimate: every layer output of the image encoder, in float32, kept
+    for the backward pass, then its gradient: twice the outputs, per image of a step."""
+    from ..models.classifier import split_model
+
+    available = available_memory()
+    if available is None:
+        return
+    per_image = 2 * 4 * sum(int(np.prod(layer.output.shape[1:])) for layer in split_model(model)[0].layers
+                            if layer.output is not None and None not in layer.output.shape[1:])
+    images = (images_per_batch(config, split) if config.pipeline == "grouped" and config.objective == "kl"
+              else config.batch_size)
+    need = per_image * images
+    if need > available:
+        raise ConfigError(f"--batch-size {config.batch_size} needs about {need / 2**30:.1f} GiB for the image tower's "
+                          f"activations ({images} images a step at {config.image_size} px), more than the "
+                          f"{available / 2**30:.1f} GiB this machine has free: lower --batch-size or --image-size")
+
+
 def train_dataset(config: TrainConfig, data, store, first_epoch: int, extra=None):
     """The train split as the pipeline ``config`` names; each pipeline is a dataset of itm.data.batches."""
     from ..data import batches
@@ -123,6 +156,12 @@ def train_dataset(config: TrainConfig, data, store, first_epoch: int, extra=None
         ds = batches.file_triples(split, data.embeddings, config.batch_size, shuffle=True, seed=config.seed,
                                   image_size=config.image_size)
     return batches.model_inputs(ds, inputs)
+
+
+def _resource_exhausted():
+    import tensorflow as tf
+
+    return tf.errors.ResourceExhaustedError
 
 
 def print_summary(model, width: int = 110) -> None:
@@ -232,6 +271,8 @@ def train(config: TrainConfig) -> Path:
     print(f"BUILDING model (preset {config.preset})")
     model, trainer = build_trainer(config, strategy, steps)
     print_summary(model)
+    if not config.cache_features:
+        check_memory(config, model, data.splits["train"])
     store = image_store(config, data, model)
 
     backup = cb.EpochBackup(out, write=chief)
@@ -243,15 +284,20 @@ def train(config: TrainConfig) -> Path:
     print(f"TRAINING model: {config.epochs} epochs x {steps} steps of {config.batch_size} "
           f"({config.objective} objective, {config.pipeline} pipeline, {config.precision})", flush=True)
     start = time.perf_counter()
-    if config.strategy == "multiworker":
-        from .multiworker import fit_multiworker
+    try:
+        if config.strategy == "multiworker":
+            from .multiworker import fit_multiworker
 
-        fit_multiworker(trainer, strategy, data.splits["train"], data.embeddings, config, steps, done, callbacks)
-    elif done < config.epochs:
-        train_ds = train_dataset(config, data, store, done, extra)
-        drawn = config.objective == "contrastive" or config.pipeline in ("grouped", "cached")
-        trainer.fit(train_ds, epochs=config.epochs, initial_epoch=done, steps_per_epoch=steps if drawn else None,
-                    callbacks=callbacks, verbose=cb.keras_verbosity())
+            fit_multiworker(trainer, strategy, data.splits["train"], data.embeddings, config, steps, done, callbacks)
+        elif done < config.epochs:
+            train_ds = train_dataset(config, data, store, done, extra)
+            drawn = config.objective == "contrastive" or config.pipeline in ("grouped", "cached")
+            trainer.fit(train_ds, epochs=config.epochs, initial_epoch=done, steps_per_epoch=steps if drawn else None,
+                        callbacks=callbacks, verbose=cb.keras_verbosity())
+    except (MemoryError, _resource_exhausted()) as e:
+        raise TrainingDiverged(f"training ran out of memory ({type(e).__name__}) with --batch-size {config.batch_size}: "
+                               "lower --batch-size or --image-size; the last finished epoch's backup is kept in "
+                               f"{Path(out) / 'backup'}") from None
     train_seconds = time.perf_counter() - start
     print(f"model trained in {train_seconds:.1f} s", flush=True)
 

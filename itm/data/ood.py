@@ -1,0 +1,118 @@
+"""``itm ood-split``: matching measured on photos unlike the training split's, in the course's format.
+
+The CMP9137 subset holds every Flickr8k photo with a dog in it, and its dev and test splits come from
+that same subset, so they measure matching on familiar content only. From a folder of other photos
+(e.g. ``flickr8k-more``: 3,000 Flickr8k photos with no dog) and the Flickr8k caption file, this builds:
+
+* ``OUT``: an evaluation folder of ``--photos`` photos, each with one of its own captions as match and
+  ``--negatives`` captions of other photos of the folder as no-match (``flickr8k.TestImages.txt``),
+  and the captions' embeddings (``itm embed``). Score a run on it with ``itm evaluate --run RUN
+  --data-dir OUT``, at the run's dev-calibrated threshold.
+* with ``--train-out DIR --course COURSE``: a training folder for a recipe on more varied photos: the
+  course folder's splits, plus every other photo of ``--images`` (never one of ``OUT``'s) in the train
+  split with all its captions as match and as many no-match ones. Dev and test stay the course's.
+
+Every draw comes from one ``random.Random(seed)`` over sorted names, so the same inputs give the same
+folders.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import sys
+from pathlib import Path
+
+from ..errors import DataError
+from ..files import atomic_write
+from .folder import (EMBEDDINGS_NPZ, IMAGES_SUBDIR, SPLIT_FILES, Problems, embeddings_path, load_data_dir,
+                     load_embeddings_file)
+from .prepare import draw_negatives, read_captions, resolve_images
+
+DEFAULT_PHOTOS = 600
+DEFAULT_NEGATIVES = 2
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where the file system allows (no second copy of the photo), else a copy."""
+    if dst.exists():
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _lines(images, captions, matches, negatives):
+    return ([f"{i}\t{c}\tmatch" for i in images for c in matches[i]]
+            + [f"{i}\t{c}\tno-match" for i in images for c in negatives[i]])
+
+
+def _write_split(out: Path, split: str, lines: list[str]) -> None:
+    text = "\n".join(lines) + "\n"
+    atomic_write(out / SPLIT_FILES[split], lambda f: f.write(text.encode("utf-8")))
+
+
+def ood_split(captions_file, images_dir, out, photos: int = DEFAULT_PHOTOS, negatives: int = DEFAULT_NEGATIVES,
+              seed: int = 0, exclude=(), train_out=None, course=None, embed: bool = True) -> Path:
+    """Build ``out`` (and ``train_out``); see the module docstring. Returns ``out``."""
+    from .embed import embed_data_dir, write_embeddings
+
+    captions_file, images_dir, out = Path(captions_file), Path(images_dir), Path(out)
+    if not images_dir.is_dir():
+        raise DataError(f"image folder {images_dir} does not exist")
+    if (train_out is None) != (course is None):
+        raise DataError("--train-out and --course go together: the training folder is the course folder's splits "
+                        "plus the photos left over")
+    problems = Problems()
+    captions = resolve_images(read_captions("flickr8k", captions_file, problems), images_dir, problems)
+    excluded = set()
+    for folder in [*exclude, *([course] if course else [])]:
+        excluded |= {t.image for s in load_data_dir(folder, need_embeddings=False).splits.values() for t in s.triples}
+    candidates = sorted(n for n in captions if n not in excluded)
+    if len(candidates) < photos + 2:
+        raise DataError(f"{images_dir} has {len(candidates)} usable photos with captions (outside --exclude), "
+                        f"fewer than --photos {photos} + 2")
+    rng = random.Random(seed)
+    chosen = sorted(rng.sample(candidates, photos))
+    match = {i: [rng.choice(captions[i])] for i in chosen}
+    no_match = draw_negatives(chosen, captions, negatives, rng, problems)
+    (out / IMAGES_SUBDIR).mkdir(parents=True, exist_ok=True)
+    for name in chosen:
+        _link_or_copy(images_dir / name, out / IMAGES_SUBDIR / name)
+    _write_split(out, "test", _lines(chosen, captions, match, no_match))
+    _log(f"wrote {out}: {photos} photos, {photos * (1 + negatives)} triples ({photos} match) in "
+         f"{SPLIT_FILES['test']}")
+    if embed:
+        embed_data_dir(out)
+
+    if train_out is not None:
+        course, train_out = Path(course), Path(train_out)
+        rest = sorted(set(candidates) - set(chosen))
+        data = load_data_dir(course, need_embeddings=False)
+        (train_out / IMAGES_SUBDIR).mkdir(parents=True, exist_ok=True)
+        for split in data.splits.values():
+            for name in {t.image for t in split.triples}:
+                _link_or_copy(split.images_dir / name, train_out / IMAGES_SUBDIR / name)
+        for name in rest:
+            _link_or_copy(images_dir / name, train_out / IMAGES_SUBDIR / name)
+        rest_negatives = draw_negatives(rest, captions, 5, rng, problems)
+        extra = _lines(rest, captions, {i: captions[i] for i in rest},
+                       {i: rest_negatives[i][:len(captions[i])] for i in rest})
+        for split in data.splits.values():
+            own = [f"{t.image}\t{t.caption}\t{'match' if t.match else 'no-match'}" for t in split.triples]
+            _write_split(train_out, split.name, own + (extra if split.name == "train" else []))
+        _log(f"wrote {train_out}: the course's splits, and {len(rest)} more photos ({len(extra)} triples) in its "
+             "train split")
+        if embed:
+            known = embeddings_path(course)
+            if known is not None and not (train_out / EMBEDDINGS_NPZ).exists():  # embed only the new captions
+                write_embeddings(train_out / EMBEDDINGS_NPZ, load_embeddings_file(known))
+            embed_data_dir(train_out)
+    for kind, count in problems.counts.items():
+        _log(f"note: {kind}: {count}")
+    return out
