@@ -35,7 +35,8 @@ class FeatureFile:
             try:
                 with np.load(self.path, allow_pickle=False) as z:
                     if str(z["key"]) == key:
-                        self.entries = {(str(n), int(m), int(s)): z["features"][i]
+                        features = z["features"]  # read once: each z[...] reads the whole array again
+                        self.entries = {(str(n), int(m), int(s)): features[i]
                                         for i, (n, m, s) in enumerate(zip(z["names"], z["mtimes"], z["sizes"]))}
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
                 self.entries = {}

@@ -26,7 +26,7 @@ from pathlib import Path
 from ..errors import DataError
 from ..files import atomic_write
 from .folder import (EMBEDDINGS_NPZ, IMAGES_SUBDIR, SPLIT_FILES, Problems, embeddings_path, load_data_dir,
-                     load_embeddings_file)
+                     load_embeddings_file, parse_split_file)
 from .prepare import draw_negatives, read_captions, resolve_images
 
 DEFAULT_PHOTOS = 600
@@ -57,6 +57,15 @@ def _write_split(out: Path, split: str, lines: list[str]) -> None:
     atomic_write(out / SPLIT_FILES[split], lambda f: f.write(text.encode("utf-8")))
 
 
+def images_of(folder) -> set[str]:
+    """The photos that a data folder's split files name (whichever of the three it has)."""
+    found = [Path(folder) / name for name in SPLIT_FILES.values() if (Path(folder) / name).is_file()]
+    if not found:
+        raise DataError(f"--exclude {folder}: no split files ({', '.join(SPLIT_FILES.values())}) there")
+    problems = Problems()
+    return {t.image for path in found for t in parse_split_file(path, problems)}
+
+
 def ood_split(captions_file, images_dir, out, photos: int = DEFAULT_PHOTOS, negatives: int = DEFAULT_NEGATIVES,
               seed: int = 0, exclude=(), train_out=None, course=None, embed: bool = True) -> Path:
     """Build ``out`` (and ``train_out``); see the module docstring. Returns ``out``."""
@@ -72,7 +81,7 @@ def ood_split(captions_file, images_dir, out, photos: int = DEFAULT_PHOTOS, nega
     captions = resolve_images(read_captions("flickr8k", captions_file, problems), images_dir, problems)
     excluded = set()
     for folder in [*exclude, *([course] if course else [])]:
-        excluded |= {t.image for s in load_data_dir(folder, need_embeddings=False).splits.values() for t in s.triples}
+        excluded |= images_of(folder)
     candidates = sorted(n for n in captions if n not in excluded)
     if len(candidates) < photos + 2:
         raise DataError(f"{images_dir} has {len(candidates)} usable photos with captions (outside --exclude), "
