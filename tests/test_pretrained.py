@@ -50,8 +50,6 @@ def test_cache_features_refuses_what_it_cannot_cache():
     from itm.errors import ConfigError
     from itm.options import resolve_config
 
-    with pytest.raises(ConfigError, match="cannot augment"):
-        resolve_config("pretrained", augment=True)
     with pytest.raises(ConfigError, match="needs a frozen backbone"):
         resolve_config("pretrained", freeze_backbone=False)
 

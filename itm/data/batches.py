@@ -141,10 +141,10 @@ def cached_steps(split: Split, batch_size: int) -> int:
 
 # ---------------------------------------------------------------- grouped by image
 
-def grouped_batch(names, by_image, embeddings, store):
+def grouped_batch(names, by_image, embeddings, store, rng=None):
     """The grouped batch of images ``names`` with all their triples: (inputs, labels)."""
     triples = [(g, t) for g, name in enumerate(names) for t in by_image[name]]
-    inputs = {"images": store.take(names), "owner": np.array([g for g, _ in triples], np.int32),
+    inputs = {"images": store.take(names, rng), "owner": np.array([g for g, _ in triples], np.int32),
               "text_embedding": text_matrix([t for _, t in triples], embeddings)}
     return inputs, one_hot([t for _, t in triples])
 
@@ -168,9 +168,10 @@ def grouped_epochs(split: Split, embeddings, store, images_per_batch: int, seed:
     images = sorted(by_image)
 
     def make_epoch(epoch):
-        order = np.random.default_rng([seed, epoch]).permutation(len(images))
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(images))
         for i in range(0, len(order), images_per_batch):
-            yield grouped_batch([images[j] for j in order[i:i + images_per_batch]], by_image, embeddings, store)
+            yield grouped_batch([images[j] for j in order[i:i + images_per_batch]], by_image, embeddings, store, rng)
 
     return epochs_dataset(make_epoch, first_epoch, epochs, _grouped_signature(store))
 
@@ -206,7 +207,7 @@ def contrastive_epochs(split: Split, embeddings, store, batch_size: int, seed: i
         order = rng.permutation(len(images))
         for step in range(len(images) // batch_size):
             names = [images[j] for j in order[step * batch_size:(step + 1) * batch_size]]
-            inputs, labels = grouped_batch(names, by_image, embeddings, store)
+            inputs, labels = grouped_batch(names, by_image, embeddings, store, rng)
             inputs["positive_text"] = np.stack([embeddings[rng.choice(positives[n])] for n in names]).astype(np.float32)
             yield inputs, labels
 

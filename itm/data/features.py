@@ -66,15 +66,20 @@ class FeatureFile:
 # ---------------------------------------------------------------- a frozen backbone's features for training
 
 class FeatureCache:
-    """Every distinct image's pooled backbone features, in memory, as ``itm.data.batches`` takes images."""
+    """Every distinct image's pooled backbone features, in memory, as ``itm.data.batches`` takes images;
+    with ``mirrored`` features too, training takes either, at random (a flip augmentation)."""
     dtype = "float32"
 
-    def __init__(self, names: list[str], features: np.ndarray):
-        self.names, self.features = names, features
+    def __init__(self, names: list[str], features: np.ndarray, mirrored: np.ndarray | None = None):
+        self.names, self.features, self.mirrored = names, features, mirrored
         self.index = {n: i for i, n in enumerate(names)}
 
-    def take(self, names) -> np.ndarray:
-        return self.features[[self.index[n] for n in names]]
+    def take(self, names, rng=None) -> np.ndarray:
+        rows = [self.index[n] for n in names]
+        if rng is None or self.mirrored is None:
+            return self.features[rows]
+        flip = rng.random(len(rows)) < 0.5
+        return np.where(flip[:, None], self.mirrored[rows], self.features[rows])
 
     @property
     def item_shape(self) -> tuple:
@@ -90,38 +95,54 @@ def weights_key(model) -> str:
 
 
 def load_feature_cache(model, splits, config, batch: int = 64, log=sys.stdout) -> FeatureCache:
-    """The frozen backbone's pooled features of every image of ``splits``: read from
-    ``$ITM_CACHE_DIR/features/``, the missing ones computed in batches with the training pipeline's
-    decoding (``preprocess_image``) and added to it."""
+    """The frozen backbone's pooled features of every image of ``splits`` (and of its mirror image, with
+    ``config.augment``): read from ``$ITM_CACHE_DIR/features/``, the missing ones computed in batches with
+    the training pipeline's decoding (``preprocess_image``) and added to it."""
+    import tensorflow as tf
+
     from ..models.classifier import backbone_split
     from .images import decoded_paths
 
     backbone = backbone_split(model)[0]
     images_dir = Path(splits[0].images_dir).resolve()
     names = list(dict.fromkeys(t.image for s in splits for t in s.triples))
-    key = f"{config.image_tower}-{config.image_size}px-{weights_key(backbone)}"
+    cut = f"before-{config.unfreeze_from}" if config.unfreeze_from else config.backbone_pooling
+    key = f"{config.image_tower}-{config.image_size}px-{cut}-{weights_key(backbone)}"
     folder_key = hashlib.sha256(str(images_dir).encode()).hexdigest()[:12]
     store = FeatureFile(cache_dir() / "features" / f"{key}-{folder_key}.npz", key)
     stamps = {n: stamp(images_dir / n) for n in names}
-    todo = [n for n in names if store.get(n, stamps[n]) is None]
+    views = {"": lambda x: x, MIRRORED: lambda x: tf.reverse(x, axis=[2])} if config.augment else {"": lambda x: x}
     start = time.perf_counter()
-    if todo:
-        print(f"Computing the frozen {config.image_tower}'s features of {len(todo)} images "
+    computed = 0
+    encode = None
+    for suffix, view in views.items():
+        todo = [n for n in names if store.get(n + suffix, stamps[n]) is None]
+        if not todo:
+            continue
+        what = "mirror images" if suffix else "images"
+        print(f"Computing the frozen {config.image_tower}'s features of {len(todo)} {what} "
               f"({len(names) - len(todo)} cached in {store.path}) ...", file=log, flush=True)
-        encode = _traced(backbone)
-        done = 0
+        encode = encode or _traced(backbone)
+        done, begun = 0, time.perf_counter()
         for pixels in decoded_paths([images_dir / n for n in todo], config.image_size).batch(batch):
-            for n, f in zip(todo[done:done + len(pixels)], np.asarray(encode(pixels))):
-                store.put(n, stamps[n], f)
+            for n, f in zip(todo[done:done + len(pixels)], np.asarray(encode(view(pixels)))):
+                store.put(n + suffix, stamps[n], f)
             done += len(pixels)
             if done % (batch * 10) == 0 or done == len(todo):
-                rate = done / (time.perf_counter() - start)
-                print(f"  {done}/{len(todo)} images ({rate:.0f} images/s)", file=log, flush=True)
-        store.save([(n, stamps[n]) for n in names])
-    features = np.stack([store.get(n, stamps[n]) for n in names]).astype(np.float32)
-    print(f"Backbone features of {len(names)} images ({features.shape[1]} each): {len(todo)} computed, "
-          f"{len(names) - len(todo)} from the cache, in {time.perf_counter() - start:.1f} s", file=log, flush=True)
-    return FeatureCache(names, features)
+                rate = done / (time.perf_counter() - begun)
+                print(f"  {done}/{len(todo)} {what} ({rate:.0f} images/s)", file=log, flush=True)
+        computed += len(todo)
+    if computed:
+        store.save([(n + suffix, stamps[n]) for suffix in views for n in names])
+    features = {suffix: np.stack([store.get(n + suffix, stamps[n]) for n in names]).astype(np.float32)
+                for suffix in views}
+    print(f"Backbone features of {len(names)} images ({'x'.join(map(str, features[''].shape[1:]))} each{', and mirrored' if len(views) > 1 else ''}): "
+          f"{computed} computed, {len(names) * len(views) - computed} from the cache, in "
+          f"{time.perf_counter() - start:.1f} s", file=log, flush=True)
+    return FeatureCache(names, features[""], features.get(MIRRORED))
+
+
+MIRRORED = "#mirrored"  # the cache entry of a photo's mirror image (left and right swapped)
 
 
 def _traced(model):

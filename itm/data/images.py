@@ -159,7 +159,8 @@ class ImageCache:
     def rows(self, names) -> np.ndarray:
         return np.array([self.index[n] for n in names], dtype=np.int32)
 
-    def take(self, names) -> np.ndarray:
+    def take(self, names, rng=None) -> np.ndarray:
+        """The pixels of ``names``; ``rng`` is for stores that draw (features of mirrored photos), unused here."""
         return self.pixels[self.rows(names)]
 
     @property

@@ -5,7 +5,7 @@ This file only names what the registries in ``classifier`` hold, so that the com
 them without importing Keras.
 """
 IMAGE_TOWERS = ("faithful-cnn", "cnn-bn", "mobilenetv2", "efficientnetb0", "mobilenetv3small", "resnet50")
-FUSION_HEADS = ("concat", "mlp", "interaction", "attention")
+FUSION_HEADS = ("concat", "mlp", "interaction", "relation", "attention")
 TEXT_TOWERS = ("precomputed", "minilm", "scratch")
 # The smallest image each tower does not pool to nothing: three 2x2 poolings; a strided stem and three
 # poolings; keras.applications' own minimum.

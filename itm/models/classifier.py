@@ -16,6 +16,7 @@ import einops
 import keras
 from keras import layers, ops
 
+from ..errors import ConfigError
 from . import FUSION_HEADS as FUSION_HEAD_NAMES, IMAGE_TOWERS as IMAGE_TOWER_NAMES, TEXT_TOWERS as TEXT_TOWER_NAMES
 from .encoders import EMBEDDING_DIM
 
@@ -96,7 +97,8 @@ def _backbone(name: str):
     a weights file (for mobilenetv2, one written by that module's ``convert_to_keras_weights``).
     """
 
-    def tower(image_input, dropout_rate: float, image_weights: str = "none", freeze_backbone: bool = False, **_):
+    def tower(image_input, dropout_rate: float, image_weights: str = "none", freeze_backbone: bool = False,
+              unfreeze_from: str | None = None, **_):
         apps = keras.applications
         weights = {"none": None, "imagenet": "imagenet"}.get(image_weights, None)
         shape = tuple(image_input.shape[1:])
@@ -125,10 +127,31 @@ def _backbone(name: str):
             raise ValueError(name)
         if image_weights not in ("none", "imagenet", "torchvision") and name != "mobilenetv2":
             net.load_weights(image_weights)
+        if unfreeze_from:
+            return _frozen_then_trained(net, x, unfreeze_from)
         net.trainable = not freeze_backbone
         return net(x, training=False if freeze_backbone else None)
 
     return tower
+
+
+BACKBONE_BOTTOM, BACKBONE_TOP = "image_backbone", "image_backbone_top"
+BACKBONE_CUT = "image_backbone_frozen_output"  # the frozen part's output, in the classifier's own graph
+
+
+def _frozen_then_trained(net: keras.Model, x, layer_name: str):
+    """``net`` cut before its layer ``layer_name``: the part before stays frozen (and its output can be
+    cached), the part from there on trains, its batch normalisation keeping ImageNet's statistics."""
+    try:
+        cut = net.get_layer(layer_name).input
+    except ValueError:
+        raise ConfigError(f"--unfreeze-from: the backbone has no layer {layer_name!r} to unfreeze from") from None
+    bottom = keras.Model(net.input, cut, name=BACKBONE_BOTTOM)
+    top = keras.Model(cut, net.output, name=BACKBONE_TOP)
+    bottom.trainable = False
+    for layer in top.layers:
+        layer.trainable = not isinstance(layer, layers.BatchNormalization)
+    return top(layers.Identity(name=BACKBONE_CUT)(bottom(x, training=False)))
 
 
 @keras.saving.register_keras_serializable(package="itm")
@@ -215,17 +238,26 @@ def absolute(x):
     return ops.abs(x)
 
 
-def interaction_features(image_vec, text_vec):
-    """[image, text, image*text, |image-text|, cosine]: the pair's agreement, made explicit."""
+def interaction_features(image_vec, text_vec, with_inputs: bool = True):
+    """[image, text, image*text, |image-text|, cosine]: the pair's agreement, made explicit. Without the
+    inputs themselves, only how the two relate: no score for an image or a caption on its own."""
     product = layers.Multiply(name="fusion_product")([image_vec, text_vec])
     difference = layers.Subtract(name="fusion_difference")([image_vec, text_vec])
     abs_difference = layers.Activation(absolute, name="fusion_abs_difference")(difference)
     cosine = layers.Dot(axes=-1, normalize=True, name="fusion_cosine")([image_vec, text_vec])
-    return layers.Concatenate(axis=-1, name="fusion_concat")([image_vec, text_vec, product, abs_difference, cosine])
+    parts = [image_vec, text_vec] if with_inputs else []
+    return layers.Concatenate(axis=-1, name="fusion_concat")([*parts, product, abs_difference, cosine])
 
 
 def interaction_head(image_features, text_features, dropout_rate: float):
     return _mlp_classifier(interaction_features(image_features, text_features), dropout_rate,
+                           2 * image_features.shape[-1])
+
+
+def relation_head(image_features, text_features, dropout_rate: float):
+    """Interaction features without the image's and the caption's own vectors: the head can only judge the
+    pair, never learn which photos or captions tend to match in the training data."""
+    return _mlp_classifier(interaction_features(image_features, text_features, with_inputs=False), dropout_rate,
                            2 * image_features.shape[-1])
 
 
@@ -240,7 +272,7 @@ def attention_head(image_tokens, text_features, dropout_rate: float):
     return _mlp_classifier(interaction_features(attended, text_features), dropout_rate, 2 * dim)
 
 
-FUSION_HEADS = {"concat": concat_head, "mlp": mlp_head, "interaction": interaction_head,
+FUSION_HEADS = {"concat": concat_head, "mlp": mlp_head, "interaction": interaction_head, "relation": relation_head,
                 "attention": attention_head}
 
 
@@ -261,7 +293,8 @@ def _choose(registry: dict, kind: str, name: str):
 def build_model(image_size: int = 224, image_tower: str = "faithful-cnn", text_tower: str = "precomputed",
                 fusion: str = "concat", projection_dim: int = 128, num_projection_layers: int = 1,
                 dropout: float = 0.1, augment: bool = False, image_weights: str = "none",
-                freeze_backbone: bool = False, text_trainable: bool = False) -> keras.Model:
+                freeze_backbone: bool = False, text_trainable: bool = False,
+                backbone_pooling: str = "avg", unfreeze_from: str | None = None) -> keras.Model:
     """Build the classifier; the defaults are the original's (6,529,570 parameters at 224x224)."""
     image_input = keras.Input(shape=(image_size, image_size, 3), name="image_input")
     if text_tower in RAW_TEXT_TOWERS:
@@ -271,15 +304,19 @@ def build_model(image_size: int = 224, image_tower: str = "faithful-cnn", text_t
 
     tower, readout = _choose(IMAGE_TOWERS, "image tower", image_tower)
     feature_map = tower(augmentation(image_input, augment), dropout, image_weights=image_weights,
-                        freeze_backbone=freeze_backbone)  # (B,H,W,C)
+                        freeze_backbone=freeze_backbone, unfreeze_from=unfreeze_from)  # (B,H,W,C)
     if fusion == "attention":
         image_features = SpatialTokens(name="image_tokens")(feature_map)  # (B,H*W,C)
     elif readout == "flatten":
         image_features = layers.Flatten(name="image_flatten")(feature_map)  # (B,H*W*C)
+    elif readout == "backbone" and backbone_pooling == "avgmax":  # the mean and the strongest response per channel
+        image_features = layers.Concatenate(name=BACKBONE_FEATURES)([
+            layers.GlobalAveragePooling2D(name="image_avg_pool")(feature_map),
+            layers.GlobalMaxPooling2D(name="image_max_pool")(feature_map)])  # (B,2C)
     else:
         image_features = layers.GlobalAveragePooling2D(name=BACKBONE_FEATURES)(feature_map)  # (B,C)
-        if readout == "backbone":
-            image_features = layers.Dropout(dropout, name="image_dropout")(image_features)
+    if readout == "backbone" and fusion != "attention":
+        image_features = layers.Dropout(dropout, name="image_dropout")(image_features)
     text_features = _choose(TEXT_TOWERS, "text tower", text_tower)(text_input, dropout,
                                                                      text_trainable=text_trainable)  # (B,384)
 
@@ -313,12 +350,14 @@ def split_model(model: keras.Model):
 
 
 def backbone_split(model: keras.Model):
-    """Cut a model with a pretrained backbone at its pooled output: (backbone, the rest of the image
-    encoder). A frozen backbone's output depends on the photo alone, so it can be computed once and
+    """Cut a model with a pretrained backbone where its frozen part ends: (the frozen part, the rest of the
+    image encoder). Its pooled output, or, when its top blocks train (--unfreeze-from), the output of the
+    blocks before. The frozen part's output depends on the photo alone, so it can be computed once and
     cached, and the rest trained on it (--cache-features)."""
-    pooled = model.get_layer(BACKBONE_FEATURES).output
+    names = {layer.name for layer in model.layers}
+    cut = model.get_layer(BACKBONE_CUT if BACKBONE_CUT in names else BACKBONE_FEATURES).output
     image_out = split_model(model)[0].output
-    return keras.Model(model.input["image_input"], pooled), keras.Model(pooled, image_out)
+    return keras.Model(model.input["image_input"], cut), keras.Model(cut, image_out)
 
 
 def _check_registry(registry: dict, names: tuple, kind: str) -> None:
