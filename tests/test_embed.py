@@ -10,14 +10,14 @@ import pickle
 import numpy as np
 import pytest
 
-from conftest import ROOT, SHARED, run_cli
+from conftest import NO_COURSE_DATA, NO_SENTENCE_TRANSFORMERS, ROOT, SHARED, run_cli
 from itm.data.folder import (EMBEDDINGS_NPZ, EMBEDDINGS_PKL, SPLIT_FILES, load_embeddings_file,
                              load_embeddings_npz, load_embeddings_pickle)
 from itm.errors import DataError
 from itm.data.embed import embed_data_dir, split_captions, write_embeddings
 
 needs_st = pytest.mark.skipif(importlib.util.find_spec("sentence_transformers") is None,
-                              reason="sentence-transformers not installed (pip install '.[embed]')")
+                              reason=NO_SENTENCE_TRANSFORMERS)
 needs_pil = pytest.mark.skipif(importlib.util.find_spec("PIL") is None,
                                reason="the tiny data fixture draws JPEGs with Pillow")
 EMBED = ["-m", "itm", "embed"]  # the command line imports no TensorFlow until a command needs it
@@ -179,7 +179,7 @@ def test_cli_reproduces_the_committed_demo_vectors(tmp_path):
 
 
 @needs_st
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data not present at {SHARED}")
+@pytest.mark.skipif(not SHARED.is_dir(), reason=NO_COURSE_DATA)
 def test_reproduces_a_sample_of_the_shared_embeddings():
     from itm.data.embed import encode_with_progress
     from itm.models.encoders import sentence_transformers_encoder

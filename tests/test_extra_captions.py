@@ -1,7 +1,7 @@
 """--extra-captions: more matching captions for the training images only, from a Flickr8k.token.txt."""
 import pytest
 
-from conftest import run_cli
+from conftest import NO_MINILM_MODEL, NO_TEXT_EXTRA, run_cli
 from itm.data.folder import load_data_dir
 from itm.errors import DataError
 
@@ -54,14 +54,14 @@ def test_a_file_with_nothing_new_is_a_clear_error(tiny_data, tmp_path):
 
 
 def test_contrastive_training_embeds_and_uses_them(tiny_data, tmp_path):
-    pytest.importorskip("tensorflow_text", reason="embedding the extra captions needs pip install '.[text]'")
+    pytest.importorskip("tensorflow_text", reason=NO_TEXT_EXTRA)
     from itm.data.folder import load_embeddings_file
     from itm.models.minilm_files import model_folder
 
     try:
         model_folder()
-    except DataError as e:
-        pytest.skip(f"no local all-MiniLM-L6-v2 folder: {e}")
+    except DataError:
+        pytest.skip(NO_MINILM_MODEL)
     data = load_data_dir(tiny_data)
     new = _token_file(data, tiny_data / "Flickr8k.token.txt")
     cache = tmp_path / "cache"

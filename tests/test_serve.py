@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import run_cli
+from conftest import NO_SERVE_EXTRA, run_cli
 
 from itm_serving import MAX_UPLOAD_MB, server, trained_run
 
-pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install '.[serve]'")
+pytest.importorskip("fastapi", reason=NO_SERVE_EXTRA)
 IMAGES = "flickr8k-resised"
 
 

