@@ -11,17 +11,20 @@ Prints JSON. A measurement, not a test.
 
     .venv/bin/python scripts/bench_pretrained.py --data-dir ../shared/flickr8k-cmp9137 \\
         --images ../shared/flickr8k-cmp9137/flickr8k-resised --images ../shared/flickr8k-more/flickr8k-resised \\
-        [--ood data/flickr8k-ood] [--options "--seed 0"]
+        [--ood data/flickr8k-ood] [--options "--seed 0"] [--keep runs/pretrained]
 """
 import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -89,8 +92,9 @@ def main() -> int:
     ap.add_argument("--ood", help="an 'itm ood-split' folder to score the run on")
     ap.add_argument("--options", default="", help="more ITM_Classifier.py options, e.g. '--seed 0'")
     ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--keep", help="copy the warm run's folder here (otherwise it is deleted with the cache)")
     args = ap.parse_args()
-    report = {"cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": "),
+    report = {"cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(" \t:"),
               "avx512_bf16": "avx512_bf16" in open("/proc/cpuinfo").read()}
     if args.images:
         print("extracting features ...", file=sys.stderr, flush=True)
@@ -99,6 +103,8 @@ def main() -> int:
         for name in ("cold", "warm"):
             print(f"the pretrained command, {name} cache ...", file=sys.stderr, flush=True)
             report[name] = whole_command(args.data_dir, shlex.split(args.options), tmp, Path(tmp) / "run", args.ood)
+        if args.keep:
+            shutil.copytree(Path(tmp) / "run", args.keep, dirs_exist_ok=True)
     print(json.dumps(report, indent=2))
     return 0
 

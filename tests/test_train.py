@@ -81,6 +81,23 @@ def test_itm_classifier_end_to_end(tiny_data, tmp_path):
     assert r1.stdout.split()[0] == "AdamWeightDecay" and r1.stdout == r2.stdout
 
 
+def test_the_original_class_names_load_data_and_train(tiny_data, tmp_path):
+    """``from itm import ITM_DataLoader, ITM_Classifier`` works as in the original: the loader gives batched
+    (image, embedding) -> one-hot datasets; constructing the classifier trains, evaluates and saves a run."""
+    from itm import ITM_Classifier, ITM_DataLoader
+
+    loader = ITM_DataLoader(str(tiny_data), batch_size=4, seed=0)
+    (x, y) = next(iter(loader.train_ds))
+    assert tuple(x["image_input"].shape) == (4, 224, 224, 3) and tuple(x["text_embedding"].shape) == (4, 384)
+    assert tuple(y.shape) == (4, 2) and np.allclose(y.numpy().sum(axis=1), 1.0)
+    assert sum(len(b[1]) for b in loader.val_ds) == len(loader.splits["dev"].triples)
+
+    clf = ITM_Classifier(data_dir=str(tiny_data), epochs=1, limit=8, image_size=32, seed=0,
+                         output_dir=str(tmp_path / "run"))
+    assert clf.run_dir == tmp_path / "run" and (clf.run_dir / "model.keras").is_file()
+    assert clf.metrics["config"]["limit"] == 8 and 0.0 <= clf.metrics["accuracy"] <= 1.0
+
+
 def test_itm_train_is_the_same_command(tiny_data, tmp_path):
     r = run_cli(["-m", "itm", "train", "--help"])
     assert r.returncode == 0 and "--data-dir" in r.stdout and "--limit" in r.stdout and "faithful" in r.stdout

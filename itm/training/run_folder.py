@@ -53,8 +53,8 @@ def check_writable(out: Path) -> None:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
-        raise DataError(f"cannot write the run folder {out} ({existing}: {e.strerror or e}): choose another "
-                        "--output-dir") from None
+        raise DataError(f"cannot write the run folder {out}: no file can be created in {existing} "
+                        f"({e.strerror or e}); choose another --output-dir") from None
 
 
 def saved_config(out: Path) -> dict:
