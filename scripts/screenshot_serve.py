@@ -32,7 +32,7 @@ def main() -> int:
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
-    server, url = start_server(args.run, "--images", str(args.images))
+    server, url, _log = start_server(args.run, "--images", str(args.images))
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=args.chromium, args=LAUNCH_ARGS)
