@@ -122,7 +122,7 @@ def load_feature_cache(model, splits, config, batch: int = 64, log=sys.stdout) -
         what = "mirror images" if suffix else "images"
         print(f"Computing the frozen {config.image_tower}'s features of {len(todo)} {what} "
               f"({len(names) - len(todo)} cached in {store.path}) ...", file=log, flush=True)
-        encode = encode or _traced(backbone)
+        encode = encode or frozen_encoder(backbone)
         done, begun = 0, time.perf_counter()
         for pixels in decoded_paths([images_dir / n for n in todo], config.image_size).batch(batch):
             for n, f in zip(todo[done:done + len(pixels)], np.asarray(encode(view(pixels)))):
@@ -145,7 +145,9 @@ def load_feature_cache(model, splits, config, batch: int = 64, log=sys.stdout) -
 MIRRORED = "#mirrored"  # the cache entry of a photo's mirror image (left and right swapped)
 
 
-def _traced(model):
+def frozen_encoder(model):
+    """``model`` in inference mode as a ``tf.function`` traced for the batch shapes it meets: extraction meets
+    two (a full batch, then the last one), so it keeps the full batch's shape-specialised graph."""
     import tensorflow as tf
 
     return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
