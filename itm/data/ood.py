@@ -24,10 +24,9 @@ import sys
 from pathlib import Path
 
 from ..errors import DataError
-from ..files import atomic_write
 from .folder import (EMBEDDINGS_NPZ, IMAGES_SUBDIR, SPLIT_FILES, Problems, embeddings_path, load_data_dir,
                      load_embeddings_file, parse_split_file)
-from .prepare import draw_negatives, read_captions, resolve_images
+from .prepare import draw_negatives, read_captions, resolve_images, write_split_file
 
 DEFAULT_PHOTOS = 600
 DEFAULT_NEGATIVES = 2
@@ -50,11 +49,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def _lines(images, captions, matches, negatives):
     return ([f"{i}\t{c}\tmatch" for i in images for c in matches[i]]
             + [f"{i}\t{c}\tno-match" for i in images for c in negatives[i]])
-
-
-def _write_split(out: Path, split: str, lines: list[str]) -> None:
-    text = "\n".join(lines) + "\n"
-    atomic_write(out / SPLIT_FILES[split], lambda f: f.write(text.encode("utf-8")))
 
 
 def images_of(folder) -> set[str]:
@@ -93,7 +87,7 @@ def ood_split(captions_file, images_dir, out, photos: int = DEFAULT_PHOTOS, nega
     (out / IMAGES_SUBDIR).mkdir(parents=True, exist_ok=True)
     for name in chosen:
         _link_or_copy(images_dir / name, out / IMAGES_SUBDIR / name)
-    _write_split(out, "test", _lines(chosen, captions, match, no_match))
+    write_split_file(out, "test", _lines(chosen, captions, match, no_match))
     _log(f"wrote {out}: {photos} photos, {photos * (1 + negatives)} triples ({photos} match) in "
          f"{SPLIT_FILES['test']}")
     if embed:
@@ -114,7 +108,7 @@ def ood_split(captions_file, images_dir, out, photos: int = DEFAULT_PHOTOS, nega
                        {i: rest_negatives[i][:len(captions[i])] for i in rest})
         for split in data.splits.values():
             own = [f"{t.image}\t{t.caption}\t{'match' if t.match else 'no-match'}" for t in split.triples]
-            _write_split(train_out, split.name, own + (extra if split.name == "train" else []))
+            write_split_file(train_out, split.name, own + (extra if split.name == "train" else []))
         _log(f"wrote {train_out}: the course's splits, and {len(rest)} more photos ({len(extra)} triples) in its "
              "train split")
         if embed:

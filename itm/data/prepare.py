@@ -302,6 +302,12 @@ def split_lines(images: list[str], captions: dict[str, list[str]], k: int, rng: 
     return lines
 
 
+def write_split_file(out: Path, split: str, lines: list[str]) -> None:
+    """``out``'s split file of ``split``, one triple a line, written atomically."""
+    text = "\n".join(lines) + "\n"
+    atomic_write(out / SPLIT_FILES[split], lambda f: f.write(text.encode("utf-8")))
+
+
 # ---------------------------------------------------------------- the command
 
 def select_images(dataset: str, captions_file: Path, images_dir: Path, out: Path, splits: str | None,
@@ -382,8 +388,7 @@ def prepare(dataset: str, captions_file, images_dir, out, seed: int = 0, negativ
     summary = []
     for s in SPLIT_NAMES:
         lines = split_lines(chosen[s], usable, negatives, rng, problems)
-        text = "\n".join(lines) + "\n"
-        atomic_write(out / SPLIT_FILES[s], lambda f, t=text: f.write(t.encode("utf-8")))
+        write_split_file(out, s, lines)
         n_match = sum(line.endswith("\tmatch") for line in lines)
         summary.append(f"{s} {len(chosen[s])} images, {len(lines)} triples ({n_match} match)")
     _report(problems, "note")
