@@ -118,6 +118,20 @@ def test_the_command_line_is_derived_from_the_options():
         parser.parse_args(["--learning-rate", "inf"])
 
 
+def test_version_is_the_package_version(capsys):
+    import itm
+    from itm.cli.parser import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"itm {itm.__version__}"
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(itm.__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    assert project["dynamic"] == ["version"] and project["license"] == {"text": "Apache-2.0"}
+
+
 def test_options_are_importable_without_tensorflow():
     import subprocess
     import sys

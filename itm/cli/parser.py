@@ -64,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ..data.shards import SHARDS_SUBDIR, TARGET_SHARD_BYTES
     from ..models.encoders import BACKENDS, DEFAULT_BATCH_SIZE
 
+    from .. import __version__
+
     parser = argparse.ArgumentParser(prog="itm", description="Image-text matching: does this caption fit this image?")
+    parser.add_argument("--version", action="version", version=f"itm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train, evaluate and save a model (the original ITM_Classifier run)",

@@ -109,10 +109,11 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
     except ImportError as e:
         raise DataError(f"'itm serve' needs {e.name}: {SERVE_HINT}") from None
 
+    from .. import __version__
     from .matcher import FolderIndex
 
     matcher.max_pixels = max_image_pixels
-    app = FastAPI(title="itm", version="0.1.0",
+    app = FastAPI(title="itm", version=__version__,
                   description="Image-text matching: does this caption fit this image? p(match) from a trained run.")
     # The folder is indexed (image features cached on disk) once, at start: every search is then one
     # caption encoding plus the small head over the cached features.
