@@ -53,6 +53,26 @@ def _check_run_folder(out, n_test):
     return metrics, rows
 
 
+def _check_tensorboard(out, history):
+    """RUN/tensorboard holds what history.csv holds, epoch by epoch, the options and the test figures."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    tags = set(events.Tags()["tensors"])  # tf.summary (v2) writes every summary as a tensor
+    for column in history[0]:
+        if column == "epoch":
+            continue
+        logged = [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events.Tensors(column)]
+        assert [step for step, _ in logged] == [int(row["epoch"]) for row in history], column
+        assert [v for _, v in logged] == pytest.approx([float(row[column]) for row in history], rel=1e-5, abs=1e-7)
+    assert {"test/accuracy", "test/roc_auc", "test/confusion", "test/scores", "test/samples", "test/roc-pr"} <= tags
+    width, height, png = tf.make_ndarray(events.Tensors("test/confusion")[-1].tensor_proto)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int(width) > 100 and int(height) > 100
+    options = tf.make_ndarray(events.Tensors("options")[0].tensor_proto).item().decode()
+    assert "| batch_size | 8 |" in options and "| seed | 7 |" in options
+
+
 @pytest.mark.slow
 def test_itm_classifier_end_to_end(tiny_data, tmp_path):
     out = tmp_path / "run"
@@ -66,6 +86,7 @@ def test_itm_classifier_end_to_end(tiny_data, tmp_path):
                for line in r.stdout.splitlines())
     metrics, history = _check_run_folder(out, n_test=24)
     assert len(history) == 2 and float(history[-1]["learning_rate"]) == 0.0
+    _check_tensorboard(out, history)
     assert metrics["config"]["seed"] == 7 and metrics["config"]["batch_size"] == 8
     assert metrics["config"]["learning_rate"] == 1e-4 and metrics["parameters"] == 6_529_570 - (28 * 28 - 8 * 8) * 64 * 128
 

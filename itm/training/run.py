@@ -1,7 +1,7 @@
 """The training harness: one run, one output folder. Data, model, optimizer, ``fit``, save, evaluate.
 
 Outputs in the run folder: config.json, model.keras, history.csv, history.png, predictions.tsv,
-metrics.json, and the evaluation's metrics-test.json, calibration.json, figures and report.md.
+metrics.json, TensorBoard logs (tensorboard/), and the evaluation's metrics-test.json, calibration.json, figures and report.md.
 """
 from __future__ import annotations
 
@@ -277,8 +277,10 @@ def train(config: TrainConfig) -> Path:
 
     backup = cb.EpochBackup(out, write=chief)
     done = backup.restore(trainer)
+    from .tensorboard import TensorBoardLog
+
     callbacks = [cb.DevScores(Scorer(model), data.splits["dev"], data.embeddings, store), cb.LearningRate(),
-                 cb.StopOnNonFinite(), backup]
+                 cb.StopOnNonFinite(), TensorBoardLog(out, config.to_dict(), write=chief), backup]
     if cb.keras_verbosity() == 2:
         callbacks.insert(0, cb.Progress(config.epochs, steps))
     print(f"TRAINING model: {config.epochs} epochs x {steps} steps of {config.batch_size} "
