@@ -105,7 +105,7 @@ def test_the_command_line_is_derived_from_the_options():
     from itm.cli.parser import train_parser
 
     parser = train_parser()
-    flags = {a.dest: a for a in parser._actions if a.dest != "help"}
+    flags = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
     assert set(flags) == set(OPTIONS)
     for name, action in flags.items():
         assert action.default is None, name  # unset means "as the preset says"
@@ -116,6 +116,44 @@ def test_the_command_line_is_derived_from_the_options():
     assert (config.augment, config.temperature, config.image_tower) == (False, 0.1, "cnn-bn")
     with pytest.raises(SystemExit):
         parser.parse_args(["--learning-rate", "inf"])
+
+
+@pytest.mark.parametrize("preset, extra", [("faithful", {}), ("best-cpu", {}), ("pretrained", {}),
+                                           ("faithful", {"fast": True, "limit": 40})])
+def test_a_run_is_rerun_from_its_config_json(preset, extra, tmp_path):
+    import json
+
+    from itm.cli.commands import train_config
+    from itm.cli.parser import train_parser
+
+    recorded = resolve_config(preset, seed=5, data_dir="/data/x", output_dir=str(tmp_path / "old"), **extra)
+    recorded.precision = "float32" if recorded.precision == "auto" else recorded.precision  # as a run resolves it
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(recorded.to_dict()))
+    again = train_config(train_parser().parse_args(["--config", str(tmp_path / "old" / "config.json")]))
+    assert again.to_dict() == {**recorded.to_dict(), "output_dir": None}  # a new run folder, nothing else new
+    # A run folder names its config.json too; options on the command line override the file's.
+    changed = train_config(train_parser().parse_args(["--config", str(tmp_path / "old"), "--epochs", "3",
+                                                      "--no-augment"]))
+    assert changed.to_dict() == {**recorded.to_dict(), "output_dir": None, "epochs": 3, "augment": False}
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"batch_sise": 8}, "config.json: unknown option(s) --batch-sise ('itm train --help' lists them)"),
+    ({"batch_size": 0}, "config.json: --batch-size: must be at least 1, got 0"),
+    ({"fusion": "sum"}, "config.json: --fusion must be one of concat, "),
+    ({"augment": "yes"}, "config.json: --augment is on or off, not 'yes'"),
+    ([1, 2], "must hold a JSON object, not a list"),
+])
+def test_a_wrong_key_or_value_in_a_config_file_is_a_one_line_error(content, message, tmp_path, capsys):
+    import json
+
+    from itm.cli import main
+
+    (tmp_path / "config.json").write_text(json.dumps(content))
+    assert main(["train", "--config", str(tmp_path / "config.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_version_is_the_package_version(capsys):

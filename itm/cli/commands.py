@@ -11,12 +11,22 @@ from ..errors import ConfigError, DataError
 from ..options import OPTIONS
 
 
+def train_config(args):
+    """The TrainConfig of ``itm train``'s arguments: a recorded run's options (``--config``), then the preset's,
+    with every option given on the command line overriding both."""
+    from ..options import options_from_file, resolve_config
+
+    given = {k: getattr(args, k) for k in OPTIONS}
+    if getattr(args, "config", None):
+        given = {**options_from_file(args.config), **{k: v for k, v in given.items() if v is not None}}
+    preset = given.pop("preset", None) or "faithful"
+    return resolve_config(preset, **given)
+
+
 def run_train(args) -> int:
-    from ..options import resolve_config
     from ..training.run import train
 
-    config = resolve_config(args.preset or "faithful", **{k: getattr(args, k) for k in OPTIONS if k != "preset"})
-    train(config)
+    train(train_config(args))
     return 0
 
 

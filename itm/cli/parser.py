@@ -49,6 +49,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
             if meta["metavar"]:
                 kwargs["metavar"] = meta["metavar"]
         groups[meta["group"]].add_argument(f"--{flag(name)}", **kwargs)
+    groups["run"].add_argument("--config", metavar="FILE",
+                               help="re-run a run: the options its config.json records (FILE, or a run folder), into "
+                                    "a new --output-dir; options given here override them")
 
 
 def train_parser(prog: str = "ITM_Classifier.py") -> argparse.ArgumentParser:
