@@ -128,9 +128,10 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
         write_predictions(out_dir / ("predictions.tsv" if name == "test" else f"predictions-{name}.tsv"), split, p)
         figures = {figure: out_dir / f"{figure}-{name}.png" for figure in ("roc-pr", "confusion", "scores", "samples")}
         plots.plot_roc_pr(is_match, p[:, 0], figures["roc-pr"])
-        plots.plot_confusion(metrics["confusion"], figures["confusion"])
-        plots.plot_score_distribution(is_match, p[:, 0], figures["scores"])
-        plots.plot_samples(split, p[:, 0], figures["samples"], seed=seed)
+        # The figures show the decisions at the threshold that predict, the web page and the report use.
+        plots.plot_confusion(metrics["at_dev_threshold"]["confusion"], figures["confusion"], threshold)
+        plots.plot_score_distribution(is_match, p[:, 0], figures["scores"], threshold)
+        plots.plot_samples(split, p[:, 0], figures["samples"], seed=seed, threshold=threshold)
         write_json(out_dir / f"metrics-{name}.json", metrics)
         log_evaluation(out_dir, name, metrics, figures)
         results[name] = metrics

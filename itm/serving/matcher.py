@@ -262,7 +262,10 @@ class Matcher:
         return FolderIndex.build(self, folder, log=log)
 
     def is_match(self, p: float) -> bool:
-        return bool(p >= self.threshold)
+        """p(match) above the run's threshold (``itm.evaluation.metrics.decide``, as the metrics and figures)."""
+        from ..evaluation.metrics import decide
+
+        return bool(decide(p, self.threshold))
 
 
 # ---------------------------------------------------------------- folder feature cache

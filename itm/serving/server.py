@@ -122,7 +122,7 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
     class MatchResult(BaseModel):
         caption: str
         p_match: float = Field(description="the model's probability that the caption fits the image")
-        match: bool = Field(description="p_match >= threshold")
+        match: bool = Field(description="p_match > threshold")
 
     class MatchResponse(BaseModel):
         results: list[MatchResult]
