@@ -156,6 +156,21 @@ def test_a_wrong_key_or_value_in_a_config_file_is_a_one_line_error(content, mess
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_help_shows_what_each_preset_sets(preset, capsys):
+    from itm.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--preset", preset, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    config = resolve_config(preset)
+    for name in ("epochs", "batch_size", "learning_rate", "image_tower"):
+        label = preset if name in PRESETS[preset] else "default"
+        assert f"({label}: {getattr(config, name)})" in text, name
+    assert "presets (an option given explicitly overrides its preset's value):" in text
+    assert "best-cpu: --image-tower cnn-bn, --image-size 128, --augment on" in text  # the table, for any preset
+
+
 def test_version_is_the_package_version(capsys):
     import itm
     from itm.cli.parser import build_parser
