@@ -47,6 +47,7 @@ def test_health_and_openapi(live, matcher):
     h = httpx.get(live.url + "/healthz").json()
     assert h["status"] == "ok" and h["search"] is True
     assert h["threshold"] == pytest.approx(matcher.threshold)
+    assert h["notes"] == matcher.notes and "synthetic demo data" in h["notes"][0]  # the page shows them
     schema = httpx.get(live.url + "/openapi.json").json()
     import itm
 

@@ -164,7 +164,8 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
                 "image_size": matcher.image_size, "threshold": matcher.threshold,
                 "threshold_source": matcher.threshold_source, "search": images_dir is not None,
                 "max_upload_bytes": max_upload_bytes, "max_image_pixels": max_image_pixels,
-                "max_captions": MAX_CAPTIONS, "max_caption_chars": MAX_CAPTION_CHARS}
+                "max_captions": MAX_CAPTIONS, "max_caption_chars": MAX_CAPTION_CHARS,
+                "notes": matcher.notes}  # what a reader of the scores should know (e.g. demo training data)
 
     @app.post("/api/match", response_model=MatchResponse)
     def match(image: UploadFile | None = File(None, description="the image file (JPEG, PNG, GIF, BMP, WebP, ...)"),
