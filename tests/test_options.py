@@ -197,6 +197,6 @@ def test_options_are_importable_without_tensorflow():
 def test_bench_settings_are_train_options():
     from itm.training.bench import SETTINGS
 
-    for setting, options in SETTINGS.items():
+    for options in SETTINGS.values():
         options = dict(options)
         resolve_config(options.pop("preset", "faithful"), **options)  # each is a valid `itm train` invocation

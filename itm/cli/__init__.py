@@ -2,8 +2,10 @@
 ``ITM_Classifier.py`` is ``itm train`` under the original's name."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+from collections.abc import Callable
 
 
 def quiet_tensorflow() -> None:
@@ -13,7 +15,7 @@ def quiet_tensorflow() -> None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if os.path.exists("/dev/nvidiactl") else "3"
 
 
-def dispatch(func, args) -> int:
+def dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a command; a user's mistake becomes a one-paragraph error and exit status 2."""
     from ..errors import ItmError
 

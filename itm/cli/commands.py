@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import json
 import sys
+from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..options import OPTIONS
+from ..options import OPTIONS, TrainConfig
 
 
-def train_config(args):
+def train_config(args: Namespace) -> TrainConfig:
     """The TrainConfig of ``itm train``'s arguments: a recorded run's options (``--config``), then the preset's,
     with every option given on the command line overriding both."""
     from ..options import options_from_file, resolve_config
@@ -23,14 +24,14 @@ def train_config(args):
     return resolve_config(preset, **given)
 
 
-def run_train(args) -> int:
+def run_train(args: Namespace) -> int:
     from ..training.run import train
 
     train(train_config(args))
     return 0
 
 
-def run_evaluate(args) -> int:
+def run_evaluate(args: Namespace) -> int:
     from ..data.folder import load_data_dir
     from ..evaluation.evaluate import evaluate_model
     from ..evaluation.report import write_report
@@ -63,7 +64,7 @@ def run_evaluate(args) -> int:
     return 0
 
 
-def run_ood_split(args) -> int:
+def run_ood_split(args: Namespace) -> int:
     from ..data.ood import ood_split
 
     ood_split(args.captions, args.images, args.out, photos=args.photos, negatives=args.negatives, seed=args.seed,
@@ -71,7 +72,7 @@ def run_ood_split(args) -> int:
     return 0
 
 
-def run_bench(args) -> int:
+def run_bench(args: Namespace) -> int:
     from ..data.source import resolve_data_dir
     from ..training import bench
 
@@ -88,7 +89,7 @@ def run_bench(args) -> int:
     return 0
 
 
-def run_compare(args) -> int:
+def run_compare(args: Namespace) -> int:
     from ..evaluation.report import compare_table
 
     missing = [r for r in args.runs if not Path(r).is_dir()]
@@ -98,14 +99,14 @@ def run_compare(args) -> int:
     return 0
 
 
-def run_embed(args) -> int:
+def run_embed(args: Namespace) -> int:
     from ..data.embed import embed_data_dir
 
     embed_data_dir(args.data_dir, out=args.out, model=args.model, batch_size=args.batch_size, backend=args.backend)
     return 0
 
 
-def run_prepare(args) -> int:
+def run_prepare(args: Namespace) -> int:
     from ..data.prepare import prepare
 
     prepare(args.dataset, args.captions, args.images, args.out, seed=args.seed, negatives=args.negatives,
@@ -114,7 +115,7 @@ def run_prepare(args) -> int:
     return 0
 
 
-def run_shard(args) -> int:
+def run_shard(args: Namespace) -> int:
     from ..data.shards import write_shards
 
     write_shards(args.data_dir, num_shards=args.shards, out=args.out)
@@ -139,7 +140,7 @@ def _notes(m) -> None:
         print(f"note: {note}", file=sys.stderr)
 
 
-def run_predict(args) -> int:
+def run_predict(args: Namespace) -> int:
     from ..serving.matcher import Matcher, check_captions
 
     m = Matcher.load(args.run, data_dir=args.data_dir)
@@ -158,7 +159,7 @@ def run_predict(args) -> int:
     return 0
 
 
-def run_rank(args) -> int:
+def run_rank(args: Namespace) -> int:
     from ..serving.matcher import Matcher
 
     m = Matcher.load(args.run, data_dir=args.data_dir)
@@ -170,7 +171,7 @@ def run_rank(args) -> int:
     return 0
 
 
-def run_search(args) -> int:
+def run_search(args: Namespace) -> int:
     from ..serving.matcher import Matcher
 
     m = Matcher.load(args.run, data_dir=args.data_dir)
@@ -188,7 +189,7 @@ def run_search(args) -> int:
     return 0
 
 
-def run_serve(args) -> int:
+def run_serve(args: Namespace) -> int:
     from ..serving.server import serve
 
     serve(args.run, data_dir=args.data_dir, images=args.images, host=args.host, port=args.port,

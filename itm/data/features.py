@@ -136,7 +136,8 @@ def load_feature_cache(model, splits, config, batch: int = 64, log=sys.stdout) -
         store.save([(n + suffix, stamps[n]) for suffix in views for n in names])
     features = {suffix: np.stack([store.get(n + suffix, stamps[n]) for n in names]).astype(np.float32)
                 for suffix in views}
-    print(f"Backbone features of {len(names)} images ({'x'.join(map(str, features[''].shape[1:]))} each{', and mirrored' if len(views) > 1 else ''}): "
+    mirrored = ", and mirrored" if len(views) > 1 else ""
+    print(f"Backbone features of {len(names)} images ({'x'.join(map(str, features[''].shape[1:]))} each{mirrored}): "
           f"{computed} computed, {len(names) * len(views) - computed} from the cache, in "
           f"{time.perf_counter() - start:.1f} s", file=log, flush=True)
     return FeatureCache(names, features[""], features.get(MIRRORED))

@@ -101,7 +101,7 @@ def compare_table(run_dirs, split: str = "test") -> str:
             rows.append([str(run), "(no evaluated metrics: run `itm evaluate --run` first)"] + [""] * 8)
             continue
 
-        def ci(key):
+        def ci(key, m=m):
             return f"{m[key]:.3f} [{m['ci95'][key][0]:.3f}, {m['ci95'][key][1]:.3f}]"
 
         r = m.get("retrieval", {})
