@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .data.folder import load_data_dir
 from .data.source import resolve_data_dir
+from .log import logger
 from .options import resolve_config
 
 
@@ -18,7 +19,7 @@ class ITM_DataLoader:
         from .data.batches import file_triples
 
         path, origin = resolve_data_dir(data_dir)
-        print(origin)
+        logger.info(origin)
         data = load_data_dir(path, limit=limit)
         self.data_dir = path
         self.splits = data.splits

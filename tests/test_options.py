@@ -105,7 +105,7 @@ def test_the_command_line_is_derived_from_the_options():
     from itm.cli.parser import train_parser
 
     parser = train_parser()
-    flags = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    flags = {a.dest: a for a in parser._actions if a.dest not in ("help", "config", "verbosity")}
     assert set(flags) == set(OPTIONS)
     for name, action in flags.items():
         assert action.default is None, name  # unset means "as the preset says"

@@ -119,6 +119,60 @@ def test_the_original_class_names_load_data_and_train(tiny_data, tmp_path):
     assert clf.metrics["config"]["limit"] == 8 and 0.0 <= clf.metrics["accuracy"] <= 1.0
 
 
+def test_progress_goes_through_the_itm_logger(tiny_data, tmp_path, capsys):
+    """A script can silence itm's progress (or redirect it) through logging; setup() shows it on stdout."""
+    import logging
+
+    from itm import log
+    from itm.options import resolve_config
+    from itm.training.run import resolve_run
+
+    try:
+        logging.getLogger("itm").setLevel(logging.WARNING)
+        resolve_run(resolve_config(data_dir=str(tiny_data), output_dir=str(tmp_path / "a"), seed=1))
+        assert capsys.readouterr().out == ""
+        log.setup()
+        resolve_run(resolve_config(data_dir=str(tiny_data), output_dir=str(tmp_path / "b"), seed=1))
+        assert "Seed: 1 (from --seed)" in capsys.readouterr().out
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logging.getLogger("itm").addHandler(handler)
+        resolve_run(resolve_config(data_dir=str(tiny_data), output_dir=str(tmp_path / "c"), seed=2))
+        assert any("Seed: 2" in r.getMessage() for r in records)
+    finally:
+        log.setup()
+
+
+def test_keras_progress_follows_the_logger_and_the_notebook(monkeypatch):
+    import sys
+
+    from itm import log
+    from itm.training.callbacks import keras_verbosity
+
+    try:
+        log.setup(log.QUIET)
+        assert keras_verbosity() == 0
+        log.setup()
+        assert keras_verbosity() == 2  # pytest's stdout is not a terminal: one line per epoch
+        monkeypatch.setitem(sys.modules, "ipykernel", sys)
+        assert keras_verbosity() == 1  # Jupyter draws Keras' bar
+    finally:
+        log.setup()
+
+
+@pytest.mark.slow
+def test_quiet_prints_the_result_lines_only(tiny_data, tmp_path):
+    r = run_cli(["-m", "itm", "train", "--quiet", "--data-dir", str(tiny_data), "--epochs", "1",
+                 "--image-size", "32", "--seed", "7", "--output-dir", str(tmp_path / "run")])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert "TEST accuracy=" in r.stdout and any(line.startswith("ITM=") for line in lines)  # the original's
+    assert lines[-1].startswith("Run written to")
+    for progress in ("Data:", "Seed:", "TRAINING", "Epoch 1/1", "Total params", "model trained"):
+        assert progress not in r.stdout + r.stderr, progress
+
+
 def test_itm_train_is_the_same_command(tiny_data, tmp_path):
     r = run_cli(["-m", "itm", "train", "--help"])
     assert r.returncode == 0 and "--data-dir" in r.stdout and "--limit" in r.stdout and "faithful" in r.stdout

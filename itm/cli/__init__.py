@@ -29,12 +29,29 @@ def dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespace
         return 130
 
 
+# Commands whose progress goes to stdout with their result lines, as the original's training printed; the
+# others keep stdout for their result alone (a ranking, JSON, a table) and report progress on stderr.
+STDOUT_PROGRESS = ("train", "evaluate")
+
+
+def _set_output(args: argparse.Namespace) -> None:
+    """--quiet / --verbose: the itm logger's level (result lines are prints, always shown); --verbose also
+    lets TensorFlow's C++ log through (set before TensorFlow is imported, which parsing does not do)."""
+    from .. import log
+
+    command = getattr(args, "command", "train")  # ITM_Classifier.py's parser has no command: it trains
+    log.setup(getattr(args, "verbosity", 0), "stdout" if command in STDOUT_PROGRESS else "stderr")
+    if getattr(args, "verbosity", 0) > 0:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow()
     from .commands import COMMANDS
     from .parser import build_parser
 
     args = build_parser().parse_args(argv)
+    _set_output(args)
     return dispatch(COMMANDS[args.command], args)
 
 
@@ -44,4 +61,6 @@ def itm_classifier_main(argv: list[str] | None = None) -> int:
     from .commands import run_train
     from .parser import train_parser
 
-    return dispatch(run_train, train_parser().parse_args(argv))
+    args = train_parser().parse_args(argv)
+    _set_output(args)
+    return dispatch(run_train, args)

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..log import logger, progress
 from ..options import OPTIONS, TrainConfig
 
 
@@ -56,7 +56,7 @@ def run_evaluate(args: Namespace) -> int:
         threshold, source = load_threshold(run)
         splits, tag = (args.split,), args.name or Path(args.data_dir).resolve().name
         data = load_data_dir(args.data_dir, splits=splits, need_embeddings=not raw_text)
-        print(f"Scoring {args.data_dir} ({args.split} split) as '{tag}', threshold {source}")
+        logger.info(f"Scoring {args.data_dir} ({args.split} split) as '{tag}', threshold {source}")
     model = load_model(run / "model.keras")
     evaluate_model(model, data, run, splits=splits, seed=config.get("seed") or 0,
                    with_retrieval=not args.no_retrieval, threshold=threshold, tag=tag)
@@ -84,7 +84,7 @@ def run_bench(args: Namespace) -> int:
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; choose from {', '.join(bench.SETTINGS)}")
     data_dir, origin = resolve_data_dir(args.data_dir)
-    print(origin, file=sys.stderr)
+    logger.info(origin)
     print(json.dumps(bench.run(str(data_dir), settings, args.steps, args.precision), indent=2))
     return 0
 
@@ -137,7 +137,7 @@ def _read_captions_file(path) -> list[str]:
 
 def _notes(m) -> None:
     for note in m.notes:
-        print(f"note: {note}", file=sys.stderr)
+        logger.warning(f"note: {note}")
 
 
 def run_predict(args: Namespace) -> int:
@@ -175,9 +175,9 @@ def run_search(args: Namespace) -> int:
     from ..serving.matcher import Matcher
 
     m = Matcher.load(args.run, data_dir=args.data_dir)
-    index = m.index_folder(args.images, log=sys.stderr)
+    index = m.index_folder(args.images, log=progress)
     for why in index.skipped:
-        print(f"skipped: {why}", file=sys.stderr)
+        logger.warning(f"skipped: {why}")
     if not index.paths:
         raise DataError(f"no readable images in {args.images}")
     p = m.pairs(index.features, m.encode_captions([args.query]))[:, 0]

@@ -104,8 +104,20 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                                     "a new --output-dir; options given here override them")
 
 
+def output_options() -> argparse.ArgumentParser:
+    """-q/--quiet and -v/--verbose, for every command (a parent parser)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("output").add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=0,
+                   help="print the result lines only (no progress, no Keras progress bar); warnings still go to "
+                        "stderr")
+    g.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1,
+                   help="also TensorFlow's own log and debugging detail (e.g. the resolved options)")
+    return p
+
+
 def train_parser(prog: str = "ITM_Classifier.py") -> argparse.ArgumentParser:
-    p = TrainHelpParser(prog=prog, description=(
+    p = TrainHelpParser(prog=prog, parents=[output_options()], description=(
         "Train the image-text matching classifier, evaluate it on the test split and print sample "
         "predictions, as the original CMP9137 ITM_Classifier did (the same as 'itm train')."),
         epilog=presets_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,14 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"itm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=TrainHelpParser)
 
-    p = sub.add_parser("train", help="train, evaluate and save a model (the original ITM_Classifier run)",
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[output_options()], **kwargs)  # -q/-v on every command
+
+    p = command("train", help="train, evaluate and save a model (the original ITM_Classifier run)",
                        description="Train a classifier, evaluate it on the test split, and write the run folder\n"
                                    "(config.json, model.keras, history.csv, history.png, predictions.tsv,\n"
                                    "metrics.json, report.md, tensorboard/).",
                        epilog=presets_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_options(p)
 
-    p = sub.add_parser("evaluate", help="score a saved run on a split: metrics with intervals, retrieval, figures, report",
+    p = command("evaluate", help="score a saved run on a split: metrics with intervals, retrieval, figures, report",
                        description="Load RUN_DIR/model.keras, choose the decision threshold on dev, score the split, "
                                    "and write metrics-<split>.json, figures and report.md into the run folder.")
     p.add_argument("--run", required=True, help="a run folder written by 'itm train'")
@@ -143,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(default: the folder's name)")
     p.add_argument("--no-retrieval", action="store_true", help="skip the image-text retrieval scores")
 
-    p = sub.add_parser("bench", help="measure training, pipeline and inference speed of each setting (JSON)",
+    p = command("bench", help="measure training, pipeline and inference speed of each setting (JSON)",
                        description="Time training steps under each setting (options as 'itm train' takes them), the "
                                    "input pipeline alone and inference, on a data folder, with the achieved GFLOP/s "
                                    "against this CPU's float32 peak; prints JSON. A measurement, not a test.")
@@ -155,11 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for every setting (default: each setting's own: float32, 'fast' the machine's fast one)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one setting in this process
 
-    p = sub.add_parser("compare", help="print the main metrics of several runs side by side")
+    p = command("compare", help="print the main metrics of several runs side by side")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--split", choices=["dev", "test"], default="test", help="default: %(default)s")
 
-    p = sub.add_parser("embed", help="compute the sentence embeddings of a data folder's captions",
+    p = command("embed", help="compute the sentence embeddings of a data folder's captions",
                        description="Write one all-MiniLM-L6-v2 sentence embedding per distinct caption of the split "
                                    "files in DIR, reusing those already in --out. The tf backend needs tensorflow-text "
                                    "and a local model folder; sentence-transformers needs pip install '.[embed]'.")
@@ -176,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                    help="captions per encoder batch (default: %(default)s)")
 
-    p = sub.add_parser("prepare", help="make a data folder from Flickr8k, Flickr30k or MS-COCO captions and photos",
+    p = command("prepare", help="make a data folder from Flickr8k, Flickr30k or MS-COCO captions and photos",
                        description="Read a public caption file and its photos, split the images into train/dev/test, "
                                    "write match and no-match triples, resize the photos and compute the sentence "
                                    "embeddings, into the layout 'itm train' reads. The same seed gives the same bytes.")
@@ -202,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ..data.ood import DEFAULT_NEGATIVES as OOD_NEGATIVES, DEFAULT_PHOTOS
 
-    p = sub.add_parser("ood-split", help="an evaluation folder of photos outside the training split (and a training "
+    p = command("ood-split", help="an evaluation folder of photos outside the training split (and a training "
                                          "folder of the rest)",
                        description="From a folder of photos and the Flickr8k caption file, write an evaluation folder "
                                    "in the course's format: --photos photos, each with one of its own captions as "
@@ -222,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--course", metavar="DIR", help="the data folder whose splits the training folder extends")
     p.add_argument("--no-embed", action="store_true", help="skip the embeddings (run 'itm embed' later)")
 
-    p = sub.add_parser("shard", help="write a data folder as TFRecord shards (for data bigger than memory)",
+    p = command("shard", help="write a data folder as TFRecord shards (for data bigger than memory)",
                        description="Write every split of a data folder (checked first) as TFRecord shards: one "
                                    "record per image with its JPEG bytes and all its triples and embeddings. "
                                    "'itm train --pipeline shards' streams them. The same folder gives the same bytes.")
@@ -236,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run", required=True, help="a run folder written by 'itm train'")
         p.add_argument("--data-dir", help="data folder whose caption embeddings are used (default: the run's)")
 
-    p = sub.add_parser("predict", help="does each caption fit the image? p(match) per caption",
+    p = command("predict", help="does each caption fit the image? p(match) per caption",
                        description="Score one image against one or more captions with a trained run. The decision "
                                    "threshold is the run's dev-calibrated one (calibration.json), else 0.5.")
     run_options(p)
@@ -244,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption", required=True, action="append", help="a caption (repeat for more)")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
 
-    p = sub.add_parser("rank", help="the captions of a file that best fit an image",
+    p = command("rank", help="the captions of a file that best fit an image",
                        description="Score an image against every caption of a text file (one per line) with a "
                                    "trained run and list them by p(match), best first, each marked Match or "
                                    "No-Match at the run's dev-calibrated threshold (calibration.json), else 0.5.")
@@ -253,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--captions", required=True, help="text file, one caption per line")
     p.add_argument("--top", type=positive_int, help="show only the best K (default: all)")
 
-    p = sub.add_parser("search", help="the images of a folder that best fit a caption (image features cached)",
+    p = command("search", help="the images of a folder that best fit a caption (image features cached)",
                        description="Rank the images of DIR (recursively) by p(match) with the query. Each image is "
                                    "encoded once; features are cached in $ITM_CACHE_DIR/search or RUN_DIR/search-cache.")
     run_options(p)
@@ -264,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..serving.server import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_UPLOAD_MB, MAX_CAPTIONS, MAX_UPLOAD_MB
     from ..serving.matcher import MAX_CAPTION_CHARS
 
-    p = sub.add_parser("serve", help="a web page and JSON API for a trained run",
+    p = command("serve", help="a web page and JSON API for a trained run",
                        description="Serve a page to drop an image, type captions and see p(match) as bars, plus "
                                    "image search over --images DIR; JSON API documented at /docs. Needs "
                                    "pip install '.[serve]'. A request holds at most "

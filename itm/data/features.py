@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import tempfile
 import time
 import zipfile
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..log import logger, progress
 from ..files import cache_dir
 
 
@@ -60,7 +60,7 @@ class FeatureFile:
                          features=np.stack([self.entries[(n, *s)] for n, s in keep]) if keep else np.zeros((0,)))
             os.replace(tmp, self.path)
         except OSError as e:
-            print(f"warning: cannot write the feature cache {self.path}: {e}", file=sys.stderr)
+            logger.warning(f"warning: cannot write the feature cache {self.path}: {e}")
 
 
 # ---------------------------------------------------------------- a frozen backbone's features for training
@@ -94,7 +94,7 @@ def weights_key(model) -> str:
     return h.hexdigest()[:16]
 
 
-def load_feature_cache(model, splits, config, batch: int = 64, log=sys.stdout) -> FeatureCache:
+def load_feature_cache(model, splits, config, batch: int = 64, log=progress) -> FeatureCache:
     """The frozen backbone's pooled features of every image of ``splits`` (and of its mirror image, with
     ``config.augment``): read from ``$ITM_CACHE_DIR/features/``, the missing ones computed in batches with
     the training pipeline's decoding (``preprocess_image``) and added to it."""

@@ -24,10 +24,10 @@ import math
 import os
 import random
 import re
-import sys
 import time
 from pathlib import Path
 
+from ..log import logger
 from ..errors import DataError
 from ..files import atomic_write
 from .batches import group_by_image
@@ -45,7 +45,7 @@ _SHARD_NAME = re.compile(r"^(?P<split>[a-z]+)-\d{5}-of-\d{5}\.tfrecord$")
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    logger.info(message)
 
 
 def shard_name(split: str, i: int, n: int) -> str:

@@ -12,10 +12,10 @@ request (at most ``MAX_CAPTIONS``, each at most ``MAX_CAPTION_CHARS`` characters
 """
 
 import math
-import sys
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
+from ..log import logger, progress
 from .matcher import MAX_CAPTION_CHARS
 
 STATIC = Path(__file__).parent / "static"
@@ -117,7 +117,7 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
                   description="Image-text matching: does this caption fit this image? p(match) from a trained run.")
     # The folder is indexed (image features cached on disk) once, at start: every search is then one
     # caption encoding plus the small head over the cached features.
-    state = {"index": matcher.index_folder(images_dir, log=sys.stderr) if images_dir is not None else None}
+    state = {"index": matcher.index_folder(images_dir, log=progress) if images_dir is not None else None}
 
     class MatchResult(BaseModel):
         caption: str
@@ -234,9 +234,8 @@ def serve(run, data_dir=None, images=None, host: str = "127.0.0.1", port: int = 
     matcher = Matcher.load(run, data_dir=data_dir)
     app = create_app(matcher, images, max_bytes, max_image_pixels)
     if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving on {host}, reachable from other machines; the app has no authentication",
-              file=sys.stderr)
+        logger.warning(f"warning: serving on {host}, reachable from other machines; the app has no authentication")
     for note in matcher.notes:
-        print(f"note: {note}", file=sys.stderr)
+        logger.warning(f"note: {note}")
     print(f"itm serve: http://{host}:{port}/  (threshold: {matcher.threshold_source})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..log import logger
+
 # name -> itm train options; the model and loss are the faithful ones except for best-cpu.
 SETTINGS = {
     "naive": {},  # the original: decode a JPEG per triple, every epoch
@@ -186,11 +188,10 @@ def _shards_for(data_dir: str, out: dict):
 def run(data_dir: str, settings: list[str], steps: int, precision: str | None = None) -> dict:
     """Measure each setting in a subprocess, then add the speed-ups over 'naive' and the machine's peak."""
     info = cpu_info()
-    print(f"CPU: {info['model']}, {info['cores']} cores, {', '.join(info['features']) or 'no AVX2'}",
-          file=sys.stderr, flush=True)
+    logger.info(f"CPU: {info['model']}, {info['cores']} cores, {', '.join(info['features']) or 'no AVX2'}")
     results = []
     for setting in settings:
-        print(f"measuring {setting} ...", file=sys.stderr, flush=True)
+        logger.info(f"measuring {setting} ...")
         cmd = [sys.executable, "-m", "itm", "bench", "--data-dir", data_dir, "--steps", str(steps), "--one", setting]
         if precision:
             cmd += ["--precision", precision]
@@ -198,8 +199,8 @@ def run(data_dir: str, settings: list[str], steps: int, precision: str | None = 
         if proc.returncode != 0:
             raise RuntimeError(f"benchmark of {setting} failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"  {setting}: {results[-1]['seconds_per_epoch']} s per epoch, "
-              f"{results[-1]['achieved_gflops']} GFLOP/s ({results[-1]['precision']})", file=sys.stderr, flush=True)
+        logger.info(f"  {setting}: {results[-1]['seconds_per_epoch']} s per epoch, "
+                    f"{results[-1]['achieved_gflops']} GFLOP/s ({results[-1]['precision']})")
     naive = next((r for r in results if r["setting"] == "naive"), None)
     for r in results:
         if naive and r["setting"] != "best-cpu":

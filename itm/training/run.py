@@ -18,6 +18,7 @@ from ..data.folder import load_data_dir
 from ..data.source import resolve_data_dir
 from ..errors import ConfigError, TrainingDiverged
 from ..files import write_json
+from ..log import logger
 from ..options import TrainConfig
 from . import run_folder
 
@@ -95,8 +96,8 @@ def image_store(config: TrainConfig, data, model):
         start = time.perf_counter()
         store = load_image_cache([t.image for s in splits for t in s.triples], splits[0].images_dir,
                                  config.image_size)
-        print(f"Decoded {len(store.names)} images once into memory ({store.pixels.nbytes / 2**20:.0f} MiB uint8) "
-              f"in {time.perf_counter() - start:.1f} s", flush=True)
+        logger.info(f"Decoded {len(store.names)} images once into memory ({store.pixels.nbytes / 2**20:.0f} MiB uint8) "
+                    f"in {time.perf_counter() - start:.1f} s")
         return store
     return None
 
@@ -170,7 +171,7 @@ def print_summary(model, width: int = 110) -> None:
     old = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = str(width)
     try:
-        model.summary(line_length=width, print_fn=lambda line, **_: print(line, flush=True))
+        model.summary(line_length=width, print_fn=lambda line, **_: logger.info(line))
     finally:
         if old is None:
             del os.environ["COLUMNS"]
@@ -218,7 +219,7 @@ def resolve_run(config: TrainConfig) -> tuple[Path, bool]:
     out = Path(config.output_dir) if config.output_dir else run_folder.default_output_dir(config.preset)
     resuming = run_folder.open_run_folder(out, config.overwrite)
     data_dir, origin = resolve_data_dir(config.data_dir)
-    print(origin, flush=True)
+    logger.info(origin)
     saved = run_folder.saved_config(out) if resuming else {}
     if config.seed is None:
         config.seed = saved.get("seed", random.SystemRandom().randrange(2**31))
@@ -230,7 +231,8 @@ def resolve_run(config: TrainConfig) -> tuple[Path, bool]:
     config.data_dir, config.output_dir = str(Path(data_dir).resolve()), str(out)
     if resuming:
         run_folder.check_restart(out, config.to_dict())
-    print(f"Seed: {config.seed} ({how}); precision: {config.precision}; run folder: {out}", flush=True)
+    logger.info(f"Seed: {config.seed} ({how}); precision: {config.precision}; run folder: {out}")
+    logger.debug(f"options: {json.dumps(config.to_dict())}")
     return out, resuming
 
 
@@ -238,17 +240,17 @@ def train(config: TrainConfig) -> Path:
     """Train, save and evaluate one run as ``config`` says; returns the run folder (which, under
     --strategy multiworker, only the chief writes)."""
     out, _ = resolve_run(config)
-    print("Checking the data folder ...", flush=True)
+    logger.info("Checking the data folder ...")
     data = load_data_dir(config.data_dir, limit=config.limit, need_embeddings=config.text_tower == "precomputed")
     for split in data.splits.values():
-        print(f"  {split.name:5s} {len(split.triples):6d} triples ({split.n_match} match, "
-              f"{len(split.triples) - split.n_match} no-match), {len({t.image for t in split.triples})} images")
+        logger.info(f"  {split.name:5s} {len(split.triples):6d} triples ({split.n_match} match, "
+                    f"{len(split.triples) - split.n_match} no-match), {len({t.image for t in split.triples})} images")
     if config.pipeline == "shards":  # checked before training: missing or stale shards are an error
         from ..data.shards import read_index, shards_dir_of
 
         shards = shards_dir_of(config.data_dir, config.shards_dir)
         index = read_index(shards, splits=("train", "dev"), data_dir=config.data_dir)
-        print(f"  train streams from {shards} ({index['splits']['train']['shards']} TFRecord shards)")
+        logger.info(f"  train streams from {shards} ({index['splits']['train']['shards']} TFRecord shards)")
     from ..data.extra_captions import load_extra_captions
 
     extra = load_extra_captions(config.extra_captions, config.data_dir, data.splits["train"])
@@ -268,7 +270,7 @@ def train(config: TrainConfig) -> Path:
     from ..evaluation.predict import Scorer
     from . import callbacks as cb
 
-    print(f"BUILDING model (preset {config.preset})")
+    logger.info(f"BUILDING model (preset {config.preset})")
     model, trainer = build_trainer(config, strategy, steps)
     print_summary(model)
     if not config.cache_features:
@@ -283,8 +285,8 @@ def train(config: TrainConfig) -> Path:
                  cb.StopOnNonFinite(), TensorBoardLog(out, config.to_dict(), write=chief), backup]
     if cb.keras_verbosity() == 2:
         callbacks.insert(0, cb.Progress(config.epochs, steps))
-    print(f"TRAINING model: {config.epochs} epochs x {steps} steps of {config.batch_size} "
-          f"({config.objective} objective, {config.pipeline} pipeline, {config.precision})", flush=True)
+    logger.info(f"TRAINING model: {config.epochs} epochs x {steps} steps of {config.batch_size} "
+                f"({config.objective} objective, {config.pipeline} pipeline, {config.precision})")
     start = time.perf_counter()
     try:
         if config.strategy == "multiworker":
@@ -301,10 +303,10 @@ def train(config: TrainConfig) -> Path:
                                "lower --batch-size or --image-size; the last finished epoch's backup is kept in "
                                f"{Path(out) / 'backup'}") from None
     train_seconds = time.perf_counter() - start
-    print(f"model trained in {train_seconds:.1f} s", flush=True)
+    logger.info(f"model trained in {train_seconds:.1f} s")
 
     if not chief:
-        print("This worker is done; the chief writes and evaluates the run.", flush=True)
+        logger.info("This worker is done; the chief writes and evaluates the run.")
         return out
     model.compile(optimizer=trainer.optimizer, loss=keras.losses.KLDivergence(),
                   metrics=[keras.metrics.BinaryAccuracy()])  # saved with the model, as the original's
