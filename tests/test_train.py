@@ -174,13 +174,14 @@ def test_an_interrupted_run_resumes_only_with_its_own_options(tiny_data, tmp_pat
     from itm.training.run import resolve_run
 
     out = tmp_path / "run"
-    first = resolve_config(data_dir=str(tiny_data), output_dir=str(out), seed=3)
-    assert resolve_run(first)[1] is False
+    first, _, resuming = resolve_run(resolve_config(data_dir=str(tiny_data), output_dir=str(out), seed=3))
+    assert resuming is False
     (out / "backup").mkdir(parents=True)  # as a run killed after its first epoch leaves it
     (out / "config.json").write_text(json.dumps(first.to_dict()))
     (out / "backup" / "state.json").write_text('{"epoch": 1, "weights": "epoch1.weights.h5", "history": {}}')
     same = resolve_config(data_dir=str(tiny_data), output_dir=str(out))  # no --seed: the run's own is taken
-    assert resolve_run(same)[1] is True and same.seed == 3
+    resumed, _, resuming = resolve_run(same)
+    assert resuming is True and resumed.seed == 3 and same.seed is None  # a new config; the given one unchanged
     other = resolve_config(data_dir=str(tiny_data), output_dir=str(out), fusion="mlp")
     with pytest.raises(ConfigError, match="--fusion was 'concat', now 'mlp'"):
         resolve_run(other)
