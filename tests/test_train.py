@@ -212,6 +212,7 @@ def test_a_diverging_run_stops_with_a_clear_error_and_no_result(tiny_data, tmp_p
     (["--batch-size", "100000", "--image-size", "224"], "needs about"),
     (["--image-size", "7"], "--image-size 7 is too small for the faithful-cnn image tower"),
     (["--learning-rate", "inf"], "must be a finite number"),
+    (["--negatives", "redraw"], "--negatives redraw needs --pipeline cached"),
 ])
 def test_options_that_cannot_train_are_refused_before_training(args, message, tiny_data, tmp_path):
     r = _train(tiny_data, tmp_path / "run", *args)

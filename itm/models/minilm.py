@@ -316,11 +316,6 @@ def _pad(ids: np.ndarray, width: int) -> np.ndarray:
     return np.pad(ids, ((0, 0), (0, width - ids.shape[1])))
 
 
-def caption_input(name: str = "caption"):
-    """The classifier's text input when the text tower reads raw captions: strings (B,)."""
-    return keras.Input(shape=(), dtype="string", name=name)
-
-
 def minilm_text_tower(text_input, dropout_rate: float = 0.1, model_dir=None, trainable: bool = False):
     """The ``minilm`` text tower: caption strings (B,) -> all-MiniLM-L6-v2 embedding (B,384).
 
