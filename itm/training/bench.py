@@ -1,8 +1,8 @@
 """``itm bench``: training, input-pipeline and inference speed of each setting, as JSON.
 
-A setting is a set of ``itm train`` options (``SETTINGS``), resolved, checked and built by the same code
-as a training run (``itm.options.resolve_config``, ``itm.training.run``), so a figure here is the speed of
-that command. Every setting runs in its own subprocess (so peak memory is its own), one after the other
+A setting is a set of ``itm train`` options (``SETTINGS``), resolved, checked, fed and built by the same
+code as a training run (``itm.options``, ``itm.data.pipelines``, ``itm.training.run``), so a figure here
+is the speed of that command. Every setting runs in its own subprocess (so peak memory is its own), one after the other
 in the same invocation, so the ratios to ``naive`` hold on a noisy machine. The report also says which CPU
 and which precision each figure comes from, and the achieved GFLOP/s against the machine's float32 peak
 (nominal, from its clock and vector width, and measured, by a large matrix product). A measurement,
