@@ -96,6 +96,7 @@ def test_the_original_class_names_load_data_and_train(tiny_data, tmp_path):
                          output_dir=str(tmp_path / "run"))
     assert clf.run_dir == tmp_path / "run" and (clf.run_dir / "model.keras").is_file()
     assert clf.metrics["config"]["limit"] == 8 and 0.0 <= clf.metrics["accuracy"] <= 1.0
+    assert (clf.config.seed, clf.config.precision, clf.config.data_dir) == (0, "float32", str(tiny_data.resolve()))
 
 
 def test_itm_train_is_the_same_command(tiny_data, tmp_path):
