@@ -1,11 +1,20 @@
 """The ``itm`` command line: ``parser`` declares every subcommand's arguments, ``commands`` runs them.
-``ITM_Classifier.py`` is ``itm train`` under the original's name."""
+``ITM_Classifier.py`` is ``itm train`` under the original's name.
+
+Neither imports TensorFlow: each command imports the library it drives only when it runs (``commands``),
+so ``itm --help``, argument mistakes and the light commands answer at once.
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 from collections.abc import Callable
+
+from .. import log
+from ..errors import ItmError
+from .commands import COMMANDS, run_train
+from .parser import build_parser, train_parser
 
 
 def quiet_tensorflow() -> None:
@@ -17,8 +26,6 @@ def quiet_tensorflow() -> None:
 
 def dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a command; a user's mistake becomes a one-paragraph error and exit status 2."""
-    from ..errors import ItmError
-
     try:
         return func(args)
     except ItmError as e:
@@ -37,8 +44,6 @@ STDOUT_PROGRESS = ("train", "evaluate")
 def _set_output(args: argparse.Namespace) -> None:
     """--quiet / --verbose: the itm logger's level (result lines are prints, always shown); --verbose also
     lets TensorFlow's C++ log through (set before TensorFlow is imported, which parsing does not do)."""
-    from .. import log
-
     command = getattr(args, "command", "train")  # ITM_Classifier.py's parser has no command: it trains
     log.setup(getattr(args, "verbosity", 0), "stdout" if command in STDOUT_PROGRESS else "stderr")
     if getattr(args, "verbosity", 0) > 0:
@@ -47,9 +52,6 @@ def _set_output(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow()
-    from .commands import COMMANDS
-    from .parser import build_parser
-
     args = build_parser().parse_args(argv)
     _set_output(args)
     return dispatch(COMMANDS[args.command], args)
@@ -58,9 +60,6 @@ def main(argv: list[str] | None = None) -> int:
 def itm_classifier_main(argv: list[str] | None = None) -> int:
     """``python ITM_Classifier.py [options]``: the same run as ``itm train [options]``."""
     quiet_tensorflow()
-    from .commands import run_train
-    from .parser import train_parser
-
     args = train_parser().parse_args(argv)
     _set_output(args)
     return dispatch(run_train, args)

@@ -1,4 +1,9 @@
-"""What each subcommand does with its parsed arguments: a thin call into the library."""
+"""What each subcommand does with its parsed arguments: a thin call into the library.
+
+The one place where imports wait: a command that trains or loads a model imports its library (and with
+it TensorFlow) inside its function, when it runs, so ``itm --help``, argument mistakes and the light
+commands (compare, prepare, ood-split) never load TensorFlow. Everything else is imported here.
+"""
 from __future__ import annotations
 
 import json
@@ -7,16 +12,22 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..data.embed import embed_data_dir
+from ..data.folder import load_data_dir
+from ..data.ood import ood_split
+from ..data.prepare import prepare
+from ..data.shards import write_shards
+from ..data.source import resolve_data_dir
+from ..errors import CaptionError, ConfigError, DataError
+from ..evaluation.report import compare_table, write_report
+from ..files import read_json
 from ..log import logger, progress
-from ..options import OPTIONS, TrainConfig
+from ..options import OPTIONS, TrainConfig, options_from_file, resolve_config
 
 
 def train_config(args: Namespace) -> TrainConfig:
     """The TrainConfig of ``itm train``'s arguments: a recorded run's options (``--config``), then the preset's,
     with every option given on the command line overriding both."""
-    from ..options import options_from_file, resolve_config
-
     given = {k: getattr(args, k) for k in OPTIONS}
     if getattr(args, "config", None):
         given = {**options_from_file(args.config), **{k: v for k, v in given.items() if v is not None}}
@@ -32,10 +43,7 @@ def run_train(args: Namespace) -> int:
 
 
 def run_evaluate(args: Namespace) -> int:
-    from ..data.folder import load_data_dir
     from ..evaluation.evaluate import evaluate_model
-    from ..evaluation.report import write_report
-    from ..files import read_json
     from ..serving.matcher import load_model, load_threshold
 
     run = Path(args.run)
@@ -65,15 +73,12 @@ def run_evaluate(args: Namespace) -> int:
 
 
 def run_ood_split(args: Namespace) -> int:
-    from ..data.ood import ood_split
-
     ood_split(args.captions, args.images, args.out, photos=args.photos, negatives=args.negatives, seed=args.seed,
               exclude=args.exclude or (), train_out=args.train_out, course=args.course, embed=not args.no_embed)
     return 0
 
 
 def run_bench(args: Namespace) -> int:
-    from ..data.source import resolve_data_dir
     from ..training import bench
 
     if args.one:
@@ -90,8 +95,6 @@ def run_bench(args: Namespace) -> int:
 
 
 def run_compare(args: Namespace) -> int:
-    from ..evaluation.report import compare_table
-
     missing = [r for r in args.runs if not Path(r).is_dir()]
     if missing:
         raise DataError(f"not a folder: {', '.join(missing)}")
@@ -100,15 +103,11 @@ def run_compare(args: Namespace) -> int:
 
 
 def run_embed(args: Namespace) -> int:
-    from ..data.embed import embed_data_dir
-
     embed_data_dir(args.data_dir, out=args.out, model=args.model, batch_size=args.batch_size, backend=args.backend)
     return 0
 
 
 def run_prepare(args: Namespace) -> int:
-    from ..data.prepare import prepare
-
     prepare(args.dataset, args.captions, args.images, args.out, seed=args.seed, negatives=args.negatives,
             splits=args.splits, image_size=args.image_size, embed=not args.no_embed, model=args.model,
             batch_size=args.batch_size, shards=args.shards)
@@ -116,15 +115,11 @@ def run_prepare(args: Namespace) -> int:
 
 
 def run_shard(args: Namespace) -> int:
-    from ..data.shards import write_shards
-
     write_shards(args.data_dir, num_shards=args.shards, out=args.out)
     return 0
 
 
 def _read_captions_file(path) -> list[str]:
-    from ..errors import CaptionError
-
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
