@@ -43,27 +43,40 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 TRAINED = re.compile(r"model trained in ([0-9.]+) s")
+PHASES = ("load", "shard", "pretrained", "faithful", "evaluate")
 FEATURES = re.compile(r"Backbone features of (\d+) images .* in ([0-9.]+) s")
+
+
+# A process's peak RSS (ru_maxrss) starts at its parent's RSS when it was forked: Linux keeps the high-water
+# mark across exec. So each phase is started by this small middle process, whose own RSS (about 10 MiB) is the
+# floor, rather than by the benchmark, which holds the big data folder it has just built.
+MEASURED = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[2:]); "
+            "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(code)")
+
+
+def measured(args, rss_file: Path) -> list:
+    """The command line that runs ``python args`` and writes its peak RSS (KiB) into ``rss_file``."""
+    return [sys.executable, "-c", MEASURED, str(rss_file), sys.executable, *args]
 
 
 def run_phase(args, env=None, log=None) -> tuple[float, float, str]:
     """Run ``python args`` as a fresh process: (wall seconds, its peak RSS in MiB, its output)."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT), **(env or {})}
+    rss_file = Path(log).with_suffix(".rss")
     start = time.perf_counter()
-    with open(log, "w") if log else open(os.devnull, "w") as sink:
-        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(measured(args, rss_file), cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         out = []
         for line in proc.stdout:
             out.append(line)
             sink.write(line)
-        _, status, usage = os.wait4(proc.pid, 0)
+        code = proc.wait()
     seconds = time.perf_counter() - start
     text = "".join(out)
-    code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"phase failed (exit {code}): {' '.join(map(str, args))}\n{text[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024, text  # ru_maxrss is in KiB on Linux
+    return seconds, int(rss_file.read_text()) / 1024, text  # ru_maxrss is in KiB on Linux
 
 
 def record(n, phase, seconds, items, rss, **extra) -> dict:
@@ -88,41 +101,46 @@ def eval_folder(data: Path) -> Path:
 
 
 def measure(n: int, work: Path, opts) -> list[dict]:
-    from itm.data.synthetic import build, images_needed
+    from itm.data.synthetic import images_needed
 
     data = work / f"n{n}"
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     rows = []
-    start = time.perf_counter()
-    build(data, n, pool=opts.pool, image_size=opts.image_size)
+    s, rss, _ = run_phase(["-c", "import sys; from itm.data.synthetic import build; "
+                                 "build(sys.argv[1], *map(int, sys.argv[2:]))",
+                           str(data), str(n), "500", "500", str(opts.pool), str(opts.image_size)],
+                          log=logs / f"build-{n}.log")
     n_images = images_needed(n)
     total = n + 1000
-    rows.append(record(n, "build", time.perf_counter() - start, n, 0.0, note="in the benchmark's process"))
+    rows.append(record(n, "build", s, n, rss))
     size = ["--image-size", str(opts.image_size)]
 
-    s, rss, _ = run_phase(["-c", "import sys; from itm.data.folder import load_data_dir; load_data_dir(sys.argv[1])",
-                           str(data)], log=logs / f"load-{n}.log")
-    rows.append(record(n, "load", s, total, rss))
+    if "load" in opts.phases:
+        s, rss, _ = run_phase(["-c", "import sys; from itm.data.folder import load_data_dir; "
+                                     "load_data_dir(sys.argv[1])", str(data)], log=logs / f"load-{n}.log")
+        rows.append(record(n, "load", s, total, rss))
 
-    s, rss, _ = run_phase(["-m", "itm", "shard", "--data-dir", str(data)], log=logs / f"shard-{n}.log")
-    shard_bytes = sum(p.stat().st_size for p in (data / "shards").glob("train-*.tfrecord"))
-    rows.append(record(n, "shard", s, n, rss, train_shards_mib=round(shard_bytes / 2**20, 1)))
+    if "shard" in opts.phases or ("faithful" in opts.phases and n <= opts.shards_max):
+        s, rss, _ = run_phase(["-m", "itm", "shard", "--data-dir", str(data)], log=logs / f"shard-{n}.log")
+        shard_bytes = sum(p.stat().st_size for p in (data / "shards").glob("train-*.tfrecord"))
+        rows.append(record(n, "shard", s, n, rss, train_shards_mib=round(shard_bytes / 2**20, 1)))
 
     run = work / f"run-pretrained-{n}"
-    shutil.rmtree(run, ignore_errors=True)
     cache = work / f"cache-{n}"
-    shutil.rmtree(cache, ignore_errors=True)  # an empty feature cache: extraction is measured too
-    s, rss, out = run_phase(["-m", "itm", "train", "--preset", "pretrained", "--data-dir", str(data), "--epochs", "1",
-                             *size, "--seed", "0", "--output-dir", str(run)],
-                            env={"ITM_CACHE_DIR": str(cache)}, log=logs / f"pretrained-{n}.log")
-    images, extract = FEATURES.search(out).groups()
-    epoch = float(TRAINED.search(out)[1])
-    rows.append(record(n, "pretrained_features", float(extract), int(images), rss, process_seconds=round(s, 1)))
-    rows.append(record(n, "pretrained_epoch", epoch, n, rss, process_seconds=round(s, 1)))
-    shutil.rmtree(cache, ignore_errors=True)
+    if {"pretrained", "evaluate"} & set(opts.phases):
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)  # an empty feature cache: extraction is measured too
+        s, rss, out = run_phase(["-m", "itm", "train", "--preset", "pretrained", "--data-dir", str(data), "--epochs",
+                                 "1", *size, "--seed", "0", "--output-dir", str(run)],
+                                env={"ITM_CACHE_DIR": str(cache)}, log=logs / f"pretrained-{n}.log")
+        images, extract = FEATURES.search(out).groups()
+        epoch = float(TRAINED.search(out)[1])
+        rows.append(record(n, "pretrained_features", float(extract), int(images), rss, process_seconds=round(s, 1)))
+        rows.append(record(n, "pretrained_epoch", epoch, n, rss, process_seconds=round(s, 1)))
+        shutil.rmtree(cache, ignore_errors=True)
 
-    if n <= opts.shards_max:
+    if "faithful" in opts.phases and n <= opts.shards_max:
         run_f = work / f"run-faithful-shards-{n}"
         shutil.rmtree(run_f, ignore_errors=True)
         s, rss, out = run_phase(["-m", "itm", "train", "--data-dir", str(data), "--pipeline", "shards", "--fast",
@@ -132,12 +150,11 @@ def measure(n: int, work: Path, opts) -> list[dict]:
                            process_seconds=round(s, 1)))
         shutil.rmtree(run_f, ignore_errors=True)
 
-    evaluation = eval_folder(data)
-    s, rss, _ = run_phase(["-m", "itm", "evaluate", "--run", str(run), "--data-dir", str(evaluation), "--split", "test",
-                           "--no-retrieval", "--name", "scale"], env={"ITM_CACHE_DIR": str(cache)},
-                          log=logs / f"evaluate-{n}.log")
-    rows.append(record(n, "evaluate", s, n, rss, images=n_images))
-    shutil.rmtree(cache, ignore_errors=True)
+    if "evaluate" in opts.phases:
+        evaluation = eval_folder(data)
+        s, rss, _ = run_phase(["-m", "itm", "evaluate", "--run", str(run), "--data-dir", str(evaluation), "--split",
+                               "test", "--no-retrieval", "--name", "scale"], log=logs / f"evaluate-{n}.log")
+        rows.append(record(n, "evaluate", s, n, rss, images=n_images))
     if not opts.keep:
         shutil.rmtree(run, ignore_errors=True)
         shutil.rmtree(data, ignore_errors=True)
@@ -167,18 +184,19 @@ def _cluster_run(data: Path, workers: int, batch: int, out: Path, logs: Path, ex
         tf_config = json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}})
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT), "TF_CONFIG": tf_config}
         log = open(logs / f"{out.name}-worker{i}.log", "w")
-        procs.append((subprocess.Popen([sys.executable, "-m", "itm", "train", "--data-dir", str(data),
-                                        "--strategy", "multiworker", "--batch-size", str(batch), "--epochs", "1",
-                                        "--seed", "0", "--output-dir", str(out if i == 0 else f"{out}-w{i}"), *extra],
-                                       cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+        args = ["-m", "itm", "train", "--data-dir", str(data), "--strategy", "multiworker", "--batch-size", str(batch),
+                "--epochs", "1", "--seed", "0", "--output-dir", str(out if i == 0 else f"{out}-w{i}"), *extra]
+        procs.append((subprocess.Popen(measured(args, logs / f"{out.name}-worker{i}.rss"), cwd=ROOT, env=env,
+                                       stdout=log, stderr=subprocess.STDOUT), log))
     results = []
     for i, (proc, log) in enumerate(procs):
-        _, status, usage = os.wait4(proc.pid, 0)
+        code = proc.wait()
         log.close()
         text = (logs / f"{out.name}-worker{i}.log").read_text()
-        if os.waitstatus_to_exitcode(status) != 0:
+        if code != 0:
             raise SystemExit(f"worker {i} failed:\n{text[-3000:]}")
-        results.append((float(TRAINED.search(text)[1]), time.perf_counter() - start, usage.ru_maxrss / 1024))
+        rss = int((logs / f"{out.name}-worker{i}.rss").read_text()) / 1024
+        results.append((float(TRAINED.search(text)[1]), time.perf_counter() - start, rss))
     for i in range(1, workers):
         shutil.rmtree(f"{out}-w{i}", ignore_errors=True)
     return results
@@ -191,12 +209,11 @@ def multiworker(n: int, work: Path, opts) -> list[dict]:
     the other: the two-worker epoch's excess over it is the time the workers spend waiting on each other
     (all-reduce, and here also sharing the same 2 cores). Items = the epoch's triples.
     """
-    from itm.data.synthetic import build
-
     data = work / f"mw{n}"
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    build(data, n, pool=opts.pool, image_size=opts.image_size)
+    run_phase(["-c", "import sys; from itm.data.synthetic import build; build(sys.argv[1], *map(int, sys.argv[2:]))",
+               str(data), str(n), "500", "500", str(opts.pool), str(opts.image_size)], log=logs / f"build-mw{n}.log")
     size = ["--image-size", str(opts.image_size)]
     batch = opts.mw_batch
     rows = []
@@ -271,6 +288,8 @@ def main():
     p.add_argument("--pool", type=int, default=20000, help="generated photos at most (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=64, help="photo and model size in pixels (default: %(default)s)")
     p.add_argument("--shards-max", type=int, default=100000, help="faithful over shards up to this N")
+    p.add_argument("--phases", default=",".join(PHASES), type=lambda s: s.split(","),
+                   help="which of %(default)s to run (default: all; 'pretrained' is the features and the epoch)")
     p.add_argument("--multiworker", type=int, metavar="N", help="also one worker against two on loopback, N triples")
     p.add_argument("--mw-batch", type=int, default=32, help="the multiworker runs' global batch (default: 32)")
     p.add_argument("--jsonl", help="also append the JSON lines to this file")
