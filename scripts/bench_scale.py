@@ -269,6 +269,20 @@ def draw(rows: list[dict], path: Path, title: str) -> None:
     print(f"figure: {path}", file=sys.stderr)
 
 
+def markdown(rows: list[dict]) -> str:
+    """The rows as a table: one line per phase, seconds / items per second / peak MiB per N."""
+    ns = sorted({r["n"] for r in rows if not r["phase"].startswith("multiworker")})
+    lines = ["| phase | " + " | ".join(f"N = {n:,}" for n in ns) + " |", "| --- |" + " --- |" * len(ns)]
+    for phase in dict.fromkeys(r["phase"] for r in rows if not r["phase"].startswith("multiworker")):
+        cells = []
+        for n in ns:
+            r = next((r for r in rows if r["n"] == n and r["phase"] == phase), None)
+            cells.append(f"{r['seconds']:,.0f} s, {r['items_per_second']:,.0f}/s, {r['peak_rss_mib']:,.0f} MiB"
+                         if r else "not run")
+        lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def cpu_kind() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -295,6 +309,7 @@ def main():
     p.add_argument("--jsonl", help="also append the JSON lines to this file")
     p.add_argument("--figure", help="draw time and memory against N into this PNG (with --from: only draw)")
     p.add_argument("--from", dest="source", help="read the rows from this JSON-lines file instead of measuring")
+    p.add_argument("--markdown", action="store_true", help="also print the rows as a Markdown table")
     p.add_argument("--keep", action="store_true", help="keep the data folders and runs")
     opts = p.parse_args()
     work = Path(opts.work)
@@ -315,6 +330,8 @@ def main():
             if opts.jsonl:
                 with open(opts.jsonl, "a") as f:
                     f.writelines(json.dumps(r) + "\n" for r in new)
+    if opts.markdown:
+        print(markdown(rows))
     if opts.figure:
         draw(rows, Path(opts.figure), f"itm cost against data size ({cpu_kind()}; shared machine, noisy)")
 
