@@ -317,6 +317,7 @@ def main():
     rows = []
     if opts.source:
         rows = [json.loads(line) for line in open(opts.source) if line.strip().startswith("{")]
+        rows = [r for r in rows if "phase" in r]  # the printed output's first line names the CPU
     else:
         print(json.dumps({"cpu": cpu_kind(), "image_size": opts.image_size, "pool": opts.pool}), flush=True)
         for n in (int(x) for x in opts.sizes.split(",") if x):
