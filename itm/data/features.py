@@ -135,7 +135,7 @@ def load_feature_cache(model, splits, config, batch: int = 64, log=sys.stdout) -
     if computed:
         store.save([(n + suffix, stamps[n]) for suffix in views for n in names])
     # copy=False: the stacked features are float32 already, and a copy is 1 GiB more at the peak for 200,000
-    # photos (a million triples: 5.0 GB peak for the whole run's feature step, measured, with the copy)
+    # photos (a million triples: 4.8 GiB peak after the feature step, measured, with the copy)
     features = {suffix: np.stack([store.get(n + suffix, stamps[n]) for n in names]).astype(np.float32, copy=False)
                 for suffix in views}
     print(f"Backbone features of {len(names)} images ({'x'.join(map(str, features[''].shape[1:]))} each{', and mirrored' if len(views) > 1 else ''}): "
