@@ -36,6 +36,9 @@ def run_evaluate(args) -> int:
     raw_text = config.get("text_tower", "precomputed") != "precomputed"
     own = not args.data_dir or Path(args.data_dir).resolve() == Path(config["data_dir"]).resolve()
     if own:
+        if not Path(config["data_dir"]).is_dir():
+            raise DataError(f"the run's data folder {config['data_dir']} is not on this machine (the run folder was "
+                            "copied or moved): score another folder with --data-dir DIR")
         splits = ("dev", "test") if args.split == "all" else (args.split,)
         data = load_data_dir(config["data_dir"], limit=config.get("limit"), need_embeddings=not raw_text)
         threshold, tag = None, None
@@ -50,6 +53,9 @@ def run_evaluate(args) -> int:
     evaluate_model(model, data, run, splits=splits, seed=config.get("seed") or 0,
                    with_retrieval=not args.no_retrieval, threshold=threshold, tag=tag)
     print(f"Report: {write_report(run, (tag,) if tag else splits)}")
+    from ..training.model_card import write_model_card
+
+    print(f"Model card: {write_model_card(run)}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """The training harness: one run, one output folder. Data, model, optimizer, ``fit``, save, evaluate.
 
-Outputs in the run folder: config.json, model.keras, history.csv, history.png, predictions.tsv,
-metrics.json, and the evaluation's metrics-test.json, calibration.json, figures and report.md.
+Outputs in the run folder: config.json, environment.json, model.keras, history.csv, history.png,
+predictions.tsv, metrics.json, README.md (the model card), and the evaluation's metrics-test.json,
+calibration.json, figures and report.md.
 """
 from __future__ import annotations
 
@@ -263,6 +264,9 @@ def train(config: TrainConfig) -> Path:
     steps = steps_per_epoch(config, data.splits["train"], strategy.num_replicas_in_sync)
     if chief:
         write_json(Path(out) / "config.json", config.to_dict())
+        from .provenance import ENVIRONMENT_FILE, environment
+
+        write_json(Path(out) / ENVIRONMENT_FILE, environment(config.to_dict(), data))
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")  # tf.data shuffles itself
 
     from ..evaluation.predict import Scorer
@@ -332,5 +336,9 @@ def finish_run(model, data, config: TrainConfig, out: Path, train_seconds: float
     })
     write_json(out / "metrics.json", metrics)
     write_report(out)
-    print(f"Run written to {out}/ (model.keras, metrics.json, report.md, predictions.tsv, history and figures)")
+    from .model_card import write_model_card
+
+    write_model_card(out)
+    print(f"Run written to {out}/ (model.keras, README.md, metrics.json, report.md, predictions.tsv, history and "
+          "figures)")
     return json.loads((out / "metrics.json").read_text())

@@ -21,7 +21,7 @@ BACKUP_DIR = "backup"  # the epoch-end backup (itm.training.callbacks.EpochBacku
 
 # What a run writes into its folder (removed by --overwrite; nothing else in the folder is touched).
 RUN_FILES = ("model.keras", "metrics.json", "config.json", "calibration.json", "history.csv", "history.png",
-             "predictions.tsv", "report.md")
+             "predictions.tsv", "report.md", "environment.json", "README.md")
 RUN_PATTERNS = ("metrics-*.json", "predictions-*.tsv", "roc-pr-*.png", "scores-*.png", "confusion-*.png",
                 "samples-*.png")
 # Options that may differ when an interrupted run is started again.
