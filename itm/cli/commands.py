@@ -192,6 +192,16 @@ def run_serve(args) -> int:
     return 0
 
 
+def run_export(args) -> int:
+    from ..serving.export import export
+
+    out = export(args.run, args.output, fmt=args.format, quantize=args.quantize)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.is_dir() else out.stat().st_size
+    print(f"Exported {args.run} to {out} ({args.format}{', quantized' if args.quantize else ''}, "
+          f"{size / 2**20:.1f} MiB)")
+    return 0
+
+
 COMMANDS = {"train": run_train, "evaluate": run_evaluate, "bench": run_bench, "compare": run_compare,
             "embed": run_embed, "prepare": run_prepare, "ood-split": run_ood_split, "shard": run_shard, "predict": run_predict,
-            "rank": run_rank, "search": run_search, "serve": run_serve}
+            "rank": run_rank, "search": run_search, "serve": run_serve, "export": run_export}

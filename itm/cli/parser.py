@@ -200,6 +200,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", required=True, help="the caption to search for")
     p.add_argument("--top", type=positive_int, default=10, help="default: %(default)s")
 
+    from ..serving.export import FORMATS
+
+    p = sub.add_parser("export", help="write a run as a TensorFlow SavedModel (TensorFlow Serving) or a LiteRT model",
+                       description="Write RUN as a TensorFlow SavedModel that takes image bytes and caption text "
+                                   "(decoding, tokenizer and text encoder inside; signatures serving_default, "
+                                   "encode_image, encode_text, score_embeddings; threshold and config as assets), "
+                                   "loadable without itm (with tensorflow-text); or, with --format litert, a .tflite "
+                                   "model taking decoded pixels and caption embeddings (or token ids).")
+    p.add_argument("--run", required=True, help="a run folder written by 'itm train'")
+    p.add_argument("--output", required=True, help="savedmodel: a new folder (for TensorFlow Serving, MODEL/1); "
+                                                   "litert: a file (model.tflite)")
+    p.add_argument("--format", choices=FORMATS, default="savedmodel", help="default: %(default)s")
+    p.add_argument("--quantize", action="store_true",
+                   help="litert: dynamic-range quantisation (int8 weights, about 4x smaller)")
+
     from ..serving.server import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_UPLOAD_MB, MAX_CAPTIONS, MAX_UPLOAD_MB
     from ..serving.matcher import MAX_CAPTION_CHARS
 
