@@ -106,6 +106,10 @@ def build_module(run_dir, with_caption_encoder: bool = True):
         module.from_embedding = from_embedding
     if from_ids is not None:
         module.from_ids = from_ids
+    # Keras 3 variables wrap tf.Variables that tf.Module does not find by itself (as keras.export does, track
+    # them): else the SavedModel holds them only as captures, which LiteRT's converter cannot freeze.
+    parts = [image_encoder, text_encoder, head] + ([captions] if captions is not None else [])
+    module.tf_variables = list({id(v.value): v.value for p in parts for v in p.variables}.values())
     module.threshold = tf.Variable(threshold, dtype=tf.float32, trainable=False, name="threshold")
     module.config = _run_config(run)
     module.threshold_source = threshold_source
@@ -208,14 +212,23 @@ def export_litert(run_dir, output, quantize: bool = False) -> Path:
     module = build_module(run_dir, with_caption_encoder=False)
     if module.litert is None:
         raise ConfigError("this run's text tower (scratch) cannot be exported to LiteRT")
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.litert.get_concrete_function()], module)
-    if quantize:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    with tempfile.TemporaryDirectory() as tmp:  # through a SavedModel: the converter freezes its variables
+        tf.saved_model.save(module, tmp, signatures={"serving_default": module.litert})
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
+        flatbuffer = _convert(converter, quantize)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(converter.convert())
+    tmp.write_bytes(flatbuffer)
     tmp.replace(out)
     return out
+
+
+def _convert(converter, quantize: bool) -> bytes:
+    import tensorflow as tf
+
+    if quantize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    return converter.convert()
 
 
 def export(run_dir, output, fmt: str = "savedmodel", quantize: bool = False) -> Path:
