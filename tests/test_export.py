@@ -5,6 +5,8 @@ import json
 import shutil
 import os
 import site
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,8 +168,7 @@ def test_the_savedmodel_is_used_without_itm_and_agrees_with_itm_predict(moved_ru
     assert out["match"] == [x["match"] for x in expected["results"]]
     threshold = json.loads((saved / "assets" / "threshold.json").read_text())["threshold"]
     assert threshold == pytest.approx(expected["threshold"])
-    shown = run_cli(["-c", "from tensorflow.python.tools.saved_model_cli import main; main()", "show", "--dir",
-                     str(saved), "--all"])
+    shown = run_cli([str(Path(sys.executable).parent / "saved_model_cli"), "show", "--dir", str(saved), "--all"])
     assert shown.returncode == 0, shown.stderr[-2000:]
     for name in ("serving_default", "encode_image", "encode_text", "score_embeddings"):
         assert f"signature_def['{name}']" in shown.stdout

@@ -69,13 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train, evaluate and save a model (the original ITM_Classifier run)",
                        description="Train a classifier, evaluate it on the test split, and write the run folder "
-                                   "(config.json, model.keras, history.csv, history.png, predictions.tsv, "
-                                   "metrics.json, report.md).")
+                                   "(config.json, environment.json, model.keras, history.csv, history.png, "
+                                   "predictions.tsv, metrics.json, report.md, README.md: the model card).")
     add_train_options(p)
 
     p = sub.add_parser("evaluate", help="score a saved run on a split: metrics with intervals, retrieval, figures, report",
                        description="Load RUN_DIR/model.keras, choose the decision threshold on dev, score the split, "
-                                   "and write metrics-<split>.json, figures and report.md into the run folder.")
+                                   "and write metrics-<split>.json, figures, report.md and the model card README.md into the run folder.")
     p.add_argument("--run", required=True, help="a run folder written by 'itm train'")
     p.add_argument("--data-dir", help="data folder (default: the one the run was trained on); another folder (e.g. "
                                       "from 'itm ood-split') is scored at the run's dev-calibrated threshold, its files "

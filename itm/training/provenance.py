@@ -89,11 +89,10 @@ def _program() -> str:
 
 def environment(config: dict, data=None) -> dict:
     """The environment.json of a run trained with ``config`` (its data folder must exist) on ``data``."""
-    import itm
-
+    version = sys.modules[__name__.split(".")[0]].__version__  # the itm package, imported before any of its modules
     text_tower = config.get("text_tower", "precomputed")
     return {
-        "itm": itm.__version__,
+        "itm": version,
         "tensorflow": _version("tensorflow"),
         "keras": _version("keras"),
         "python": platform.python_version(),
