@@ -65,7 +65,7 @@ def _caption_encoder():
                            f"weights: {e}") from None
 
 
-def build_module(run_dir, with_caption_encoder: bool = True):
+def build_module(run_dir, with_caption_encoder: bool = True, for_litert: bool = False):
     """The run as a ``tf.Module`` whose ``tf.function``s are the signatures above (and ``litert``)."""
     import keras
     import tensorflow as tf
@@ -105,10 +105,11 @@ def build_module(run_dir, with_caption_encoder: bool = True):
         module.from_embedding = from_embedding
     if from_ids is not None:
         module.from_ids = from_ids
-    # Keras 3 variables wrap tf.Variables that tf.Module does not find by itself (as keras.export does, track
-    # them): else the SavedModel holds them only as captures, which LiteRT's converter cannot freeze.
-    parts = [image_encoder, text_encoder, head] + ([captions] if captions is not None else [])
-    module.tf_variables = list({id(v.value): v.value for p in parts for v in p.variables}.values())
+    if for_litert:
+        # LiteRT's converter freezes only the tf.Variables it finds tracked, not those inside Keras 3's variables:
+        # track them too (as keras.export does). Not for the SavedModel itself, which would then hold each twice.
+        parts = [image_encoder, text_encoder, head]
+        module.tf_variables = list({id(v.value): v.value for p in parts for v in p.variables}.values())
     module.threshold = tf.Variable(threshold, dtype=tf.float32, trainable=False, name="threshold")
     module.config = _run_config(run)
     module.threshold_source = threshold_source
@@ -208,7 +209,7 @@ def export_litert(run_dir, output, quantize: bool = False) -> Path:
     out = Path(output)
     if out.is_dir():
         raise ConfigError(f"--output {out} is a folder; for --format litert give a file name such as model.tflite")
-    module = build_module(run_dir, with_caption_encoder=False)
+    module = build_module(run_dir, with_caption_encoder=False, for_litert=True)
     if module.litert is None:
         raise ConfigError("this run's text tower (scratch) cannot be exported to LiteRT")
     with tempfile.TemporaryDirectory() as tmp:  # through a SavedModel: the converter freezes its variables
