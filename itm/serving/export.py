@@ -130,23 +130,23 @@ def build_module(run_dir, with_caption_encoder: bool = True, for_litert: bool = 
 
     strings = tf.TensorSpec([None], tf.string)
 
-    @tf.function(input_signature=[strings])
+    @tf.function(input_signature=[strings], autograph=False)
     def encode_image(image):
         return {"image_features": tf.cast(call(image_encoder, pixels(image)), tf.float32)}
 
     module.encode_image = encode_image
     if raw_text or captions is not None:
-        @tf.function(input_signature=[strings])
+        @tf.function(input_signature=[strings], autograph=False)
         def encode_text(caption):
             return {"text_features": tf.cast(text_features(caption), tf.float32)}
 
-        @tf.function(input_signature=[strings, strings])
+        @tf.function(input_signature=[strings, strings], autograph=False)
         def serve(image, caption):
             return scored(call(image_encoder, pixels(image)), text_features(caption))
 
         module.encode_text, module.serve = encode_text, serve
     if from_embedding is not None:
-        @tf.function(input_signature=[strings, tf.TensorSpec([None, EMBEDDING_DIM], tf.float32)])
+        @tf.function(input_signature=[strings, tf.TensorSpec([None, EMBEDDING_DIM], tf.float32)], autograph=False)
         def score_embeddings(image, text_embedding):
             return scored(call(image_encoder, pixels(image)), call(from_embedding, text_embedding))
 
@@ -159,7 +159,8 @@ def build_module(run_dir, with_caption_encoder: bool = True, for_litert: bool = 
         if from_ids is None:
             module.litert = None
         else:
-            @tf.function(input_signature=[pixel_spec, tf.TensorSpec([None, None], tf.int32, name="token_ids")])
+            @tf.function(input_signature=[pixel_spec, tf.TensorSpec([None, None], tf.int32, name="token_ids")],
+                         autograph=False)
             def litert(pixels_in, token_ids):
                 feats = call(from_ids, inner.encode_ids(token_ids, training=False))
                 return scored(call(image_encoder, tf.cast(preprocess_image(pixels_in, size), tf.float32)), feats)
@@ -167,7 +168,7 @@ def build_module(run_dir, with_caption_encoder: bool = True, for_litert: bool = 
             module.litert = litert
     else:
         @tf.function(input_signature=[pixel_spec, tf.TensorSpec([None, EMBEDDING_DIM], tf.float32,
-                                                                name="text_embedding")])
+                                                                name="text_embedding")], autograph=False)
         def litert(pixels_in, text_embedding):
             return scored(call(image_encoder, tf.cast(preprocess_image(pixels_in, size), tf.float32)),
                           call(text_encoder, text_embedding))
@@ -197,7 +198,8 @@ def export_savedmodel(run_dir, output) -> Path:
                                          "source": module.threshold_source}, indent=2) + "\n")
         config = Path(tmp) / "config.json"
         config.write_text(json.dumps(module.config, indent=2) + "\n")
-        module.threshold_file, module.config_file = tf.saved_model.Asset(str(threshold)), tf.saved_model.Asset(str(config))
+        module.threshold_file = tf.saved_model.Asset(str(threshold))
+        module.config_file = tf.saved_model.Asset(str(config))
         tf.saved_model.save(module, str(out), signatures=_signatures(module))
     return out
 

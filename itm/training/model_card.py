@@ -111,8 +111,9 @@ def write_model_card(run_dir) -> Path:
         lines.append("Not scored yet: `itm evaluate --run RUN`.")
     lines += ["", "## Decision threshold", ""]
     if "threshold" in calibration:
+        criterion = calibration.get("criterion", "max balanced accuracy")
         lines.append(f"p(match) >= {calibration['threshold']:.4f} means match: chosen on the "
-                     f"{calibration.get('chosen_on', 'dev')} split by {calibration.get('criterion', 'max balanced accuracy')} "
+                     f"{calibration.get('chosen_on', 'dev')} split by {criterion} "
                      "(`calibration.json`), never on test. `itm predict`, `itm serve` and the export use it.")
     else:
         lines.append("0.5 (no `calibration.json` yet; `itm evaluate --run RUN` chooses one on dev).")
