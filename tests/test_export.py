@@ -211,3 +211,39 @@ def test_export_refuses_what_it_cannot_write(tmp_path):
     assert r.returncode == 2 and "is not a run folder" in r.stderr
     r = run_cli(["-m", "itm", "export", "--run", str(tmp_path), "--output", str(busy), "--quantize"])
     assert r.returncode == 2 and "--quantize is for --format litert" in r.stderr
+
+
+@needs_text_encoder
+@pytest.mark.slow
+def test_a_run_with_the_text_encoder_inside_exports_to_both_formats(tmp_path):
+    """The minilm text tower: the SavedModel takes caption text, the .tflite token ids; both agree with itm."""
+    import keras
+    import tensorflow as tf
+
+    import itm
+    from itm.models.classifier import build_model
+    from itm.models.minilm import SentenceEncoder
+    from itm.serving.export import export_litert, export_savedmodel
+
+    run = tmp_path / "run"
+    run.mkdir()
+    keras.utils.set_random_seed(0)
+    build_model(image_size=32, text_tower="minilm", fusion="mlp").save(run / "model.keras")
+    (run / "config.json").write_text(json.dumps({"preset": "faithful", "text_tower": "minilm", "image_size": 32}))
+    saved = export_savedmodel(run, tmp_path / "savedmodel")
+    lite = export_litert(run, tmp_path / "model.tflite")
+    image = tf.io.encode_jpeg(tf.cast(tf.random.uniform((40, 50, 3), 0, 255, seed=1), tf.uint8)).numpy()
+    captions = ["a dog runs on the grass", "two people"]
+    model = tf.saved_model.load(str(saved))
+    assert "score_embeddings" in model.signatures  # all-MiniLM-L6-v2's output is the 384-d embedding
+    p_saved = model.signatures["serving_default"](image=tf.constant([image] * 2),
+                                                  caption=tf.constant(captions))["p_match"].numpy()
+    matcher = itm.load(run)
+    np.testing.assert_allclose(p_saved, matcher.score(image, captions)[0], atol=1e-4)
+    encoder = [x for x in matcher.scorer.text_encoder.layers if isinstance(x, SentenceEncoder)][0]
+    interpreter = tf.lite.Interpreter(str(lite))
+    assert sorted(interpreter.get_signature_list()["serving_default"]["inputs"]) == ["pixels", "token_ids"]
+    pixels = tf.image.resize(tf.io.decode_image(image, channels=3), (32, 32)).numpy()
+    p_lite = interpreter.get_signature_runner()(pixels=np.stack([pixels] * 2),
+                                                token_ids=encoder.tokenize(tf.constant(captions)).numpy())["p_match"]
+    np.testing.assert_allclose(p_lite, p_saved, atol=1e-3)
