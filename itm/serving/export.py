@@ -14,7 +14,7 @@ Decoding and resizing (itm's own ``preprocess_image``, traced into the graph, so
 training saw), the WordPiece tokenizer and the text encoder are in the graph: a client sends bytes and
 text. A run trained on precomputed embeddings gets the TensorFlow all-MiniLM-L6-v2 as its caption
 encoder (the model that computed those embeddings). The tokenizer's ops are tensorflow-text's, so a
-loader needs ``import tensorflow_text`` (TensorFlow Serving builds include them). The run's
+loader needs ``import tensorflow_text`` (and a TensorFlow Serving build must include its ops). The run's
 threshold and config travel as assets (``assets/threshold.json``, ``assets/config.json``).
 
 LiteRT has no string ops nor tensorflow-text's, so the ``.tflite`` model takes what comes after them:
