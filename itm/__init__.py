@@ -8,6 +8,21 @@ training option and preset in ``itm.options``; training in ``itm.training``; sco
 __version__ = "0.2.0"  # the one place: pyproject.toml, `itm --version` and the web API read it
 
 from .compat import ITM_Classifier, ITM_DataLoader  # noqa: E402,F401
+from .models.saving import register_when_keras_loads  # noqa: E402
+
+# After ``import itm``, keras.saving.load_model loads any run's model.keras (safe mode on); Keras itself
+# is not imported here, so the command line starts at once.
+register_when_keras_loads()
+
+
+def load(run_dir, data_dir=None, encoder=None):
+    """A trained run, ready to score: ``itm.load("runs/best-cpu-...")`` returns an ``itm.Matcher``.
+
+    The run folder alone is enough (it may have been moved or copied); captions missing from the run's
+    data folder are embedded by the TensorFlow all-MiniLM-L6-v2. Arguments as ``Matcher.load``'s."""
+    from .serving.matcher import Matcher
+
+    return Matcher.load(run_dir, data_dir=data_dir, encoder=encoder)
 
 
 def __getattr__(name):

@@ -55,6 +55,9 @@ def run_evaluate(args: Namespace) -> int:
     raw_text = config.get("text_tower", "precomputed") != "precomputed"
     own = not args.data_dir or Path(args.data_dir).resolve() == Path(config["data_dir"]).resolve()
     if own:
+        if not Path(config["data_dir"]).is_dir():
+            raise DataError(f"the run's data folder {config['data_dir']} is not on this machine (the run folder was "
+                            "copied or moved): score another folder with --data-dir DIR")
         splits = ("dev", "test") if args.split == "all" else (args.split,)
         data = load_data_dir(config["data_dir"], limit=config.get("limit"), need_embeddings=not raw_text)
         threshold, tag = None, None
@@ -69,6 +72,9 @@ def run_evaluate(args: Namespace) -> int:
     evaluate_model(model, data, run, splits=splits, seed=config.get("seed") or 0,
                    with_retrieval=not args.no_retrieval, threshold=threshold, tag=tag)
     print(f"Report: {write_report(run, (tag,) if tag else splits)}")
+    from ..training.model_card import write_model_card
+
+    print(f"Model card: {write_model_card(run)}")
     return 0
 
 
@@ -192,6 +198,16 @@ def run_serve(args: Namespace) -> int:
     return 0
 
 
+def run_export(args) -> int:
+    from ..serving.export import export
+
+    out = export(args.run, args.output, fmt=args.format, quantize=args.quantize)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.is_dir() else out.stat().st_size
+    print(f"Exported {args.run} to {out} ({args.format}{', quantized' if args.quantize else ''}, "
+          f"{size / 2**20:.1f} MiB)")
+    return 0
+
+
 COMMANDS = {"train": run_train, "evaluate": run_evaluate, "bench": run_bench, "compare": run_compare,
             "embed": run_embed, "prepare": run_prepare, "ood-split": run_ood_split, "shard": run_shard, "predict": run_predict,
-            "rank": run_rank, "search": run_search, "serve": run_serve}
+            "rank": run_rank, "search": run_search, "serve": run_serve, "export": run_export}

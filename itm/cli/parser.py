@@ -17,6 +17,7 @@ from ..data.shards import SHARDS_SUBDIR, TARGET_SHARD_BYTES
 from ..models.encoders import BACKENDS, DEFAULT_BATCH_SIZE
 from ..options import GROUPS, OPTIONS, PRESETS, flag
 from ..options import positive_float as parse_positive_float, positive_int as parse_positive_int
+from ..serving.export import FORMATS as EXPORT_FORMATS
 from ..serving.matcher import MAX_CAPTION_CHARS
 from ..serving.server import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_UPLOAD_MB, MAX_CAPTIONS, MAX_UPLOAD_MB
 
@@ -132,8 +133,9 @@ def run_options(p: argparse.ArgumentParser) -> None:
 def add_train(sub) -> None:
     p = sub.add_parser("train", help="train, evaluate and save a model (the original ITM_Classifier run)",
                        description="Train a classifier, evaluate it on the test split, and write the run folder\n"
-                                   "(config.json, model.keras, history.csv, history.png, predictions.tsv,\n"
-                                   "metrics.json, report.md, tensorboard/).",
+                                   "(config.json, environment.json, model.keras, history.csv, history.png,\n"
+                                   "predictions.tsv, metrics.json, report.md, README.md: the model card,\n"
+                                   "tensorboard/).",
                        epilog=presets_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_options(p)
 
@@ -141,7 +143,8 @@ def add_train(sub) -> None:
 def add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="score a saved run on a split: metrics with intervals, retrieval, figures, report",
                        description="Load RUN_DIR/model.keras, choose the decision threshold on dev, score the split, "
-                                   "and write metrics-<split>.json, figures and report.md into the run folder.")
+                                   "and write metrics-<split>.json, figures, report.md and the model card README.md into "
+                                   "the run folder.")
     p.add_argument("--run", required=True, help="a run folder written by 'itm train'")
     p.add_argument("--data-dir", help="data folder (default: the one the run was trained on); another folder (e.g. "
                                       "from 'itm ood-split') is scored at the run's dev-calibrated threshold, its files "
@@ -282,6 +285,21 @@ def add_search(sub) -> None:
     p.add_argument("--top", type=positive_int, default=10, help="default: %(default)s")
 
 
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a run as a TensorFlow SavedModel (TensorFlow Serving) or a LiteRT model",
+                       description="Write RUN as a TensorFlow SavedModel that takes image bytes and caption text "
+                                   "(decoding, tokenizer and text encoder inside; signatures serving_default, "
+                                   "encode_image, encode_text, score_embeddings; threshold and config as assets), "
+                                   "loadable without itm (with tensorflow-text); or, with --format litert, a .tflite "
+                                   "model taking decoded pixels and caption embeddings (or token ids).")
+    p.add_argument("--run", required=True, help="a run folder written by 'itm train'")
+    p.add_argument("--output", required=True, help="savedmodel: a new folder (for TensorFlow Serving, MODEL/1); "
+                                                   "litert: a file (model.tflite)")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="savedmodel", help="default: %(default)s")
+    p.add_argument("--quantize", action="store_true",
+                   help="litert: dynamic-range quantisation (int8 weights, about 4x smaller)")
+
+
 def add_serve(sub) -> None:
     p = sub.add_parser("serve", help="a web page and JSON API for a trained run",
                        description="Serve a page to drop an image, type captions and see p(match) as bars, plus "
@@ -303,7 +321,7 @@ def add_serve(sub) -> None:
 
 # Each command's parser, in the order ``itm --help`` lists them.
 COMMAND_PARSERS = (add_train, add_evaluate, add_bench, add_compare, add_embed, add_prepare, add_ood_split, add_shard,
-                   add_predict, add_rank, add_search, add_serve)
+                   add_predict, add_rank, add_search, add_serve, add_export)
 
 
 class _Commands:

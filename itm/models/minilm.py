@@ -37,7 +37,8 @@ def _freeze_sublayers(layer):
 def _masked_bias(mask, dtype):
     """(B,L) 1/0 mask -> (B,1,1,L) additive attention bias: 0 for real tokens, very negative for padding."""
     very_negative = -3e4 if dtype == "float16" else -1e9
-    return ops.cast(1 - mask, dtype)[:, None, None, :] * very_negative
+    # expand_dims, not [:, None, None, :]: LiteRT's strided slice cannot add axes (itm export --format litert)
+    return ops.expand_dims(ops.expand_dims(ops.cast(1 - mask, dtype), 1), 1) * very_negative
 
 
 @keras.saving.register_keras_serializable(package="itm")
@@ -63,7 +64,7 @@ class BertEmbeddings(layers.Layer):
         self.built = True
 
     def call(self, ids, training=None):
-        positions = ops.arange(ops.shape(ids)[1])[None, :]  # (1,L)
+        positions = ops.expand_dims(ops.arange(ops.shape(ids)[1]), 0)  # (1,L)
         x = self.word(ids) + self.position(positions) + self.token_type(ops.zeros_like(ids))  # (B,L,H)
         return self.drop(self.norm(x), training=training)
 
@@ -166,7 +167,7 @@ class SentenceEncoder(layers.Layer):
         x = self.embeddings(ids, training=training)  # (B,L,H)
         for layer in self.encoder_layers:
             x = layer(x, mask, training=training)
-        weights = ops.cast(mask, x.dtype)[:, :, None]  # (B,L,1)
+        weights = ops.expand_dims(ops.cast(mask, x.dtype), -1)  # (B,L,1)
         pooled = ops.sum(x * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1e-9)  # (B,H)
         if self.config["normalize"]:
             pooled = pooled / ops.maximum(ops.norm(pooled, axis=-1, keepdims=True), 1e-12)

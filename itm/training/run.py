@@ -1,7 +1,8 @@
 """The training harness: one run, one output folder. Data, model, optimizer, ``fit``, save, evaluate.
 
-Outputs in the run folder: config.json, model.keras, history.csv, history.png, predictions.tsv,
-metrics.json, TensorBoard logs (tensorboard/), and the evaluation's metrics-test.json, calibration.json, figures and report.md.
+Outputs in the run folder: config.json, environment.json, model.keras, history.csv, history.png,
+predictions.tsv, metrics.json, README.md (the model card), TensorBoard logs (tensorboard/), and the
+evaluation's metrics-test.json, calibration.json, figures and report.md.
 """
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ from ..models.optim import create_optimizer
 from ..options import TrainConfig, fast_precision, finish_config  # noqa: F401 (fast_precision: its old home)
 from . import callbacks as cb
 from . import run_folder
+from .model_card import write_model_card
 from .multiworker import check_tf_config, fit_multiworker
+from .provenance import ENVIRONMENT_FILE, environment
 from .tensorboard import TensorBoardLog
 from .trainer import Trainer
 
@@ -157,6 +160,7 @@ def train(config: TrainConfig) -> Path:
     steps = pipeline.steps_per_epoch(data.splits["train"], strategy.num_replicas_in_sync)
     if chief:
         write_json(Path(out) / "config.json", config.to_dict())
+        write_json(Path(out) / ENVIRONMENT_FILE, environment(config.to_dict(), data))
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")  # tf.data shuffles itself
 
     logger.info(f"BUILDING model (preset {config.preset})")
@@ -215,5 +219,7 @@ def finish_run(model, data, config: TrainConfig, out: Path, train_seconds: float
     })
     write_json(out / "metrics.json", metrics)
     write_report(out)
-    print(f"Run written to {out}/ (model.keras, metrics.json, report.md, predictions.tsv, history and figures)")
+    write_model_card(out)
+    print(f"Run written to {out}/ (model.keras, README.md, metrics.json, report.md, predictions.tsv, history and "
+          "figures)")
     return json.loads((out / "metrics.json").read_text())

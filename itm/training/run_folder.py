@@ -22,7 +22,7 @@ TENSORBOARD_DIR = "tensorboard"  # TensorBoard's logs (itm.training.tensorboard)
 
 # What a run writes into its folder (removed by --overwrite; nothing else in the folder is touched).
 RUN_FILES = ("model.keras", "metrics.json", "config.json", "calibration.json", "history.csv", "history.png",
-             "predictions.tsv", "report.md")
+             "predictions.tsv", "report.md", "environment.json", "README.md")
 RUN_PATTERNS = ("metrics-*.json", "predictions-*.tsv", "roc-pr-*.png", "scores-*.png", "confusion-*.png",
                 "samples-*.png")
 # Options that may differ when an interrupted run is started again.
