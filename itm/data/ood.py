@@ -13,7 +13,8 @@ that same subset, so they measure matching on familiar content only. From a fold
   ``itm evaluate`` then reports image->text and text->image recall (binary metrics need two classes).
 * with ``--train-out DIR --course COURSE``: a training folder for a recipe on more varied photos: the
   course folder's splits, plus every other photo of ``--images`` (never one of ``OUT``'s) in the train
-  split with all its captions as match and as many no-match ones. Dev and test stay the course's.
+  split with all its captions as match and as many no-match ones. Dev and test stay the course's. The
+  caption file is linked in beside them, so ``--extra-captions auto`` finds every caption of the course photos.
 
 Every draw comes from one ``random.Random(seed)`` over sorted names, so the same inputs give the same
 folders.
@@ -29,6 +30,7 @@ from pathlib import Path
 from ..errors import DataError
 from .folder import (EMBEDDINGS_NPZ, IMAGES_SUBDIR, SPLIT_FILES, Problems, embeddings_path, load_data_dir,
                      load_embeddings_file, parse_split_file)
+from .extra_captions import TOKEN_FILE
 from .prepare import draw_negatives, read_captions, resolve_images, write_split_file
 
 DEFAULT_PHOTOS = 600
@@ -119,6 +121,8 @@ def ood_split(captions_file, images_dir, out, photos: int | None = None, negativ
                 _link_or_copy(split.images_dir / name, train_out / IMAGES_SUBDIR / name)
         for name in rest:
             _link_or_copy(images_dir / name, train_out / IMAGES_SUBDIR / name)
+        # the caption file beside the splits: --extra-captions auto then gives the course photos all their captions
+        _link_or_copy(captions_file, train_out / TOKEN_FILE)
         rest_negatives = draw_negatives(rest, captions, 5, rng, problems)
         extra = _lines(rest, captions, {i: captions[i] for i in rest},
                        {i: rest_negatives[i][:len(captions[i])] for i in rest})

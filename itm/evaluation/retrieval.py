@@ -16,7 +16,7 @@ import numpy as np
 from .metrics import retrieval_metrics
 
 DEFAULT_RERANK = 20  # candidates per query the head re-scores: R@10 needs at least 10, the head costs k per query
-HEAD_ALL_PAIRS_MAX = 6_000_000  # above this many pairs the head over every pair is left out of the report
+HEAD_ALL_PAIRS_MAX = 1_500_000  # above this many pairs (1,000 x 5,000: 5M) the head over every pair is left out
 
 
 def embedding_vectors(features) -> np.ndarray:
