@@ -6,8 +6,10 @@ import shutil
 
 import numpy as np
 import pytest
+
 from conftest import TINY_IMAGE, run_cli
 from test_pretrained import photos_and_captions  # noqa: F401 (a fixture)
+
 
 # ---------------------------------------------------------------- the two stages, by hand
 
