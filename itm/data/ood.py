@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from ..errors import DataError
+from .embed import embed_data_dir, write_embeddings
 from .folder import (EMBEDDINGS_NPZ, IMAGES_SUBDIR, SPLIT_FILES, Problems, embeddings_path, load_data_dir,
                      load_embeddings_file, parse_split_file)
 from .extra_captions import TOKEN_FILE
@@ -73,8 +74,6 @@ def ood_split(captions_file, images_dir, out, photos: int | None = None, negativ
 
     The photos are drawn first, the same way with or without ``protocol``, so a protocol folder of N
     photos holds every photo of a pair folder of fewer photos made with the same seed and exclusions."""
-    from .embed import embed_data_dir, write_embeddings
-
     captions_file, images_dir, out = Path(captions_file), Path(images_dir), Path(out)
     if photos is None:
         photos = PROTOCOL_PHOTOS if protocol else DEFAULT_PHOTOS

@@ -15,6 +15,7 @@ import numpy as np
 from ..data.batches import group_by_image, one_hot
 from ..data.folder import DataDir, Split
 from ..files import write_json
+from . import plots
 from .metrics import average_precision, best_threshold, binary_metrics, bootstrap_ci, roc_auc
 from .predict import Scorer
 from .retrieval import DEFAULT_RERANK, retrieval_report
@@ -90,8 +91,6 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
     A split of one class (the retrieval protocol: match lines only) gets retrieval and a note instead of
     binary metrics; ``rerank``: the candidates per query that the head re-ranks in retrieval.
     """
-    from . import plots
-
     out_dir = Path(out_dir)
     scorer = Scorer(model)
     probs = {}
