@@ -136,7 +136,9 @@ def test_evaluate_a_protocol_folder_reports_both_stages_and_search_uses_them(tin
     vi, vt = matcher.encode_image(images), matcher.encode_text([query])
     assert np.allclose(np.linalg.norm(vi, axis=1), 1, atol=1e-5) and np.allclose(np.linalg.norm(vt, axis=1), 1)
     everything = matcher.search(proto / "flickr8k-resised", query, top=None, rerank=0)
-    assert matcher.search(proto / "flickr8k-resised", query, top=None, rerank=len(images)) == pytest.approx(everything)
+    full = matcher.search(proto / "flickr8k-resised", query, top=None, rerank=len(images))
+    assert [path for path, _ in full] == [path for path, _ in everything]
+    assert [p for _, p in full] == pytest.approx([p for _, p in everything], abs=1e-6)
     nearest = {images[i].name for i in np.argsort(-(vi @ vt[0]))[:2]}
     two = matcher.search(proto / "flickr8k-resised", query, top=2, rerank=2)
     assert {path.name for path, _ in two} == nearest
