@@ -102,6 +102,8 @@ def test_ood_split_training_folder_never_holds_an_evaluation_photo(photos_and_ca
     assert train_images == {t.image for t in course_data["train"].triples} | ({f"more_{n}" for n in names} - ood)
     for split in ("dev", "test"):
         assert varied[split].triples == course_data[split].triples
+    # the caption file rides along, for --extra-captions auto
+    assert (tmp_path / "varied" / "Flickr8k.token.txt").read_text() == token.read_text()
 
 
 def test_ood_split_from_the_command_line_refuses_too_few_photos(photos_and_captions, tmp_path):

@@ -70,7 +70,7 @@ def run_evaluate(args: Namespace) -> int:
         logger.info(f"Scoring {args.data_dir} ({args.split} split) as '{tag}', threshold {source}")
     model = load_model(run / "model.keras")
     evaluate_model(model, data, run, splits=splits, seed=config.get("seed") or 0,
-                   with_retrieval=not args.no_retrieval, threshold=threshold, tag=tag)
+                   with_retrieval=not args.no_retrieval, threshold=threshold, tag=tag, rerank=args.rerank)
     print(f"Report: {write_report(run, (tag,) if tag else splits)}")
     from ..training.model_card import write_model_card
 
@@ -80,7 +80,8 @@ def run_evaluate(args: Namespace) -> int:
 
 def run_ood_split(args: Namespace) -> int:
     ood_split(args.captions, args.images, args.out, photos=args.photos, negatives=args.negatives, seed=args.seed,
-              exclude=args.exclude or (), train_out=args.train_out, course=args.course, embed=not args.no_embed)
+              exclude=args.exclude or (), train_out=args.train_out, course=args.course, embed=not args.no_embed,
+              protocol=args.protocol)
     return 0
 
 

@@ -11,7 +11,7 @@ import sys
 import textwrap
 
 from .. import __version__
-from ..data.ood import DEFAULT_NEGATIVES as OOD_NEGATIVES, DEFAULT_PHOTOS
+from ..data.ood import DEFAULT_NEGATIVES as OOD_NEGATIVES, DEFAULT_PHOTOS, PROTOCOL_PHOTOS
 from ..data.prepare import DATASETS, DEFAULT_NEGATIVES
 from ..data.shards import SHARDS_SUBDIR, TARGET_SHARD_BYTES
 from ..models.encoders import BACKENDS, DEFAULT_BATCH_SIZE
@@ -35,6 +35,16 @@ def _typed(parse):
 
 def positive_int(text) -> int:
     return _typed(parse_positive_int)(text)
+
+
+def nonnegative_int(text) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def positive_float(text) -> float:
@@ -141,6 +151,8 @@ def add_train(sub) -> None:
 
 
 def add_evaluate(sub) -> None:
+    from ..evaluation.retrieval import DEFAULT_RERANK
+
     p = sub.add_parser("evaluate", help="score a saved run on a split: metrics with intervals, retrieval, figures, report",
                        description="Load RUN_DIR/model.keras, choose the decision threshold on dev, score the split, "
                                    "and write metrics-<split>.json, figures, report.md and the model card README.md into "
@@ -153,6 +165,9 @@ def add_evaluate(sub) -> None:
     p.add_argument("--name", help="with another --data-dir: the name of its files in the run folder "
                                   "(default: the folder's name)")
     p.add_argument("--no-retrieval", action="store_true", help="skip the image-text retrieval scores")
+    p.add_argument("--rerank", type=nonnegative_int, default=DEFAULT_RERANK, metavar="K",
+                   help="retrieval: the match head re-ranks each query's K nearest candidates by the contrastive "
+                        "embedding (default: %(default)s; 0: the embedding alone)")
 
 
 def add_bench(sub) -> None:
@@ -172,7 +187,9 @@ def add_bench(sub) -> None:
 def add_compare(sub) -> None:
     p = sub.add_parser("compare", help="print the main metrics of several runs side by side")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--split", choices=["dev", "test"], default="test", help="default: %(default)s")
+    p.add_argument("--split", default="test", metavar="SPLIT",
+                   help="dev, test, or the NAME of another folder scored by 'itm evaluate --data-dir ... --name NAME' "
+                        "(default: %(default)s)")
 
 
 def add_embed(sub) -> None:
@@ -225,13 +242,18 @@ def add_ood_split(sub) -> None:
                                          "folder of the rest)",
                        description="From a folder of photos and the Flickr8k caption file, write an evaluation folder "
                                    "in the course's format: --photos photos, each with one of its own captions as "
-                                   "match and --negatives captions of other photos as no-match, embedded. With "
+                                   "match and --negatives captions of other photos as no-match, embedded (with --protocol: "
+                                   "every caption of each photo as match, for retrieval). With "
                                    "--train-out and --course, also a training folder: the course's splits plus the "
                                    "remaining photos in its train split. The same seed gives the same folders.")
     p.add_argument("--captions", required=True, help="Flickr8k.token.txt (every Flickr8k photo's captions)")
     p.add_argument("--images", required=True, help="the folder of photos to draw from (e.g. flickr8k-more/flickr8k-resised)")
     p.add_argument("--out", required=True, help="the evaluation folder to write")
-    p.add_argument("--photos", type=positive_int, default=DEFAULT_PHOTOS, help="default: %(default)s")
+    p.add_argument("--photos", type=positive_int,
+                   help=f"default: {DEFAULT_PHOTOS}; with --protocol {PROTOCOL_PHOTOS}")
+    p.add_argument("--protocol", action="store_true",
+                   help="the standard retrieval protocol: all captions of each photo as match lines, no no-match "
+                        "ones ('itm evaluate' reports recall in both directions)")
     p.add_argument("--negatives", type=positive_int, default=OOD_NEGATIVES,
                    help="no-match captions per photo (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")

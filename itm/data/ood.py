@@ -8,9 +8,13 @@ that same subset, so they measure matching on familiar content only. From a fold
   ``--negatives`` captions of other photos of the folder as no-match (``flickr8k.TestImages.txt``),
   and the captions' embeddings (``itm embed``). Score a run on it with ``itm evaluate --run RUN
   --data-dir OUT``, at the run's dev-calibrated threshold.
+* with ``--protocol``: the field's retrieval protocol instead (Flickr8k's 1,000 test photos x 5 captions):
+  ``--photos`` photos (default 1,000), every caption of each as a match line and no no-match lines.
+  ``itm evaluate`` then reports image->text and text->image recall (binary metrics need two classes).
 * with ``--train-out DIR --course COURSE``: a training folder for a recipe on more varied photos: the
   course folder's splits, plus every other photo of ``--images`` (never one of ``OUT``'s) in the train
-  split with all its captions as match and as many no-match ones. Dev and test stay the course's.
+  split with all its captions as match and as many no-match ones. Dev and test stay the course's. The
+  caption file is linked in beside them, so ``--extra-captions auto`` finds every caption of the course photos.
 
 Every draw comes from one ``random.Random(seed)`` over sorted names, so the same inputs give the same
 folders.
@@ -27,9 +31,11 @@ from ..errors import DataError
 from .embed import embed_data_dir, write_embeddings
 from .folder import (EMBEDDINGS_NPZ, IMAGES_SUBDIR, SPLIT_FILES, Problems, embeddings_path, load_data_dir,
                      load_embeddings_file, parse_split_file)
+from .extra_captions import TOKEN_FILE
 from .prepare import draw_negatives, read_captions, resolve_images, write_split_file
 
 DEFAULT_PHOTOS = 600
+PROTOCOL_PHOTOS = 1000  # the size of Flickr8k's standard retrieval test set
 DEFAULT_NEGATIVES = 2
 
 
@@ -61,10 +67,16 @@ def images_of(folder) -> set[str]:
     return {t.image for path in found for t in parse_split_file(path, problems)}
 
 
-def ood_split(captions_file, images_dir, out, photos: int = DEFAULT_PHOTOS, negatives: int = DEFAULT_NEGATIVES,
-              seed: int = 0, exclude=(), train_out=None, course=None, embed: bool = True) -> Path:
-    """Build ``out`` (and ``train_out``); see the module docstring. Returns ``out``."""
+def ood_split(captions_file, images_dir, out, photos: int | None = None, negatives: int = DEFAULT_NEGATIVES,
+              seed: int = 0, exclude=(), train_out=None, course=None, embed: bool = True,
+              protocol: bool = False) -> Path:
+    """Build ``out`` (and ``train_out``); see the module docstring. Returns ``out``.
+
+    The photos are drawn first, the same way with or without ``protocol``, so a protocol folder of N
+    photos holds every photo of a pair folder of fewer photos made with the same seed and exclusions."""
     captions_file, images_dir, out = Path(captions_file), Path(images_dir), Path(out)
+    if photos is None:
+        photos = PROTOCOL_PHOTOS if protocol else DEFAULT_PHOTOS
     if not images_dir.is_dir():
         raise DataError(f"image folder {images_dir} does not exist")
     if (train_out is None) != (course is None):
@@ -81,14 +93,20 @@ def ood_split(captions_file, images_dir, out, photos: int = DEFAULT_PHOTOS, nega
                         f"fewer than --photos {photos} + 2")
     rng = random.Random(seed)
     chosen = sorted(rng.sample(candidates, photos))
-    match = {i: [rng.choice(captions[i])] for i in chosen}
-    no_match = draw_negatives(chosen, captions, negatives, rng, problems)
+    if protocol:  # every caption of each photo, once; no no-match lines
+        match = {i: list(dict.fromkeys(captions[i])) for i in chosen}
+        no_match = {i: [] for i in chosen}
+    else:
+        match = {i: [rng.choice(captions[i])] for i in chosen}
+        no_match = draw_negatives(chosen, captions, negatives, rng, problems)
     (out / IMAGES_SUBDIR).mkdir(parents=True, exist_ok=True)
     for name in chosen:
         _link_or_copy(images_dir / name, out / IMAGES_SUBDIR / name)
-    write_split_file(out, "test", _lines(chosen, captions, match, no_match))
-    _log(f"wrote {out}: {photos} photos, {photos * (1 + negatives)} triples ({photos} match) in "
-         f"{SPLIT_FILES['test']}")
+    lines = _lines(chosen, captions, match, no_match)
+    write_split_file(out, "test", lines)
+    matches = sum(len(m) for m in match.values())
+    _log(f"wrote {out}: {photos} photos, {len(lines)} triples ({matches} match"
+         f"{', the retrieval protocol' if protocol else ''}) in {SPLIT_FILES['test']}")
     if embed:
         embed_data_dir(out)
 
@@ -102,6 +120,8 @@ def ood_split(captions_file, images_dir, out, photos: int = DEFAULT_PHOTOS, nega
                 _link_or_copy(split.images_dir / name, train_out / IMAGES_SUBDIR / name)
         for name in rest:
             _link_or_copy(images_dir / name, train_out / IMAGES_SUBDIR / name)
+        # the caption file beside the splits: --extra-captions auto then gives the course photos all their captions
+        _link_or_copy(captions_file, train_out / TOKEN_FILE)
         rest_negatives = draw_negatives(rest, captions, 5, rng, problems)
         extra = _lines(rest, captions, {i: captions[i] for i in rest},
                        {i: rest_negatives[i][:len(captions[i])] for i in rest})

@@ -15,11 +15,11 @@ import numpy as np
 from ..data.batches import group_by_image, one_hot
 from ..data.folder import DataDir, Split
 from ..files import write_json
-from .metrics import (average_precision, best_threshold, binary_metrics, bootstrap_ci, retrieval_metrics,
-                      roc_auc)
 from . import plots
 from ..training.tensorboard import log_evaluation
+from .metrics import average_precision, best_threshold, binary_metrics, bootstrap_ci, roc_auc
 from .predict import Scorer
+from .retrieval import DEFAULT_RERANK, retrieval_report
 
 
 def print_sample_predictions(split: Split, probs: np.ndarray, rate: float = 0.1, seed: int | None = None) -> None:
@@ -51,8 +51,9 @@ def split_metrics(is_match: np.ndarray, p_match: np.ndarray, dev_threshold: floa
     }
 
 
-def retrieval(scorer: Scorer, split: Split, embeddings) -> dict:
-    """Image-to-text and text-to-image Recall@1/5/10 over the split's images and captions."""
+def retrieval(scorer: Scorer, split: Split, embeddings, rerank: int = DEFAULT_RERANK) -> dict:
+    """Image-to-text and text-to-image Recall@1/5/10 over the split's images and captions: the embedding's
+    shortlist, re-ranked by the head (``itm.evaluation.retrieval``)."""
     start = time.perf_counter()
     images = sorted(group_by_image(split.triples))
     captions = sorted({t.caption for t in split.triples})
@@ -62,14 +63,14 @@ def retrieval(scorer: Scorer, split: Split, embeddings) -> dict:
     for t in split.triples:
         if t.match:
             relevant[image_index[t.image], caption_index[t.caption]] = True
-    scores = scorer.all_pairs(scorer.split_image_features(images, split.images_dir),
-                              scorer.caption_features(captions, embeddings))
-    return {
-        "images": len(images), "captions": len(captions),
-        "image_to_text": retrieval_metrics(scores, relevant),
-        "text_to_image": retrieval_metrics(scores.T, relevant.T),
-        "seconds": time.perf_counter() - start,
-    }
+    report = retrieval_report(scorer, scorer.split_image_features(images, split.images_dir),
+                              scorer.caption_features(captions, embeddings), relevant, rerank)
+    report["seconds"] = time.perf_counter() - start
+    return report
+
+
+ONE_CLASS_NOTE = ("{name}: only {label} lines ({n}): accuracy, ROC-AUC and the other binary metrics need both "
+                  "classes, so they are left out; retrieval is what this split can show")
 
 
 def keras_evaluation(labels: np.ndarray, probs: np.ndarray) -> dict:
@@ -82,12 +83,14 @@ def keras_evaluation(labels: np.ndarray, probs: np.ndarray) -> dict:
 
 def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: int = 0,
                    original_printout: bool = False, with_retrieval: bool = True, threshold: float | None = None,
-                   tag: str | None = None) -> dict[str, dict]:
+                   tag: str | None = None, rerank: int = DEFAULT_RERANK) -> dict[str, dict]:
     """Score ``splits`` and write, per split, ``metrics-<split>.json``, predictions and figures.
 
     The decision threshold that maximises balanced accuracy on dev is stored in ``calibration.json``;
     metrics are reported at 0.5 and at that threshold. Scoring other data (an out-of-distribution
     folder) passes the run's own ``threshold`` and a ``tag`` that names the files instead of the split.
+    A split of one class (the retrieval protocol: match lines only) gets retrieval and a note instead of
+    binary metrics; ``rerank``: the candidates per query that the head re-ranks in retrieval.
     """
     out_dir = Path(out_dir)
     scorer = Scorer(model)
@@ -106,6 +109,9 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
             probs[split_name] = scorer.score_split(split, data.embeddings)
         p = probs[split_name]
         is_match = np.array([t.match for t in split.triples])
+        if is_match.all() or not is_match.any():
+            results[name] = one_class_split(scorer, split, data.embeddings, p, name, threshold, out_dir, rerank)
+            continue
         if original_printout:
             print(f"TESTING classifier model on the {split_name} split "
                   "(showing a sample of image-text-matching predictions)...")
@@ -121,7 +127,7 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
         metrics["dev_threshold"] = threshold
         metrics["tf_evaluate"] = tf_eval
         if with_retrieval:
-            metrics["retrieval"] = retrieval(scorer, split, data.embeddings)
+            metrics["retrieval"] = retrieval(scorer, split, data.embeddings, rerank)
         print(summary_line(metrics))
 
         write_predictions(out_dir / ("predictions.tsv" if name == "test" else f"predictions-{name}.tsv"), split, p)
@@ -137,7 +143,40 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
     return results
 
 
+def one_class_split(scorer: Scorer, split: Split, embeddings, p: np.ndarray, name: str, threshold: float,
+                    out_dir: Path, rerank: int) -> dict:
+    """A split of match lines only (or no-match only): the note, and retrieval, which needs no negatives."""
+    label = "match" if split.triples[0].match else "no-match"
+    note = ONE_CLASS_NOTE.format(name=name, label=label, n=len(split.triples))
+    print(f"note: {note}")
+    metrics = {"split": name, "n": len(split.triples), "one_class": label, "note": note, "dev_threshold": threshold,
+               "mean_p_match": float(np.mean(p[:, 0])),
+               "share_above_dev_threshold": float(np.mean(p[:, 0] > threshold))}
+    metrics["retrieval"] = retrieval(scorer, split, embeddings, rerank)
+    print(summary_line(metrics))
+    write_predictions(out_dir / ("predictions.tsv" if name == "test" else f"predictions-{name}.tsv"), split, p)
+    write_json(out_dir / f"metrics-{name}.json", metrics)
+    return metrics
+
+
+def retrieval_line(r: dict) -> str:
+    """One line per stage: ``name: image->text R@1/5/10 = ..., text->image R@1/5/10 = ...``."""
+    def figures(x):
+        return f"{x['R@1']:.3f}/{x['R@5']:.3f}/{x['R@10']:.3f}"
+
+    stages = r.get("stages") or {"head": r}  # metrics written before the two stages: the head over every pair
+    names = {"embedding": "embedding alone", "reranked": f"embedding top {r.get('rerank')} re-ranked by the head",
+             "head": "the head over every pair"}
+    lines = [f"retrieval over {r['images']} images x {r['captions']} captions ({r['seconds']:.1f} s):"]
+    for key, stage in stages.items():
+        lines.append(f"  {names.get(key, key)}: image->text R@1/5/10 = {figures(stage['image_to_text'])}, "
+                     f"text->image R@1/5/10 = {figures(stage['text_to_image'])}")
+    return "\n".join(lines)
+
+
 def summary_line(m: dict) -> str:
+    if "ci95" not in m:  # one class: retrieval only
+        return retrieval_line(m["retrieval"]) if "retrieval" in m else f"{m['split']}: {m.get('note', '')}"
     ci = m["ci95"]
     line = (f"{m['split']}: accuracy={m['accuracy']:.4f} [{ci['accuracy'][0]:.3f}, {ci['accuracy'][1]:.3f}] "
             f"balanced_accuracy={m['balanced_accuracy']:.4f} "
@@ -148,9 +187,5 @@ def summary_line(m: dict) -> str:
             f"at the dev threshold {m['dev_threshold']:.3f}: "
             f"balanced_accuracy={m['at_dev_threshold']['balanced_accuracy']:.4f}")
     if "retrieval" in m:
-        r = m["retrieval"]
-        line += (f"\nretrieval over {r['images']} images x {r['captions']} captions ({r['seconds']:.1f} s): "
-                 f"image->text R@1/5/10 = {r['image_to_text']['R@1']:.3f}/{r['image_to_text']['R@5']:.3f}/"
-                 f"{r['image_to_text']['R@10']:.3f}, text->image R@1/5/10 = {r['text_to_image']['R@1']:.3f}/"
-                 f"{r['text_to_image']['R@5']:.3f}/{r['text_to_image']['R@10']:.3f}")
+        line += "\n" + retrieval_line(m["retrieval"])
     return line

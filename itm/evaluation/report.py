@@ -43,13 +43,20 @@ def metrics_table(m: dict) -> list[str]:
     return rows
 
 
+STAGE_NAMES = {"embedding": "embedding alone", "reranked": "embedding, top {k} re-ranked by the head",
+               "head": "the head over every pair"}
+
+
 def retrieval_table(r: dict) -> list[str]:
     rows = [f"Over {r['images']} images and {r['captions']} captions (scored in {r['seconds']:.1f} s):", "",
-            "| direction | queries | R@1 | R@5 | R@10 | median rank |", "| --- | --- | --- | --- | --- | --- |"]
-    for name, key in (("image -> text", "image_to_text"), ("text -> image", "text_to_image")):
-        x = r[key]
-        rows.append(f"| {name} | {x['queries']} | {x['R@1']:.3f} | {x['R@5']:.3f} | {x['R@10']:.3f} | "
-                    f"{x['median_rank']:.0f} |")
+            "| stage | direction | queries | R@1 | R@5 | R@10 | median rank |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    stages = r.get("stages") or {"head": r}  # metrics written before the two stages: the head over every pair
+    for stage, figures in stages.items():
+        for name, key in (("image -> text", "image_to_text"), ("text -> image", "text_to_image")):
+            x = figures[key]
+            rows.append(f"| {STAGE_NAMES.get(stage, stage).format(k=r.get('rerank'))} | {name} | {x['queries']} | "
+                        f"{x['R@1']:.3f} | {x['R@5']:.3f} | {x['R@10']:.3f} | {x['median_rank']:.0f} |")
     return rows
 
 
@@ -69,6 +76,11 @@ def write_report(run_dir: Path, splits=("test",)) -> Path:
                       f"{first['train_examples_per_second']:.1f} examples/s)."]
     for split in splits:
         m = load_run_metrics(run_dir, split)
+        if "note" in m and "confusion" not in m:  # one class (the retrieval protocol): retrieval only
+            lines += ["", f"## {split} split: {m['n']} pairs, all {m['one_class']}", "", f"Note: {m['note']}."]
+            if "retrieval" in m:
+                lines += ["", "### Retrieval", ""] + retrieval_table(m["retrieval"])
+            continue
         lines += ["", f"## {split} split: {m['n']} pairs, {m['confusion']['tp'] + m['confusion']['fn']} of them "
                   "matches", ""] + metrics_table(m)
         if "retrieval" in m:
@@ -97,6 +109,13 @@ def compare_table(run_dirs, split: str = "test") -> str:
     rows = [header]
     for run in run_dirs:
         m = load_run_metrics(run, split)
+        r = m.get("retrieval", {})
+        if m and "note" in m and "ci95" not in m:  # one class: retrieval only
+            rows.append([str(run), m.get("config", {}).get("preset", "?"), f"{m.get('parameters', 0):,}",
+                         "-", "(one class: no binary metrics)", "-", "-", "-",
+                         f"{r['image_to_text']['R@1']:.3f}" if r else "-",
+                         f"{r['text_to_image']['R@1']:.3f}" if r else "-"])
+            continue
         if not m or "ci95" not in m:
             rows.append([str(run), "(no evaluated metrics: run `itm evaluate --run` first)"] + [""] * 8)
             continue
@@ -104,7 +123,6 @@ def compare_table(run_dirs, split: str = "test") -> str:
         def ci(key, m=m):
             return f"{m[key]:.3f} [{m['ci95'][key][0]:.3f}, {m['ci95'][key][1]:.3f}]"
 
-        r = m.get("retrieval", {})
         rows.append([
             str(run), m.get("config", {}).get("preset", "?"), f"{m.get('parameters', 0):,}",
             f"{m['train_seconds'] / 60:.1f}" if "train_seconds" in m else "-",

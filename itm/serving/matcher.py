@@ -164,6 +164,7 @@ class Matcher:
         self._lock = threading.Lock()  # one model call at a time: simple, and correct under any threads
         self._decoding = threading.BoundedSemaphore(DECODERS)
         self.max_pixels = None  # a lower bound than itm.data.images.MAX_PIXELS, for a server
+        self.contrastive = False  # trained with InfoNCE: the embedding shortlists search (set by load)
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
@@ -198,7 +199,9 @@ class Matcher:
         stat = model_path.stat()
         key = f"{model_path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}"
         demo = bool(config.get("data_dir")) and is_demo(config["data_dir"])
-        return cls(model, threshold, source, CaptionEncoder(known, where, encoder), run, key, demo)
+        matcher = cls(model, threshold, source, CaptionEncoder(known, where, encoder), run, key, demo)
+        matcher.contrastive = config.get("objective") == "contrastive"
+        return matcher
 
     @property
     def notes(self) -> list[str]:
@@ -234,6 +237,19 @@ class Matcher:
         with self._lock:
             return self.scorer.encode_texts(texts)
 
+    def encode_image(self, images) -> np.ndarray:
+        """The retrieval embedding of images: unit vectors [N,D], compared with ``encode_text``'s by dot product
+        (trained by the contrastive objective's InfoNCE; meaningless for a run trained with the kl one)."""
+        from ..evaluation.retrieval import embedding_vectors
+
+        return embedding_vectors(self.encode_images(images))
+
+    def encode_text(self, captions) -> np.ndarray:
+        """The retrieval embedding of captions: unit vectors [N,D] (see ``encode_image``)."""
+        from ..evaluation.retrieval import embedding_vectors
+
+        return embedding_vectors(self.encode_captions(captions))
+
     def pairs(self, image_features: np.ndarray, text_features: np.ndarray) -> np.ndarray:
         """p(match) for every image x caption: [n_images, n_captions]."""
         with self._lock:
@@ -264,15 +280,32 @@ class Matcher:
         order = np.argsort(-p, kind="stable")[:top]
         return [(captions[i], float(p[i])) for i in order]
 
-    def search(self, folder: str | os.PathLike, query: str, top: int | None = 10,
-               log: Log = None) -> list[tuple[Path, float]]:
-        """The images of ``folder`` that best fit ``query``, best first: ``[(path, p_match), ...]``."""
+    def search(self, folder: str | os.PathLike, query: str, top: int | None = 10, log: Log = None,
+               rerank: int | None = None) -> list[tuple[Path, float]]:
+        """The images of ``folder`` that best fit ``query``, best first: ``[(path, p_match), ...]``.
+
+        Two stages for a run trained contrastively: the ``max(rerank, top)`` images nearest to the query
+        by the embedding (``rerank`` default ``DEFAULT_RERANK``), ordered by the head's p(match); else, or
+        with ``rerank=0``, the head on every image."""
+        from ..evaluation.retrieval import DEFAULT_RERANK, embedding_vectors, two_stage_search
+
         index = self.index_folder(folder, log=log)
         if not index.paths:
             return []
-        p = self.pairs(index.features, self.encode_captions([query]))[:, 0]
-        order = np.argsort(-p, kind="stable")[:top]
-        return [(index.paths[i], float(p[i])) for i in order]
+        text = self.encode_captions([query])
+        rerank = (DEFAULT_RERANK if self.contrastive else 0) if rerank is None else rerank
+        if rerank <= 0:
+            p = self.pairs(index.features, text)[:, 0]
+            order = np.argsort(-p, kind="stable")[:top]
+            return [(index.paths[i], float(p[i])) for i in order]
+        similarities = embedding_vectors(index.features) @ embedding_vectors(text)[0]
+
+        def head(cols):
+            with self._lock:
+                return self.scorer.pairs(index.features, text, cols, np.zeros(len(cols), np.int64))[:, 0]
+
+        cols, p = two_stage_search(similarities, rerank, head, top)
+        return [(index.paths[i], float(q)) for i, q in zip(cols, p)]
 
     def index_folder(self, folder: str | os.PathLike, log: Log = None) -> FolderIndex:
         return FolderIndex.build(self, folder, log=log)
