@@ -77,6 +77,7 @@ def saved_models(tmp_path_factory):
     return saved, skipped
 
 
+@pytest.mark.slow  # builds and saves six models, all-MiniLM-L6-v2 among them
 def test_import_itm_is_enough_to_load_every_preset_and_tower_in_a_fresh_process(saved_models):
     saved, skipped = saved_models
     r = run_cli(["-c", LOAD_ALL, json.dumps({name: path for name, (path, _) in saved.items()})])
@@ -91,6 +92,7 @@ def test_import_itm_is_enough_to_load_every_preset_and_tower_in_a_fresh_process(
         pytest.skip("not built here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
 
 
+@pytest.mark.slow  # builds and saves six models, all-MiniLM-L6-v2 among them
 def test_without_import_itm_the_custom_layers_are_unknown(saved_models):
     """The test above could fail: without ``import itm``, Keras cannot find the layers."""
     saved, _ = saved_models
@@ -106,6 +108,7 @@ def test_import_itm_does_not_import_keras():
     assert r.stdout.strip() == "[]"
 
 
+@pytest.mark.slow  # builds and saves six models, all-MiniLM-L6-v2 among them
 def test_itm_load_returns_a_ready_matcher(saved_models, tmp_path):
     import shutil
 
