@@ -119,21 +119,36 @@ def is_demo(data_dir) -> bool:
 
 
 def ensure_demo_data() -> Path:
-    """The bundled demo dataset, generated on first use into the cache folder (atomically)."""
+    """The bundled demo dataset, generated on first use into the cache folder (atomically: built in a
+    hidden folder, renamed when whole). A cache folder that cannot be written is one DataError."""
+    from ..errors import DataError
+    from ..files import cause, default_mode
+
     target = cache_dir() / f"demo-{DEMO_VERSION}"
     if (target / EMBEDDINGS_PKL).is_file():
         if not is_demo(target):  # generated before demo folders carried their marker
-            (target / MARKER).write_text(MARKER_TEXT)
+            try:
+                (target / MARKER).write_text(MARKER_TEXT)
+            except OSError:
+                pass  # read-only: the marker only labels runs as demo runs
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    print(f"Generating the demo dataset into {target} (once) ...", flush=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
+    tmp = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        print(f"Generating the demo dataset into {target} (once) ...", flush=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
+        tmp.chmod(default_mode(0o777))  # mkdtemp's 0700 would hide the demo from the other users of a shared cache
         generate(tmp)
         try:
             tmp.rename(target)
         except OSError:  # another process won the race
-            pass
+            if not (target / EMBEDDINGS_PKL).is_file():
+                raise
+    except OSError as e:
+        where = e.filename or target
+        raise DataError(f"cannot write the demo dataset into {where}: {cause(e)}; set ITM_CACHE_DIR to a folder "
+                        "that can be written, or pass --data-dir") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -17,7 +17,7 @@ import numpy as np
 from ..data.folder import load_data_dir
 from ..data.source import resolve_data_dir
 from ..errors import ConfigError, TrainingDiverged
-from ..files import write_json
+from ..files import write_json, written_as
 from ..options import TrainConfig
 from . import run_folder
 
@@ -236,7 +236,18 @@ def resolve_run(config: TrainConfig) -> tuple[Path, bool]:
 
 def train(config: TrainConfig) -> Path:
     """Train, save and evaluate one run as ``config`` says; returns the run folder (which, under
-    --strategy multiworker, only the chief writes)."""
+    --strategy multiworker, only the chief writes). The folder is held for the whole run: a second run
+    into it is refused (``itm.training.run_lock``)."""
+    from .run_lock import RunLock
+
+    out = Path(config.output_dir) if config.output_dir else run_folder.default_output_dir(config.preset)
+    config.output_dir = str(out)
+    run_folder.check_writable(out)
+    with RunLock(out):
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> Path:
     out, _ = resolve_run(config)
     print("Checking the data folder ...", flush=True)
     data = load_data_dir(config.data_dir, limit=config.limit, need_embeddings=config.text_tower == "precomputed")
@@ -255,6 +266,8 @@ def train(config: TrainConfig) -> Path:
     if extra:
         extra, vectors = extra
         data.embeddings.update(vectors)
+    if run_folder.is_trained(Path(out)) and config.strategy != "multiworker":
+        return complete_run(config, data, Path(out))
 
     import keras
 
@@ -262,7 +275,7 @@ def train(config: TrainConfig) -> Path:
     chief = strategy.extended.should_checkpoint  # False only on a multi-worker cluster's other workers
     steps = steps_per_epoch(config, data.splits["train"], strategy.num_replicas_in_sync)
     if chief:
-        write_json(Path(out) / "config.json", config.to_dict())
+        write_json(Path(out) / "config.json", config.to_dict(), "the run's config")
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")  # tf.data shuffles itself
 
     from ..evaluation.predict import Scorer
@@ -306,31 +319,59 @@ def train(config: TrainConfig) -> Path:
         return out
     model.compile(optimizer=trainer.optimizer, loss=keras.losses.KLDivergence(),
                   metrics=[keras.metrics.BinaryAccuracy()])  # saved with the model, as the original's
-    model.save(Path(out) / "model.keras")
     cb.write_history_csv(backup.history, Path(out) / "history.csv")
     from ..evaluation.plots import plot_history
 
     plot_history(backup.history, Path(out) / "history.png")
-    backup.finish()
+    with written_as(Path(out) / "model.keras", "the model") as tmp:  # whole or absent: a later run completes from it
+        model.save(tmp)
     finish_run(model, data, config, Path(out), train_seconds)
+    backup.finish()
     return Path(out)
 
 
-def finish_run(model, data, config: TrainConfig, out: Path, train_seconds: float) -> dict:
+def complete_run(config: TrainConfig, data, out: Path) -> Path:
+    """A run killed after saving model.keras but before its evaluation was written: evaluate the saved model
+    and write the rest (metrics, report; history from the backup where it is left), instead of training again."""
+    from ..errors import DataError
+    from ..evaluation.plots import plot_history
+    from ..serving.matcher import load_model
+    from . import callbacks as cb
+
+    print(f"{out / 'model.keras'} was saved but the run's evaluation did not finish: completing the run from the "
+          "saved model (not training again)", flush=True)
+    backup = cb.EpochBackup(out)
+    state, why = backup.read_state()
+    try:
+        model = load_model(out / "model.keras")
+    except DataError as e:
+        raise DataError(f"{e}; pass --overwrite to train the run afresh") from None
+    seconds = None
+    if state is not None and not why:
+        seconds = state.get("train_seconds")
+        cb.write_history_csv(state["history"], out / "history.csv")
+        plot_history(state["history"], out / "history.png")
+    finish_run(model, data, config, out, seconds)
+    backup.finish()
+    return out
+
+
+def finish_run(model, data, config: TrainConfig, out: Path, train_seconds: float | None) -> dict:
     """Evaluate a trained model on test as the original did, and write metrics.json and report.md."""
     from ..evaluation.evaluate import evaluate_model
     from ..evaluation.report import write_report
 
     results = evaluate_model(model, data, out, splits=("test",), seed=config.seed, original_printout=True)
     metrics = dict(results["test"])
+    known = bool(train_seconds)  # None: a completed run whose backup did not keep its training time
     metrics.update({
         "train_seconds": train_seconds,
-        "seconds_per_epoch": train_seconds / config.epochs,
-        "train_examples_per_second": len(data.splits["train"].triples) * config.epochs / train_seconds,
+        "seconds_per_epoch": train_seconds / config.epochs if known else None,
+        "train_examples_per_second": len(data.splits["train"].triples) * config.epochs / train_seconds if known else None,
         "parameters": int(model.count_params()),
         "config": config.to_dict(),
     })
-    write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", metrics, "the run's metrics")
     write_report(out)
     print(f"Run written to {out}/ (model.keras, metrics.json, report.md, predictions.tsv, history and figures)")
     return json.loads((out / "metrics.json").read_text())
