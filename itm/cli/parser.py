@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", required=True, help="the caption to search for")
     p.add_argument("--top", type=positive_int, default=10, help="default: %(default)s")
 
-    from ..serving.server import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_UPLOAD_MB, MAX_CAPTIONS, MAX_UPLOAD_MB
+    from ..serving.server import (DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_UPLOAD_MB,
+                                  DEFAULT_READ_TIMEOUT, MAX_CAPTIONS, MAX_UPLOAD_MB)
     from ..serving.matcher import MAX_CAPTION_CHARS
 
     p = sub.add_parser("serve", help="a web page and JSON API for a trained run",
@@ -218,5 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-image-pixels", type=positive_int, default=DEFAULT_MAX_IMAGE_PIXELS,
                    help="largest image accepted, in pixels (width x height, read from the header before decoding); "
                         "larger gets 400 (default: %(default)s)")
+    p.add_argument("--read-timeout", type=positive_float, default=DEFAULT_READ_TIMEOUT, metavar="SECONDS",
+                   help="time allowed to receive a request's whole body; slower gets 408 (default: %(default)s)")
+    p.add_argument("--max-connections", type=positive_int, default=DEFAULT_MAX_CONNECTIONS,
+                   help="open connections served at once; more get 503 at once (default: %(default)s)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     return parser
