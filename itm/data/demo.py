@@ -133,6 +133,9 @@ def ensure_demo_data() -> Path:
                 pass  # read-only: the marker only labels runs as demo runs
         return target
     tmp = None
+    if target.parent.exists() and not target.parent.is_dir():
+        raise DataError(f"the cache folder {target.parent} (ITM_CACHE_DIR, else ~/.cache/itm) is a file, not a folder: "
+                        "set ITM_CACHE_DIR to a folder that can be written, or pass --data-dir")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         print(f"Generating the demo dataset into {target} (once) ...", flush=True)

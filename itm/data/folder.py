@@ -92,9 +92,10 @@ def parse_split_file(path: Path, problems: Problems) -> list[Triple]:
             try:  # utf-8-sig on line 1: a byte-order mark an editor put there is not part of the first image name
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
+                shown = raw.rstrip(b"\r\n")[:80].decode("utf-8", "replace")
                 problems.add("line that is not UTF-8 (an encoding problem: save the file as UTF-8)",
                              f"{where}: byte {raw[e.start:e.start + 1]!r} at column {e.start + 1}: "
-                             f"{raw[:80].decode('utf-8', 'replace')!r}")
+                             f"{shown!r}")
                 continue
             if not line.strip():
                 continue
