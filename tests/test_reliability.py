@@ -267,4 +267,4 @@ def test_a_training_feature_cache_is_verified_and_nan_features_name_the_cache(ti
     rewrite_npz(npz, features=nan, checksum=np.array(checksum(nan)))
     r = run_cli([*args, "--output-dir", str(tmp_path / "nan")], env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    assert f"hold NaN or infinity" in r.stderr and str(npz) in r.stderr and "embeddings" not in r.stderr
+    assert "hold NaN or infinity" in r.stderr and str(npz) in r.stderr and "embeddings" not in r.stderr
