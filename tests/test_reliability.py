@@ -197,7 +197,7 @@ def rewrite_npz(path, **change):
 
 @pytest.mark.slow
 def test_a_changed_search_cache_is_rebuilt_and_a_full_disk_costs_only_speed(tiny_data_master, tmp_path_factory, tmp_path):
-    from itm_serving import trained_run
+    from serving_helpers import trained_run
 
     run = trained_run(tiny_data_master, tmp_path_factory)
     cache = tmp_path / "cache"

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import NO_SERVE_EXTRA, run_cli
 
-from itm_serving import Server, trained_run
+from serving_helpers import Server, trained_run
 
 pytest.importorskip("fastapi", reason=NO_SERVE_EXTRA)
 IMAGES = "flickr8k-resised"

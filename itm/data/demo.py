@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import cache_dir
+from ..errors import DataError
+from ..files import cache_dir, cause, default_mode
 from .folder import EMBEDDINGS_PKL, IMAGES_SUBDIR, SPLIT_FILES
 
 COLOURS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 80, 215),
@@ -121,9 +122,6 @@ def is_demo(data_dir) -> bool:
 def ensure_demo_data() -> Path:
     """The bundled demo dataset, generated on first use into the cache folder (atomically: built in a
     hidden folder, renamed when whole). A cache folder that cannot be written is one DataError."""
-    from ..errors import DataError
-    from ..files import cause, default_mode
-
     target = cache_dir() / f"demo-{DEMO_VERSION}"
     if (target / EMBEDDINGS_PKL).is_file():
         if not is_demo(target):  # generated before demo folders carried their marker

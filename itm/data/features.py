@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import cache_dir
+from ..errors import DataError
+from ..files import atomic_write, cache_dir
+from .images import decoded_paths
 
 
 def stamp(path: Path) -> tuple[int, int]:
@@ -80,9 +82,6 @@ class FeatureFile:
     def save(self, keep) -> None:
         """Write the entries of ``keep`` ((name, stamp) pairs) atomically, with their shape and checksum; a
         place that cannot be written costs speed only (one warning line, no partial file)."""
-        from ..errors import DataError
-        from ..files import atomic_write
-
         keep = [(n, s) for n, s in keep if (n, *s) in self.entries]
         features = np.stack([self.entries[(n, *s)] for n, s in keep]) if keep else np.zeros((0,))
         try:
@@ -132,8 +131,7 @@ def load_feature_cache(model, splits, config, batch: int = 64, log=sys.stdout) -
     the training pipeline's decoding (``preprocess_image``) and added to it."""
     import tensorflow as tf
 
-    from ..models.classifier import backbone_split
-    from .images import decoded_paths
+    from ..models.classifier import backbone_split  # here: keras, which itm.options' pipelines must not load
 
     backbone = backbone_split(model)[0]
     images_dir = Path(splits[0].images_dir).resolve()
@@ -180,8 +178,6 @@ def load_feature_cache(model, splits, config, batch: int = 64, log=sys.stdout) -
 def check_finite(features: dict, names: list[str], path: Path) -> None:
     """NaN or infinite features would train a model that diverges, with the blame on the embeddings: refuse
     them here, naming the cache they are kept in."""
-    from ..errors import DataError
-
     bad = sorted({names[i] for f in features.values() for i in np.flatnonzero(~np.isfinite(f).reshape(len(f), -1).all(1))})
     if bad:
         raise DataError(f"the image features of {len(bad)} image(s) hold NaN or infinity (e.g. {bad[0]}), in the feature "

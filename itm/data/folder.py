@@ -14,9 +14,11 @@ Images are checked by the same rule the pipelines and inference decode with (``i
 from __future__ import annotations
 
 import pickle
+import sys
+import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
@@ -120,8 +122,6 @@ def parse_split_file(path: Path, problems: Problems) -> list[Triple]:
 
 def leaves_folder(name: str) -> bool:
     """An absolute path, or one that climbs out with '..': an image name names a file inside the images folder."""
-    from pathlib import PurePosixPath, PureWindowsPath
-
     return (PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or name.startswith("~")
             or ".." in PurePosixPath(name.replace("\\", "/")).parts)
 
@@ -145,8 +145,6 @@ def check_pairs(loaded: dict, problems: Problems, warn=None) -> None:
             else:
                 repeats.append(f"{where} repeats {seen[0]}")
     if repeats:
-        import sys
-
         shown = "; ".join(repeats[:MAX_EXAMPLES_PER_PROBLEM]) + (f"; ... and {len(repeats) - MAX_EXAMPLES_PER_PROBLEM} more"
                                                                if len(repeats) > MAX_EXAMPLES_PER_PROBLEM else "")
         print(f"warning: {len(repeats)} line(s) repeat an earlier line exactly (used as they are): {shown}",
@@ -199,8 +197,6 @@ def load_embeddings_npz(path: Path) -> dict[str, np.ndarray]:
 
     Read with ``allow_pickle=False``: unlike the pickle, this format cannot carry code at all.
     """
-    import zipfile
-
     try:
         with np.load(path, allow_pickle=False) as z:
             names = set(z.files)

@@ -9,7 +9,9 @@ optimizer steps as an uninterrupted one, and the history of every epoch.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import math
 import shutil
@@ -20,6 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from ..data.batches import one_hot
 from ..errors import DataError, TrainingDiverged
 from ..files import atomic_write, written_as
 from ..evaluation.metrics import binary_metrics, roc_auc
@@ -37,8 +40,6 @@ class DevScores(keras.callbacks.Callback):
         self.is_match = np.array([t.match for t in dev.triples])
 
     def on_epoch_end(self, epoch, logs=None):
-        from ..data.batches import one_hot
-
         p = self.scorer.score_split(self.dev, self.embeddings, self.store)
         y = one_hot(self.dev.triples).astype(np.float64)
         clipped = np.clip(y, 1e-7, 1)  # Keras' KL divergence
@@ -204,9 +205,6 @@ def file_digest(path: Path) -> str:
 
 def write_history_csv(history: dict[str, list[float]], path: Path) -> None:
     """One row per epoch, the same columns for every objective (HISTORY_COLUMNS)."""
-    import csv
-    import io
-
     keys = [k for k in HISTORY_COLUMNS if k in history] + sorted(set(history) - set(HISTORY_COLUMNS))
     text = io.StringIO(newline="")
     w = csv.writer(text)
