@@ -5,6 +5,7 @@ from .data.batches import file_triples
 from .data.folder import load_data_dir
 from .data.source import resolve_data_dir
 from .files import read_json
+from .log import logger
 from .options import TrainConfig, resolve_config
 
 
@@ -18,7 +19,7 @@ class ITM_DataLoader:
 
     def __init__(self, data_dir=None, batch_size: int = BATCH_SIZE, limit: int | None = None, seed: int | None = None):
         path, origin = resolve_data_dir(data_dir)
-        print(origin)
+        logger.info(origin)
         data = load_data_dir(path, limit=limit)
         self.data_dir = path
         self.splits = data.splits

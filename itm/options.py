@@ -382,3 +382,30 @@ def check(config: TrainConfig) -> None:
     if found:
         raise ConfigError(found[0] if len(found) == 1 else
                           "these options do not go together:\n" + "\n".join(f"  - {m}" for m in found))
+
+
+# ---------------------------------------------------------------- re-running a run from its config.json
+
+# Recorded in config.json but not re-run: where the run was written (a re-run gets its own folder).
+RERUN_FRESH = ("output_dir", "overwrite")
+
+
+def options_from_file(path) -> dict:
+    """The options that ``path`` (a config.json, or a run folder holding one) records, each checked as
+    the command line checks it, for ``itm train --config``: the same run again, into a new folder."""
+    from pathlib import Path
+
+    from .files import read_json
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    saved = read_json(path, "config file")
+    unknown = sorted(set(saved) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown option(s) {', '.join('--' + flag(k) for k in unknown)} "
+                          "('itm train --help' lists them)")
+    try:
+        return {k: parse_value(k, v) for k, v in saved.items() if k not in RERUN_FRESH}
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

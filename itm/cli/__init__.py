@@ -6,9 +6,12 @@ so ``itm --help``, argument mistakes and the light commands answer at once.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+from collections.abc import Callable
 
+from .. import log
 from ..errors import ItmError
 from .commands import COMMANDS, run_train
 from .parser import build_parser, train_parser
@@ -21,7 +24,7 @@ def quiet_tensorflow() -> None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if os.path.exists("/dev/nvidiactl") else "3"
 
 
-def dispatch(func, args) -> int:
+def dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a command; a user's mistake becomes a one-paragraph error and exit status 2."""
     try:
         return func(args)
@@ -42,13 +45,30 @@ def dispatch(func, args) -> int:
         return 2
 
 
+# Commands whose progress goes to stdout with their result lines, as the original's training printed; the
+# others keep stdout for their result alone (a ranking, JSON, a table) and report progress on stderr.
+STDOUT_PROGRESS = ("train", "evaluate")
+
+
+def _set_output(args: argparse.Namespace) -> None:
+    """--quiet / --verbose: the itm logger's level (result lines are prints, always shown); --verbose also
+    lets TensorFlow's C++ log through (set before TensorFlow is imported, which parsing does not do)."""
+    command = getattr(args, "command", "train")  # ITM_Classifier.py's parser has no command: it trains
+    log.setup(getattr(args, "verbosity", 0), "stdout" if command in STDOUT_PROGRESS else "stderr")
+    if getattr(args, "verbosity", 0) > 0:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow()
     args = build_parser().parse_args(argv)
+    _set_output(args)
     return dispatch(COMMANDS[args.command], args)
 
 
 def itm_classifier_main(argv: list[str] | None = None) -> int:
     """``python ITM_Classifier.py [options]``: the same run as ``itm train [options]``."""
     quiet_tensorflow()
-    return dispatch(run_train, train_parser().parse_args(argv))
+    args = train_parser().parse_args(argv)
+    _set_output(args)
+    return dispatch(run_train, args)

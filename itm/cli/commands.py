@@ -7,7 +7,7 @@ commands (compare, prepare, ood-split) never load TensorFlow. Everything else is
 from __future__ import annotations
 
 import json
-import sys
+from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -21,18 +21,28 @@ from ..data.source import resolve_data_dir
 from ..errors import CaptionError, ConfigError, DataError
 from ..evaluation.report import compare_table, write_report
 from ..files import read_json
-from ..options import OPTIONS, resolve_config
+from ..log import logger, progress
+from ..options import OPTIONS, TrainConfig, options_from_file, resolve_config
 
 
-def run_train(args) -> int:
+def train_config(args: Namespace) -> TrainConfig:
+    """The TrainConfig of ``itm train``'s arguments: a recorded run's options (``--config``), then the preset's,
+    with every option given on the command line overriding both."""
+    given = {k: getattr(args, k) for k in OPTIONS}
+    if getattr(args, "config", None):
+        given = {**options_from_file(args.config), **{k: v for k, v in given.items() if v is not None}}
+    preset = given.pop("preset", None) or "faithful"
+    return resolve_config(preset, **given)
+
+
+def run_train(args: Namespace) -> int:
     from ..training.run import train
 
-    config = resolve_config(args.preset or "faithful", **{k: getattr(args, k) for k in OPTIONS if k != "preset"})
-    train(config)
+    train(train_config(args))
     return 0
 
 
-def run_evaluate(args) -> int:
+def run_evaluate(args: Namespace) -> int:
     from ..evaluation.evaluate import evaluate_model
     from ..serving.matcher import load_model, load_threshold
 
@@ -54,7 +64,7 @@ def run_evaluate(args) -> int:
         threshold, source = load_threshold(run)
         splits, tag = (args.split,), args.name or Path(args.data_dir).resolve().name
         data = load_data_dir(args.data_dir, splits=splits, need_embeddings=not raw_text)
-        print(f"Scoring {args.data_dir} ({args.split} split) as '{tag}', threshold {source}")
+        logger.info(f"Scoring {args.data_dir} ({args.split} split) as '{tag}', threshold {source}")
     model = load_model(run / "model.keras")
     evaluate_model(model, data, run, splits=splits, seed=config.get("seed") or 0,
                    with_retrieval=not args.no_retrieval, threshold=threshold, tag=tag)
@@ -62,13 +72,13 @@ def run_evaluate(args) -> int:
     return 0
 
 
-def run_ood_split(args) -> int:
+def run_ood_split(args: Namespace) -> int:
     ood_split(args.captions, args.images, args.out, photos=args.photos, negatives=args.negatives, seed=args.seed,
               exclude=args.exclude or (), train_out=args.train_out, course=args.course, embed=not args.no_embed)
     return 0
 
 
-def run_bench(args) -> int:
+def run_bench(args: Namespace) -> int:
     from ..training import bench
 
     if args.one:
@@ -79,12 +89,12 @@ def run_bench(args) -> int:
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; choose from {', '.join(bench.SETTINGS)}")
     data_dir, origin = resolve_data_dir(args.data_dir)
-    print(origin, file=sys.stderr)
+    logger.info(origin)
     print(json.dumps(bench.run(str(data_dir), settings, args.steps, args.precision), indent=2))
     return 0
 
 
-def run_compare(args) -> int:
+def run_compare(args: Namespace) -> int:
     missing = [r for r in args.runs if not Path(r).is_dir()]
     if missing:
         raise DataError(f"not a folder: {', '.join(missing)}")
@@ -92,19 +102,19 @@ def run_compare(args) -> int:
     return 0
 
 
-def run_embed(args) -> int:
+def run_embed(args: Namespace) -> int:
     embed_data_dir(args.data_dir, out=args.out, model=args.model, batch_size=args.batch_size, backend=args.backend)
     return 0
 
 
-def run_prepare(args) -> int:
+def run_prepare(args: Namespace) -> int:
     prepare(args.dataset, args.captions, args.images, args.out, seed=args.seed, negatives=args.negatives,
             splits=args.splits, image_size=args.image_size, embed=not args.no_embed, model=args.model,
             batch_size=args.batch_size, shards=args.shards)
     return 0
 
 
-def run_shard(args) -> int:
+def run_shard(args: Namespace) -> int:
     write_shards(args.data_dir, num_shards=args.shards, out=args.out)
     return 0
 
@@ -122,10 +132,10 @@ def _read_captions_file(path) -> list[str]:
 
 def _notes(m) -> None:
     for note in m.notes:
-        print(f"note: {note}", file=sys.stderr)
+        logger.warning(f"note: {note}")
 
 
-def run_predict(args) -> int:
+def run_predict(args: Namespace) -> int:
     from ..serving.matcher import Matcher, check_captions
 
     m = Matcher.load(args.run, data_dir=args.data_dir)
@@ -144,7 +154,7 @@ def run_predict(args) -> int:
     return 0
 
 
-def run_rank(args) -> int:
+def run_rank(args: Namespace) -> int:
     from ..serving.matcher import Matcher
 
     m = Matcher.load(args.run, data_dir=args.data_dir)
@@ -156,13 +166,13 @@ def run_rank(args) -> int:
     return 0
 
 
-def run_search(args) -> int:
+def run_search(args: Namespace) -> int:
     from ..serving.matcher import Matcher
 
     m = Matcher.load(args.run, data_dir=args.data_dir)
-    index = m.index_folder(args.images, log=sys.stderr)
+    index = m.index_folder(args.images, log=progress)
     for why in index.skipped:
-        print(f"skipped: {why}", file=sys.stderr)
+        logger.warning(f"skipped: {why}")
     if not index.paths:
         raise DataError(f"no readable images in {args.images}")
     p = m.pairs(index.features, m.encode_captions([args.query]))[:, 0]
@@ -174,7 +184,7 @@ def run_search(args) -> int:
     return 0
 
 
-def run_serve(args) -> int:
+def run_serve(args: Namespace) -> int:
     from ..serving.server import serve
 
     serve(args.run, data_dir=args.data_dir, images=args.images, host=args.host, port=args.port,

@@ -7,12 +7,15 @@ argument mistakes answer at once.
 from __future__ import annotations
 
 import argparse
+import sys
+import textwrap
 
+from .. import __version__
 from ..data.ood import DEFAULT_NEGATIVES as OOD_NEGATIVES, DEFAULT_PHOTOS
 from ..data.prepare import DATASETS, DEFAULT_NEGATIVES
 from ..data.shards import SHARDS_SUBDIR, TARGET_SHARD_BYTES
 from ..models.encoders import BACKENDS, DEFAULT_BATCH_SIZE
-from ..options import GROUPS, OPTIONS, flag
+from ..options import GROUPS, OPTIONS, PRESETS, flag
 from ..options import positive_float as parse_positive_float, positive_int as parse_positive_int
 from ..serving.matcher import MAX_CAPTION_CHARS
 from ..serving.server import (DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_UPLOAD_MB,
@@ -38,13 +41,53 @@ def positive_float(text) -> float:
     return _typed(parse_positive_float)(text)
 
 
+def _shown(value) -> str:
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+def option_help(name: str, preset: str = "faithful") -> str:
+    """An option's help with the value it takes under ``preset``: 'best-cpu: 40' where the preset sets it,
+    else the default (booleans that are off by default say nothing)."""
+    f = OPTIONS[name]
+    if name in PRESETS[preset]:
+        return f"{f.metadata['help']} ({preset}: {_shown(PRESETS[preset][name])})"
+    if f.default is None or f.default is False:
+        return f.metadata["help"]
+    return f"{f.metadata['help']} (default: {_shown(f.default)})"
+
+
+def presets_epilog() -> str:
+    """What each preset sets, for the end of --help (the defaults above are the faithful preset's)."""
+    lines = ["presets (an option given explicitly overrides its preset's value):"]
+    for preset, values in PRESETS.items():
+        sets = ", ".join(f"--{flag(k)} {_shown(v)}" for k, v in values.items()) or "the defaults shown above"
+        lines += textwrap.wrap(f"{preset}: {sets}", width=100, initial_indent="  ", subsequent_indent="    ",
+                               break_on_hyphens=False)
+    lines += ["", "The defaults shown are the faithful preset's; '--preset NAME --help' shows NAME's values."]
+    return "\n".join(lines)
+
+
+class TrainHelpParser(argparse.ArgumentParser):
+    """A parser whose --help shows the values of the --preset given with it (``--preset best-cpu --help``)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        words = list(sys.argv[1:] if args is None else args)
+        preset = next((w.split("=", 1)[1] for w in words if w.startswith("--preset=")), None)
+        if "--preset" in words and words.index("--preset") + 1 < len(words):
+            preset = words[words.index("--preset") + 1]
+        if preset in PRESETS:
+            for action in self._actions:
+                if action.dest in OPTIONS:
+                    action.help = option_help(action.dest, preset)
+        return super().parse_known_args(args, namespace)
+
+
 def add_train_options(p: argparse.ArgumentParser) -> None:
     """One argument per TrainConfig field, grouped; default None means 'as the preset says'."""
     groups = {name: p.add_argument_group(title) for name, title in GROUPS.items()}
     for name, f in OPTIONS.items():
         meta, default = f.metadata, f.default
-        shown = "" if default is None or isinstance(default, bool) else f" (default: {default})"
-        kwargs = {"help": meta["help"] + shown, "default": None}
+        kwargs = {"help": option_help(name), "default": None}
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -55,12 +98,28 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
             if meta["metavar"]:
                 kwargs["metavar"] = meta["metavar"]
         groups[meta["group"]].add_argument(f"--{flag(name)}", **kwargs)
+    groups["run"].add_argument("--config", metavar="FILE",
+                               help="re-run a run: the options its config.json records (FILE, or a run folder), into "
+                                    "a new --output-dir; options given here override them")
+
+
+def output_options() -> argparse.ArgumentParser:
+    """-q/--quiet and -v/--verbose, for every command (a parent parser)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("output").add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=0,
+                   help="print the result lines only (no progress, no Keras progress bar); warnings still go to "
+                        "stderr")
+    g.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1,
+                   help="also TensorFlow's own log and debugging detail (e.g. the resolved options)")
+    return p
 
 
 def train_parser(prog: str = "ITM_Classifier.py") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=(
+    p = TrainHelpParser(prog=prog, parents=[output_options()], description=(
         "Train the image-text matching classifier, evaluate it on the test split and print sample "
-        "predictions, as the original CMP9137 ITM_Classifier did (the same as 'itm train')."))
+        "predictions, as the original CMP9137 ITM_Classifier did (the same as 'itm train')."),
+        epilog=presets_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_options(p)
     return p
 
@@ -73,9 +132,10 @@ def run_options(p: argparse.ArgumentParser) -> None:
 
 def add_train(sub) -> None:
     p = sub.add_parser("train", help="train, evaluate and save a model (the original ITM_Classifier run)",
-                       description="Train a classifier, evaluate it on the test split, and write the run folder "
-                                   "(config.json, model.keras, history.csv, history.png, predictions.tsv, "
-                                   "metrics.json, report.md).")
+                       description="Train a classifier, evaluate it on the test split, and write the run folder\n"
+                                   "(config.json, model.keras, history.csv, history.png, predictions.tsv,\n"
+                                   "metrics.json, report.md, tensorboard/).",
+                       epilog=presets_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_options(p)
 
 
@@ -203,7 +263,10 @@ def add_predict(sub) -> None:
 
 
 def add_rank(sub) -> None:
-    p = sub.add_parser("rank", help="the captions of a file that best fit an image")
+    p = sub.add_parser("rank", help="the captions of a file that best fit an image",
+                       description="Score an image against every caption of a text file (one per line) with a "
+                                   "trained run and list them by p(match), best first, each marked Match or "
+                                   "No-Match at the run's dev-calibrated threshold (calibration.json), else 0.5.")
     run_options(p)
     p.add_argument("--image", required=True, help="image file")
     p.add_argument("--captions", required=True, help="text file, one caption per line")
@@ -248,9 +311,21 @@ COMMAND_PARSERS = (add_train, add_evaluate, add_bench, add_compare, add_embed, a
                    add_predict, add_rank, add_search, add_serve)
 
 
+class _Commands:
+    """The subparsers action, giving every command -q/--quiet and -v/--verbose."""
+
+    def __init__(self, sub):
+        self.sub = sub
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        return self.sub.add_parser(name, parents=[output_options()], **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="itm", description="Image-text matching: does this caption fit this image?")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"itm {__version__}")
+    sub = _Commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                          parser_class=TrainHelpParser))
     for add in COMMAND_PARSERS:
         add(sub)
     return parser

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..files import cache_dir, cause, default_mode
+from ..log import logger
 from .folder import EMBEDDINGS_PKL, IMAGES_SUBDIR, SPLIT_FILES
 
 COLOURS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 80, 215),
@@ -136,7 +137,7 @@ def ensure_demo_data() -> Path:
                         "set ITM_CACHE_DIR to a folder that can be written, or pass --data-dir")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        print(f"Generating the demo dataset into {target} (once) ...", flush=True)
+        logger.info(f"Generating the demo dataset into {target} (once) ...")
         tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
         tmp.chmod(default_mode(0o777))  # mkdtemp's 0700 would hide the demo from the other users of a shared cache
         generate(tmp)

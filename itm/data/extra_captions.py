@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from ..log import progress
 from ..errors import DataError, MissingExtra
 from ..files import cache_dir
 from ..models.encoders import make_encoder
@@ -62,7 +62,7 @@ def extra_positives(path: Path, train: Split) -> dict[str, list[str]]:
     return out
 
 
-def embed_cached(captions: list[str], log=sys.stdout) -> dict[str, np.ndarray]:
+def embed_cached(captions: list[str], log=progress) -> dict[str, np.ndarray]:
     """Sentence embeddings of ``captions``, computed once and then read from the cache file."""
     digest = hashlib.sha256("\n".join(sorted(captions)).encode()).hexdigest()[:16]
     path = cache_dir() / f"extra-captions-{digest}.npz"
@@ -80,7 +80,7 @@ def embed_cached(captions: list[str], log=sys.stdout) -> dict[str, np.ndarray]:
     return vectors
 
 
-def load_extra_captions(setting: str | None, data_dir: Path, train: Split, log=sys.stdout):
+def load_extra_captions(setting: str | None, data_dir: Path, train: Split, log=progress):
     """``--extra-captions``: (image -> its new captions, caption -> embedding), or None when there are none."""
     path = resolve(setting, data_dir)
     if path is None:

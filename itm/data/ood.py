@@ -20,9 +20,9 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import sys
 from pathlib import Path
 
+from ..log import logger
 from ..errors import DataError
 from .embed import embed_data_dir, write_embeddings
 from .folder import (EMBEDDINGS_NPZ, IMAGES_SUBDIR, SPLIT_FILES, Problems, embeddings_path, load_data_dir,
@@ -34,7 +34,7 @@ DEFAULT_NEGATIVES = 2
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    logger.info(message)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

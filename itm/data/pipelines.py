@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 
 from ..errors import ConfigError
+from ..log import logger
 from . import batches
 from .features import load_feature_cache
 from .images import load_image_cache
@@ -60,8 +61,8 @@ class Pipeline:
         start = time.perf_counter()
         store = load_image_cache([t.image for s in splits for t in s.triples], splits[0].images_dir,
                                  self.config.image_size)
-        print(f"Decoded {len(store.names)} images once into memory ({store.pixels.nbytes / 2**20:.0f} MiB uint8) "
-              f"in {time.perf_counter() - start:.1f} s", flush=True)
+        logger.info(f"Decoded {len(store.names)} images once into memory ({store.pixels.nbytes / 2**20:.0f} MiB uint8) "
+                    f"in {time.perf_counter() - start:.1f} s")
         return store
 
     def dataset(self, data, store, first_epoch: int = 0, extra=None, epochs: int | None = None):
@@ -86,7 +87,7 @@ class ShardsPipeline(Pipeline):
     def check_ready(self, data_dir) -> None:
         shards = shards_dir_of(data_dir, self.config.shards_dir)
         index = read_index(shards, splits=("train", "dev"), data_dir=data_dir)
-        print(f"  train streams from {shards} ({index['splits']['train']['shards']} TFRecord shards)")
+        logger.info(f"  train streams from {shards} ({index['splits']['train']['shards']} TFRecord shards)")
 
     def _triples(self, data):
         c = self.config

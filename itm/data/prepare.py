@@ -14,10 +14,10 @@ import os
 import random
 import re
 import shutil
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..log import logger
 from ..errors import DataError, MissingExtra
 from ..files import atomic_write
 from ..models.encoders import require_sentence_transformers
@@ -36,7 +36,7 @@ _NUMBERED_SUFFIX = re.compile(r"^(?P<base>.+\.(?:jpe?g|png))\.\d+$", re.IGNORECA
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    logger.info(message)
 
 
 def _report(problems: Problems, what: str) -> None:

@@ -15,8 +15,12 @@ import importlib.resources
 import os
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # imported where used: importing this module does not start Keras
+    import keras
 
 from ..errors import MissingExtra, WeightsError
 
@@ -230,7 +234,7 @@ def _torch_like(layer):
     return layer.__class__.from_config(config)
 
 
-def _build(input_shape) -> "keras.Model":
+def _build(input_shape) -> keras.Model:
     """The include_top=True graph (logits) on pixels in [0, 1], weights not yet loaded."""
     import keras
 

@@ -28,6 +28,7 @@ import tensorflow as tf
 from ..data.folder import load_data_dir
 from ..data.pipelines import pipeline_for
 from ..data.shards import INDEX_FILE, SHARDS_SUBDIR, write_shards
+from ..log import logger
 from ..models.classifier import split_model
 from ..options import finish_config, resolve_config
 from .run import build_trainer
@@ -181,11 +182,10 @@ def _shards_for(data_dir: str) -> tuple[Path | None, float | None]:
 def run(data_dir: str, settings: list[str], steps: int, precision: str | None = None) -> dict:
     """Measure each setting in a subprocess, then add the speed-ups over 'naive' and the machine's peak."""
     info = cpu_info()
-    print(f"CPU: {info['model']}, {info['cores']} cores, {', '.join(info['features']) or 'no AVX2'}",
-          file=sys.stderr, flush=True)
+    logger.info(f"CPU: {info['model']}, {info['cores']} cores, {', '.join(info['features']) or 'no AVX2'}")
     results = []
     for setting in settings:
-        print(f"measuring {setting} ...", file=sys.stderr, flush=True)
+        logger.info(f"measuring {setting} ...")
         cmd = [sys.executable, "-m", "itm", "bench", "--data-dir", data_dir, "--steps", str(steps), "--one", setting]
         if precision:
             cmd += ["--precision", precision]
@@ -193,8 +193,8 @@ def run(data_dir: str, settings: list[str], steps: int, precision: str | None = 
         if proc.returncode != 0:
             raise RuntimeError(f"benchmark of {setting} failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"  {setting}: {results[-1]['seconds_per_epoch']} s per epoch, "
-              f"{results[-1]['achieved_gflops']} GFLOP/s ({results[-1]['precision']})", file=sys.stderr, flush=True)
+        logger.info(f"  {setting}: {results[-1]['seconds_per_epoch']} s per epoch, "
+                    f"{results[-1]['achieved_gflops']} GFLOP/s ({results[-1]['precision']})")
     naive = next((r for r in results if r["setting"] == "naive"), None)
     for r in results:
         if naive and r["setting"] != "best-cpu":

@@ -25,6 +25,7 @@ import numpy as np
 from ..data.batches import one_hot
 from ..errors import DataError, TrainingDiverged
 from ..files import atomic_write, written_as
+from ..log import logger
 from ..evaluation.metrics import binary_metrics, roc_auc
 from .run_folder import BACKUP_DIR
 HISTORY_COLUMNS = ("loss", "binary_accuracy", "val_loss", "val_binary_accuracy", "val_balanced_accuracy",
@@ -95,8 +96,8 @@ class Progress(keras.callbacks.Callback):
             self.last = now
             done = batch + 1
             eta = (now - self.start) / done * (self.steps - done)
-            print(f"  epoch {self.epoch}/{self.epochs} step {done}/{self.steps}: loss {float(logs['loss']):.4f} "
-                  f"binary_accuracy {float(logs['binary_accuracy']):.4f} ({eta:.0f} s left in this epoch)", flush=True)
+            logger.info(f"  epoch {self.epoch}/{self.epochs} step {done}/{self.steps}: loss {float(logs['loss']):.4f} "
+                        f"binary_accuracy {float(logs['binary_accuracy']):.4f} ({eta:.0f} s left in this epoch)")
 
 
 class EpochBackup(keras.callbacks.Callback):
@@ -167,7 +168,7 @@ class EpochBackup(keras.callbacks.Callback):
                             "afresh, or run the itm version that wrote them") from None
         self.history = state["history"]
         self.train_seconds = float(state.get("train_seconds") or 0.0)
-        print(f"Resuming from the backup in {self.dir}: {state['epoch']} of the epochs already done", flush=True)
+        logger.info(f"Resuming from the backup in {self.dir}: {state['epoch']} of the epochs already done")
         return state["epoch"]
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -215,5 +216,10 @@ def write_history_csv(history: dict[str, list[float]], path: Path) -> None:
 
 
 def keras_verbosity() -> int:
-    """Keras' progress bar on a terminal; one line per epoch (with Progress's step counter) elsewhere."""
-    return 1 if sys.stdout.isatty() else 2
+    """Keras' progress bar on a terminal and in Jupyter; one line per epoch (with Progress's step counter)
+    elsewhere; nothing when the itm logger is quiet (--quiet)."""
+    from .. import log
+
+    if log.quiet():
+        return 0
+    return 1 if sys.stdout.isatty() or log.in_notebook() else 2

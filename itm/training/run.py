@@ -1,7 +1,7 @@
 """The training harness: one run, one output folder. Data, model, optimizer, ``fit``, save, evaluate.
 
 Outputs in the run folder: config.json, model.keras, history.csv, history.png, predictions.tsv,
-metrics.json, and the evaluation's metrics-test.json, calibration.json, figures and report.md.
+metrics.json, TensorBoard logs (tensorboard/), and the evaluation's metrics-test.json, calibration.json, figures and report.md.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from ..evaluation.plots import plot_history
 from ..evaluation.predict import Scorer
 from ..evaluation.report import write_report
 from ..files import write_json, written_as
+from ..log import logger
 from ..models.classifier import build_model, split_model
 from ..models.optim import create_optimizer
 from ..options import TrainConfig, fast_precision, finish_config  # noqa: F401 (fast_precision: its old home)
@@ -33,6 +34,7 @@ from . import callbacks as cb
 from . import run_folder
 from .run_lock import RunLock
 from .multiworker import check_tf_config, fit_multiworker
+from .tensorboard import TensorBoardLog
 from .trainer import Trainer
 
 
@@ -83,7 +85,7 @@ def print_summary(model, width: int = 110) -> None:
     old = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = str(width)
     try:
-        model.summary(line_length=width, print_fn=lambda line, **_: print(line, flush=True))
+        model.summary(line_length=width, print_fn=lambda line, **_: logger.info(line))
     finally:
         if old is None:
             del os.environ["COLUMNS"]
@@ -126,12 +128,13 @@ def resolve_run(config: TrainConfig) -> tuple[TrainConfig, Path, bool]:
     out = Path(config.output_dir) if config.output_dir else run_folder.default_output_dir(config.preset)
     resuming = run_folder.open_run_folder(out, config.overwrite)
     data_dir, origin = resolve_data_dir(config.data_dir)
-    print(origin, flush=True)
+    logger.info(origin)
     saved = run_folder.saved_config(out) if resuming else {}
     config, how = finish_config(config, data_dir, out, saved_seed=saved.get("seed"))
     if resuming:
         run_folder.check_restart(out, config.to_dict())
-    print(f"Seed: {config.seed} ({how}); precision: {config.precision}; run folder: {out}", flush=True)
+    logger.info(f"Seed: {config.seed} ({how}); precision: {config.precision}; run folder: {out}")
+    logger.debug(f"options: {json.dumps(config.to_dict())}")
     return config, out, resuming
 
 
@@ -149,11 +152,11 @@ def train(config: TrainConfig) -> Path:
 def _train(config: TrainConfig) -> Path:
     config, out, _ = resolve_run(config)
     pipeline = pipeline_for(config)
-    print("Checking the data folder ...", flush=True)
+    logger.info("Checking the data folder ...")
     data = load_data_dir(config.data_dir, limit=config.limit, need_embeddings=config.text_tower == "precomputed")
     for split in data.splits.values():
-        print(f"  {split.name:5s} {len(split.triples):6d} triples ({split.n_match} match, "
-              f"{len(split.triples) - split.n_match} no-match), {len({t.image for t in split.triples})} images")
+        logger.info(f"  {split.name:5s} {len(split.triples):6d} triples ({split.n_match} match, "
+                    f"{len(split.triples) - split.n_match} no-match), {len({t.image for t in split.triples})} images")
     pipeline.check_ready(config.data_dir)  # before training: missing or stale shards are an error
     extra = load_extra_captions(config.extra_captions, config.data_dir, data.splits["train"])
     if extra:
@@ -169,7 +172,7 @@ def _train(config: TrainConfig) -> Path:
         write_json(Path(out) / "config.json", config.to_dict(), "the run's config")
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")  # tf.data shuffles itself
 
-    print(f"BUILDING model (preset {config.preset})")
+    logger.info(f"BUILDING model (preset {config.preset})")
     model, trainer = build_trainer(config, strategy, steps)
     print_summary(model)
     if not config.cache_features:
@@ -179,11 +182,11 @@ def _train(config: TrainConfig) -> Path:
     backup = cb.EpochBackup(out, write=chief)
     done = backup.restore(trainer)
     callbacks = [cb.DevScores(Scorer(model), data.splits["dev"], data.embeddings, store), cb.LearningRate(),
-                 cb.StopOnNonFinite(), backup]
+                 cb.StopOnNonFinite(), TensorBoardLog(out, config.to_dict(), write=chief), backup]
     if cb.keras_verbosity() == 2:
         callbacks.insert(0, cb.Progress(config.epochs, steps))
-    print(f"TRAINING model: {config.epochs} epochs x {steps} steps of {config.batch_size} "
-          f"({config.objective} objective, {config.pipeline} pipeline, {config.precision})", flush=True)
+    logger.info(f"TRAINING model: {config.epochs} epochs x {steps} steps of {config.batch_size} "
+                f"({config.objective} objective, {config.pipeline} pipeline, {config.precision})")
     start = time.perf_counter()
     try:
         if config.strategy == "multiworker":
@@ -197,10 +200,10 @@ def _train(config: TrainConfig) -> Path:
                                "lower --batch-size or --image-size; the last finished epoch's backup is kept in "
                                f"{Path(out) / 'backup'}") from None
     train_seconds = time.perf_counter() - start
-    print(f"model trained in {train_seconds:.1f} s", flush=True)
+    logger.info(f"model trained in {train_seconds:.1f} s")
 
     if not chief:
-        print("This worker is done; the chief writes and evaluates the run.", flush=True)
+        logger.info("This worker is done; the chief writes and evaluates the run.")
         return out
     model.compile(optimizer=trainer.optimizer, loss=keras.losses.KLDivergence(),
                   metrics=[keras.metrics.BinaryAccuracy()])  # saved with the model, as the original's
@@ -218,8 +221,8 @@ def complete_run(config: TrainConfig, data, out: Path) -> Path:
     and write the rest (metrics, report; history from the backup where it is left), instead of training again."""
     from ..serving.matcher import load_model
 
-    print(f"{out / 'model.keras'} was saved but the run's evaluation did not finish: completing the run from the "
-          "saved model (not training again)", flush=True)
+    logger.info(f"{out / 'model.keras'} was saved but the run's evaluation did not finish: completing the run from "
+                "the saved model (not training again)")
     backup = cb.EpochBackup(out)
     state, why = backup.read_state()
     try:
