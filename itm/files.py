@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from collections.abc import Callable
 
@@ -16,28 +16,66 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ITM_CACHE_DIR") or Path.home() / ".cache" / "itm")
 
 
-def atomic_write(path, write: Callable) -> None:
-    """Write through a temp file in the same folder, then rename: a crash never leaves half a file.
+def cause(e: OSError) -> str:
+    """An OSError's reason in a few words ('File too large', 'No space left on device'); h5py's own
+    messages run to lines."""
+    return os.strerror(e.errno) if e.errno else (e.strerror or str(e)).splitlines()[0]
 
-    ``write`` gets the open binary file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+def default_mode(kind: int = 0o666) -> int:
+    """The mode a plain ``open`` would give a new file (``kind`` less the umask); mkstemp and mkdtemp
+    make theirs private (0600, 0700), which a shared run or cache folder must not get."""
     try:
-        with os.fdopen(fd, "wb") as f:
+        for line in open("/proc/self/status"):
+            if line.startswith("Umask:"):
+                return kind & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return kind & ~mask
+
+
+def temp_name(path: Path) -> Path:
+    """A hidden name beside ``path`` that keeps its suffixes (Keras wants '.keras', '.weights.h5')."""
+    return path.with_name(f".tmp-{os.getpid()}-{os.urandom(3).hex()}-{path.name}")
+
+
+@contextmanager
+def written_as(path, what: str):
+    """Yields a temporary path beside ``path`` for a writer that wants a file name (Keras, h5py); renamed to
+    ``path`` when the block ends, removed when it fails, so ``path`` is whole or absent. A write the disk
+    refuses (full, file-size limit, read-only, no permission) becomes one DataError naming path and cause."""
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        raise DataError(f"cannot write {what} {path}: {cause(e)}") from None
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def atomic_write(path, write: Callable, what: str = "the file") -> None:
+    """Write through a temp file in the same folder, then rename: a crash never leaves half a file, a
+    failing disk is a DataError naming ``path`` and the cause. ``write`` gets the open binary file."""
+    path = Path(path)
+    with written_as(path, what) as tmp:
+        with open(tmp, "xb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
-def write_json(path, value) -> None:
+def write_json(path, value, what: str = "the JSON file") -> None:
     """``value`` as indented JSON, written atomically; NaN and infinity (not JSON) become null."""
     text = json.dumps(_finite(value), indent=2, allow_nan=False) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")), what)
 
 
 def _finite(value):

@@ -36,13 +36,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, run: Path, images: Path, cache_dir: Path):
+    def __init__(self, run: Path, images: Path, cache_dir: Path, extra=()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(cache_dir / "server.log", "w+")
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "ITM_CACHE_DIR": str(cache_dir)}
         self.proc = subprocess.Popen([sys.executable, "-m", "itm", "serve", "--run", str(run), "--images", str(images),
-                                      "--port", str(self.port), "--max-upload-mb", str(MAX_UPLOAD_MB)],
+                                      "--port", str(self.port), "--max-upload-mb", str(MAX_UPLOAD_MB), *extra],
                                      cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180
         while True:

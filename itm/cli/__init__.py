@@ -34,6 +34,15 @@ def dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespace
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a write the disk refused where no caller named it (figures, tables)
+        import errno
+
+        if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO):
+            raise
+        from ..files import cause
+
+        print(f"error: cannot write {e.filename or 'a file'}: {cause(e)}", file=sys.stderr)
+        return 2
 
 
 # Commands whose progress goes to stdout with their result lines, as the original's training printed; the

@@ -195,7 +195,8 @@ def run_serve(args: Namespace) -> int:
     from ..serving.server import serve
 
     serve(args.run, data_dir=args.data_dir, images=args.images, host=args.host, port=args.port,
-          max_upload_mb=args.max_upload_mb, max_image_pixels=args.max_image_pixels, log_level=args.log_level)
+          max_upload_mb=args.max_upload_mb, max_image_pixels=args.max_image_pixels, log_level=args.log_level,
+          read_timeout=args.read_timeout, max_connections=args.max_connections)
     return 0
 
 

@@ -19,7 +19,8 @@ from ..options import GROUPS, OPTIONS, PRESETS, flag
 from ..options import positive_float as parse_positive_float, positive_int as parse_positive_int
 from ..serving.export import FORMATS as EXPORT_FORMATS
 from ..serving.matcher import MAX_CAPTION_CHARS
-from ..serving.server import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_UPLOAD_MB, MAX_CAPTIONS, MAX_UPLOAD_MB
+from ..serving.server import (DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_UPLOAD_MB,
+                              DEFAULT_READ_TIMEOUT, MAX_CAPTIONS, MAX_UPLOAD_MB)
 
 
 def _typed(parse):
@@ -338,6 +339,10 @@ def add_serve(sub) -> None:
     p.add_argument("--max-image-pixels", type=positive_int, default=DEFAULT_MAX_IMAGE_PIXELS,
                    help="largest image accepted, in pixels (width x height, read from the header before decoding); "
                         "larger gets 400 (default: %(default)s)")
+    p.add_argument("--read-timeout", type=positive_float, default=DEFAULT_READ_TIMEOUT, metavar="SECONDS",
+                   help="time allowed to receive a request's whole body; slower gets 408 (default: %(default)s)")
+    p.add_argument("--max-connections", type=positive_int, default=DEFAULT_MAX_CONNECTIONS,
+                   help="open connections served at once; more get 503 at once (default: %(default)s)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
 
 

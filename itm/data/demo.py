@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
+from ..files import cache_dir, cause, default_mode
 from ..log import logger
-from ..files import cache_dir
 from .folder import EMBEDDINGS_PKL, IMAGES_SUBDIR, SPLIT_FILES
 
 COLOURS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 80, 215),
@@ -120,21 +121,36 @@ def is_demo(data_dir) -> bool:
 
 
 def ensure_demo_data() -> Path:
-    """The bundled demo dataset, generated on first use into the cache folder (atomically)."""
+    """The bundled demo dataset, generated on first use into the cache folder (atomically: built in a
+    hidden folder, renamed when whole). A cache folder that cannot be written is one DataError."""
     target = cache_dir() / f"demo-{DEMO_VERSION}"
     if (target / EMBEDDINGS_PKL).is_file():
         if not is_demo(target):  # generated before demo folders carried their marker
-            (target / MARKER).write_text(MARKER_TEXT)
+            try:
+                (target / MARKER).write_text(MARKER_TEXT)
+            except OSError:
+                pass  # read-only: the marker only labels runs as demo runs
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    logger.info(f"Generating the demo dataset into {target} (once) ...")
-    tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
+    tmp = None
+    if target.parent.exists() and not target.parent.is_dir():
+        raise DataError(f"the cache folder {target.parent} (ITM_CACHE_DIR, else ~/.cache/itm) is a file, not a folder: "
+                        "set ITM_CACHE_DIR to a folder that can be written, or pass --data-dir")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        logger.info(f"Generating the demo dataset into {target} (once) ...")
+        tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
+        tmp.chmod(default_mode(0o777))  # mkdtemp's 0700 would hide the demo from the other users of a shared cache
         generate(tmp)
         try:
             tmp.rename(target)
         except OSError:  # another process won the race
-            pass
+            if not (target / EMBEDDINGS_PKL).is_file():
+                raise
+    except OSError as e:
+        where = e.filename or target
+        raise DataError(f"cannot write the demo dataset into {where}: {cause(e)}; set ITM_CACHE_DIR to a folder "
+                        "that can be written, or pass --data-dir") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -8,16 +8,16 @@ damaged cache file is rebuilt, never trusted. Two users share it: training on a 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
+import sys
 import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
+from ..files import atomic_write, cache_dir
 from ..log import logger, progress
-from ..files import cache_dir
 from .images import decoded_paths
 
 
@@ -26,21 +26,53 @@ def stamp(path: Path) -> tuple[int, int]:
     return st.st_mtime_ns, st.st_size
 
 
-class FeatureFile:
-    """name -> feature vector for the files of one folder, as computed by the encoder named ``key``."""
+def checksum(features: np.ndarray) -> str:
+    """sha256 of a feature matrix's dtype, shape and bytes: what a cache file must still hold to be used."""
+    h = hashlib.sha256(f"{features.dtype.str}|{features.shape}|".encode())
+    h.update(np.ascontiguousarray(features).tobytes())
+    return h.hexdigest()
 
-    def __init__(self, path: Path, key: str):
+
+class FeatureFile:
+    """name -> feature vector for the files of one folder, as computed by the encoder named ``key``.
+
+    The file carries the shape and a checksum of its features: a file whose contents do not match them
+    (damaged, zeroed, replaced) or whose vectors are not of ``item_shape`` is rebuilt, with a warning;
+    ``rebuilt`` says why."""
+
+    def __init__(self, path: Path, key: str, item_shape: tuple | None = None, log=sys.stderr):
         self.path, self.key = Path(path), key
         self.entries: dict[tuple[str, int, int], np.ndarray] = {}
+        self.rebuilt = ""
         if self.path.is_file():
             try:
                 with np.load(self.path, allow_pickle=False) as z:
                     if str(z["key"]) == key:
                         features = z["features"]  # read once: each z[...] reads the whole array again
-                        self.entries = {(str(n), int(m), int(s)): features[i]
-                                        for i, (n, m, s) in enumerate(zip(z["names"], z["mtimes"], z["sizes"]))}
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-                self.entries = {}
+                        self.rebuilt = self._mismatch(z, features, item_shape)
+                        if not self.rebuilt:
+                            self.entries = {(str(n), int(m), int(s)): features[i]
+                                            for i, (n, m, s) in enumerate(zip(z["names"], z["mtimes"], z["sizes"]))}
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+                self.rebuilt = f"unreadable: {type(e).__name__}"
+            if self.rebuilt:
+                print(f"warning: the feature cache {self.path} cannot be used ({self.rebuilt}): rebuilding it",
+                      file=log, flush=True)
+
+    @staticmethod
+    def _mismatch(z, features: np.ndarray, item_shape) -> str:
+        if "checksum" not in z.files or "shape" not in z.files:
+            return "no checksum: written by an older itm"
+        recorded = tuple(int(d) for d in z["shape"])
+        if recorded != features.shape:
+            return f"features of shape {features.shape}, recorded as {recorded}"
+        if str(z["checksum"]) != checksum(features):
+            return "its features do not match their checksum: changed or damaged after they were written"
+        if len(z["names"]) != len(features):
+            return f"{len(z['names'])} names for {len(features)} feature rows"
+        if item_shape is not None and len(features) and tuple(features.shape[1:]) != tuple(item_shape):
+            return f"vectors of shape {tuple(features.shape[1:])}, the encoder gives {tuple(item_shape)}"
+        return ""
 
     def get(self, name: str, file_stamp: tuple[int, int]):
         return self.entries.get((name, *file_stamp))
@@ -49,19 +81,18 @@ class FeatureFile:
         self.entries[(name, *file_stamp)] = np.asarray(vector)
 
     def save(self, keep) -> None:
-        """Write the entries of ``keep`` ((name, stamp) pairs) atomically; a read-only place costs speed only."""
+        """Write the entries of ``keep`` ((name, stamp) pairs) atomically, with their shape and checksum; a
+        place that cannot be written costs speed only (one warning line, no partial file)."""
         keep = [(n, s) for n, s in keep if (n, *s) in self.entries]
+        features = np.stack([self.entries[(n, *s)] for n, s in keep]) if keep else np.zeros((0,))
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".npz", dir=self.path.parent)
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, key=np.array(self.key), names=np.array([n for n, _ in keep], dtype=str),
-                         mtimes=np.array([s[0] for _, s in keep], np.int64),
-                         sizes=np.array([s[1] for _, s in keep], np.int64),
-                         features=np.stack([self.entries[(n, *s)] for n, s in keep]) if keep else np.zeros((0,)))
-            os.replace(tmp, self.path)
-        except OSError as e:
-            logger.warning(f"warning: cannot write the feature cache {self.path}: {e}")
+            atomic_write(self.path, lambda f: np.savez(
+                f, key=np.array(self.key), names=np.array([n for n, _ in keep], dtype=str),
+                mtimes=np.array([s[0] for _, s in keep], np.int64), sizes=np.array([s[1] for _, s in keep], np.int64),
+                features=features, shape=np.array(features.shape, np.int64), checksum=np.array(checksum(features))),
+                "the feature cache")
+        except DataError as e:
+            logger.warning(f"warning: {e} (carrying on without it)")
 
 
 # ---------------------------------------------------------------- a frozen backbone's features for training
@@ -109,7 +140,9 @@ def load_feature_cache(model, splits, config, batch: int = 64, log=progress) -> 
     cut = f"before-{config.unfreeze_from}" if config.unfreeze_from else config.backbone_pooling
     key = f"{config.image_tower}-{config.image_size}px-{cut}-{weights_key(backbone)}"
     folder_key = hashlib.sha256(str(images_dir).encode()).hexdigest()[:12]
-    store = FeatureFile(cache_dir() / "features" / f"{key}-{folder_key}.npz", key)
+    shape = tuple(backbone.output.shape[1:])
+    store = FeatureFile(cache_dir() / "features" / f"{key}-{folder_key}.npz", key,
+                        shape if None not in shape else None, log=log)
     stamps = {n: stamp(images_dir / n) for n in names}
     views = {"": lambda x: x, MIRRORED: lambda x: tf.reverse(x, axis=[2])} if config.augment else {"": lambda x: x}
     start = time.perf_counter()
@@ -138,11 +171,21 @@ def load_feature_cache(model, splits, config, batch: int = 64, log=progress) -> 
     # photos (a million triples: 4.8 GiB peak after the feature step, measured, with the copy)
     features = {suffix: np.stack([store.get(n + suffix, stamps[n]) for n in names]).astype(np.float32, copy=False)
                 for suffix in views}
+    check_finite(features, names, store.path)
     mirrored = ", and mirrored" if len(views) > 1 else ""
     print(f"Backbone features of {len(names)} images ({'x'.join(map(str, features[''].shape[1:]))} each{mirrored}): "
           f"{computed} computed, {len(names) * len(views) - computed} from the cache, in "
           f"{time.perf_counter() - start:.1f} s", file=log, flush=True)
     return FeatureCache(names, features[""], features.get(MIRRORED))
+
+
+def check_finite(features: dict, names: list[str], path: Path) -> None:
+    """NaN or infinite features would train a model that diverges, with the blame on the embeddings: refuse
+    them here, naming the cache they are kept in."""
+    bad = sorted({names[i] for f in features.values() for i in np.flatnonzero(~np.isfinite(f).reshape(len(f), -1).all(1))})
+    if bad:
+        raise DataError(f"the image features of {len(bad)} image(s) hold NaN or infinity (e.g. {bad[0]}), in the feature "
+                        f"cache {path}: the backbone's weights give non-finite output; delete that file once they are fixed")
 
 
 MIRRORED = "#mirrored"  # the cache entry of a photo's mirror image (left and right swapped)

@@ -14,10 +14,11 @@ Images are checked by the same rule the pipelines and inference decode with (``i
 from __future__ import annotations
 
 import pickle
+import sys
 import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
@@ -91,14 +92,20 @@ def parse_split_file(path: Path, problems: Problems) -> list[Triple]:
     string object, not one per line: a split of a million triples holds 200,000 names, not a million."""
     triples = []
     strings: dict[str, str] = {}
-    # utf-8-sig: a byte-order mark that an editor put at the start is not part of the first image name
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path.name}:{lineno}"
+            try:  # utf-8-sig on line 1: a byte-order mark an editor put there is not part of the first image name
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                shown = raw.rstrip(b"\r\n")[:80].decode("utf-8", "replace")
+                problems.add("line that is not UTF-8 (an encoding problem: save the file as UTF-8)",
+                             f"{where}: byte {raw[e.start:e.start + 1]!r} at column {e.start + 1}: "
+                             f"{shown!r}")
+                continue
             if not line.strip():
                 continue
             fields = line.split("\t")
-            where = f"{path.name}:{lineno}"
             if len(fields) != 3:
                 problems.add("line without three tab-separated fields",
                              f"{where}: {len(fields)} field(s): {line[:80]!r}")
@@ -110,9 +117,43 @@ def parse_split_file(path: Path, problems: Problems) -> list[Triple]:
             if not image or not caption.strip():
                 problems.add("empty image name or caption", f"{where}: {line[:80]!r}")
                 continue
+            if leaves_folder(image):
+                problems.add(f"image path leaving the {IMAGES_SUBDIR} folder", f"{where}: {image!r}")
+                continue
             image, caption = strings.setdefault(image, image), strings.setdefault(caption, caption)
             triples.append(Triple(image, caption, label == "match", lineno))
     return triples
+
+
+def leaves_folder(name: str) -> bool:
+    """An absolute path, or one that climbs out with '..': an image name names a file inside the images folder."""
+    return (PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or name.startswith("~")
+            or ".." in PurePosixPath(name.replace("\\", "/")).parts)
+
+
+def check_pairs(loaded: dict, problems: Problems, warn=None) -> None:
+    """A pair labelled both match and no-match is an error naming both lines; an exact repeat of a line
+    (the same pair and label, in the same or another split file) is a warning with counts, since the course
+    data holds two: each repeat weighs its pair twice, and a repeat across splits lets test see training data."""
+    first: dict[tuple[str, str], tuple[str, Triple]] = {}
+    repeats = []
+    for split in loaded.values():
+        for t in split.triples:
+            where = f"{SPLIT_FILES[split.name]}:{t.line}"
+            seen = first.setdefault((t.image, t.caption), (where, t))
+            if seen[1] is t:
+                continue
+            if seen[1].match != t.match:
+                problems.add("pair labelled both match and no-match",
+                             f"{seen[0]} ({LABELS[not seen[1].match]}) and {where} ({LABELS[not t.match]}): "
+                             f"{t.image} {t.caption[:60]!r}")
+            else:
+                repeats.append(f"{where} repeats {seen[0]}")
+    if repeats:
+        shown = "; ".join(repeats[:MAX_EXAMPLES_PER_PROBLEM]) + (f"; ... and {len(repeats) - MAX_EXAMPLES_PER_PROBLEM} more"
+                                                               if len(repeats) > MAX_EXAMPLES_PER_PROBLEM else "")
+        print(f"warning: {len(repeats)} line(s) repeat an earlier line exactly (used as they are): {shown}",
+              file=warn or sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- embeddings
@@ -234,12 +275,13 @@ def load_data_dir(data_dir, limit: int | None = None, splits=("train", "dev", "t
         if not path.is_file():
             problems.add("missing split file", str(path))
             continue
-        triples = parse_split_file(path, problems)
+        loaded[name] = Split(name, parse_split_file(path, problems), images_dir)
+    check_pairs(loaded, problems)
+    for name, split in loaded.items():
         if limit is not None:
-            triples = triples[:limit]
-        if not triples:
-            problems.add("split file with no usable triples", str(path))
-        loaded[name] = Split(name, triples, images_dir)
+            split.triples = split.triples[:limit]
+        if not split.triples:
+            problems.add("split file with no usable triples", str(data_dir / SPLIT_FILES[name]))
 
     embeddings = {}
     emb_path = embeddings_path(data_dir) if need_embeddings else None

@@ -52,12 +52,17 @@ def _open(data: bytes, what: str, max_pixels: int | None = None, decode: bool = 
 
 
 def read_bytes(path) -> bytes:
+    if "://" in str(path):
+        raise ImageError(f"image {path} is a URL: itm reads image files only (download it first)")
     try:
-        return Path(path).read_bytes()
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ImageError(f"image {path} does not exist") from None
     except OSError as e:
         raise ImageError(f"cannot read image {path}: {e.strerror or e}") from None
+    if not data:
+        raise ImageError(f"image {path} is an empty file (0 bytes)")
+    return data
 
 
 def image_problem(path) -> str | None:

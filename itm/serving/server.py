@@ -6,9 +6,10 @@ image search over the folder given by ``--images``; and the JSON API behind it, 
 at a time and serialises model calls. Clients only ever send bytes and text: no request names a
 server path.
 
-Limits, each a clear 4xx rather than work: the request body (``--max-upload-mb``, 413), the image's
-pixel count, read from its header before decoding (``--max-image-pixels``, 400), and the captions of a
-request (at most ``MAX_CAPTIONS``, each at most ``MAX_CAPTION_CHARS`` characters, 400).
+Limits, each a clear 4xx rather than work: the request body (``--max-upload-mb``, 413), the time to
+receive it (``--read-timeout``, 408), the image's pixel count, read from its header before decoding
+(``--max-image-pixels``, 400), and the captions of a request (at most ``MAX_CAPTIONS``, each at most
+``MAX_CAPTION_CHARS`` characters, 400). Past ``--max-connections`` open connections, 503 at once.
 """
 
 import math
@@ -23,70 +24,89 @@ DEFAULT_MAX_UPLOAD_MB = 10.0
 MAX_UPLOAD_MB = 1024.0
 DEFAULT_MAX_IMAGE_PIXELS = 16_000_000  # a 4000 x 4000 photo: 48 MB once decoded
 MAX_CAPTIONS = 100
+DEFAULT_READ_TIMEOUT = 30.0  # seconds for a request's whole body
+DEFAULT_MAX_CONNECTIONS = 100  # open connections and requests together; more get 503 at once, none wait unbounded
 SERVE_HINT = "pip install '.[serve]'  (fastapi, uvicorn, python-multipart)"
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a request body over ``max_bytes``, by its Content-Length or, when
-    streamed without one, as soon as the bytes received pass the cap (never buffered beyond it)."""
+    """ASGI middleware for the request body: 413 for one over ``max_bytes``, by its Content-Length or, when
+    streamed without one, as soon as the bytes received pass the cap (never buffered beyond it); 408 for one
+    not received whole within ``read_timeout`` seconds of the request's start (a client sending a byte a
+    second, or a Content-Length larger than what it sends, holds a coroutine and a connection that long,
+    never a worker thread: the handlers run only on a whole body)."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, read_timeout: float = DEFAULT_READ_TIMEOUT):
+        self.app, self.max_bytes, self.read_timeout = app, max_bytes, read_timeout
 
     async def __call__(self, scope, receive, send):
+        import asyncio
+
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._too_large(send)
-        received, started, exceeded = 0, False, False
+            return await self._refuse(send, 413, f"request body over the upload limit of {self.max_bytes:,} bytes")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.read_timeout
+        received, started, refusal = 0, False, None
 
-        class TooLarge(Exception):
+        class Refused(Exception):
             pass
 
         async def limited_receive():
-            nonlocal received, exceeded
-            message = await receive()
+            nonlocal received, refusal
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                refusal = (408, f"request body not received within {self.read_timeout:g} s")
+                raise Refused from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    exceeded = True
-                    raise TooLarge
+                    refusal = (413, f"request body over the upload limit of {self.max_bytes:,} bytes")
+                    raise Refused
             return message
 
         async def guarded_send(message):
-            # the app may turn TooLarge into its own error response (FastAPI answers 400 for a body it
-            # could not parse): once the cap is passed, whatever it answers becomes the 413.
+            # the app may turn Refused into its own error response (FastAPI answers 400 for a body it could
+            # not parse): once the body is refused, whatever it answers becomes the 413 or 408.
             nonlocal started
             if message["type"] == "http.response.start":
                 if started:
                     return
                 started = True
-                if exceeded:
-                    return await self._too_large(send)
-            elif exceeded:
+                if refusal:
+                    return await self._refuse(send, *refusal)
+            elif refusal:
                 return
             await send(message)
 
         try:
             await self.app(scope, limited_receive, guarded_send)
-        except TooLarge:
+        except Refused:
             if not started:
                 started = True
-                await self._too_large(send)
+                await self._refuse(send, *refusal)
 
-    async def _too_large(self, send):
+    async def _refuse(self, send, status: int, detail: str):
         import json
 
-        body = json.dumps({"detail": f"request body over the upload limit of {self.max_bytes:,} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        body = json.dumps({"detail": detail}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
 
 
-def check_limits(port: int, max_upload_mb: float, max_image_pixels: int) -> int:
+def check_limits(port: int, max_upload_mb: float, max_image_pixels: int, read_timeout: float = DEFAULT_READ_TIMEOUT,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS) -> int:
     """The server's limits, checked at start-up; returns the upload cap in bytes."""
+    if not math.isfinite(read_timeout) or not 0 < read_timeout <= 3600:
+        raise ConfigError(f"--read-timeout must be a number of seconds in (0, 3600], not {read_timeout}")
+    if max_connections < 1:
+        raise ConfigError(f"--max-connections must be at least 1, not {max_connections}")
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port must lie in 1..65535, not {port}")
     if not math.isfinite(max_upload_mb) or not 0 < max_upload_mb <= MAX_UPLOAD_MB:
@@ -100,7 +120,7 @@ def check_limits(port: int, max_upload_mb: float, max_image_pixels: int) -> int:
 
 
 def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 2**20),
-               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, read_timeout: float = DEFAULT_READ_TIMEOUT):
     """The ASGI app for ``matcher``; ``images_dir`` enables ``/api/search`` over that folder."""
     try:
         from fastapi import FastAPI, File, Form, HTTPException, UploadFile
@@ -215,16 +235,17 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
             raise HTTPException(404, "no such image")
         return FileResponse(idx.paths[number])
 
-    return BodyLimit(app, max_upload_bytes)
+    return BodyLimit(app, max_upload_bytes, read_timeout)
 
 
 def serve(run, data_dir=None, images=None, host: str = "127.0.0.1", port: int = 8000,
           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-          log_level: str = "warning") -> None:
+          log_level: str = "warning", read_timeout: float = DEFAULT_READ_TIMEOUT,
+          max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
     """Load the run and serve it until interrupted; every limit is checked before anything loads."""
     from .matcher import Matcher
 
-    max_bytes = check_limits(port, max_upload_mb, max_image_pixels)
+    max_bytes = check_limits(port, max_upload_mb, max_image_pixels, read_timeout, max_connections)
     try:
         import uvicorn
     except ImportError:
@@ -232,10 +253,12 @@ def serve(run, data_dir=None, images=None, host: str = "127.0.0.1", port: int = 
     if images and not Path(images).is_dir():
         raise DataError(f"--images {images} is not a folder")
     matcher = Matcher.load(run, data_dir=data_dir)
-    app = create_app(matcher, images, max_bytes, max_image_pixels)
+    app = create_app(matcher, images, max_bytes, max_image_pixels, read_timeout)
     if host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning(f"warning: serving on {host}, reachable from other machines; the app has no authentication")
     for note in matcher.notes:
         logger.warning(f"note: {note}")
     print(f"itm serve: http://{host}:{port}/  (threshold: {matcher.threshold_source})", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    # limit_concurrency: past it uvicorn answers 503 at once; timeout_keep_alive: an idle connection is closed
+    uvicorn.run(app, host=host, port=port, log_level=log_level, limit_concurrency=max_connections,
+                timeout_keep_alive=5, backlog=2048)

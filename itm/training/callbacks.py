@@ -10,6 +10,8 @@ optimizer steps as an uninterrupted one, and the history of every epoch.
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 import math
 import shutil
@@ -21,8 +23,8 @@ import keras
 import numpy as np
 
 from ..data.batches import one_hot
-from ..errors import TrainingDiverged
-from ..files import atomic_write
+from ..errors import DataError, TrainingDiverged
+from ..files import atomic_write, written_as
 from ..log import logger
 from ..evaluation.metrics import binary_metrics, roc_auc
 from .run_folder import BACKUP_DIR
@@ -103,7 +105,10 @@ class EpochBackup(keras.callbacks.Callback):
 
     Written to ``RUN/backup/`` (``write=False``: kept in memory only, as on a multi-worker cluster's
     non-chief workers). The weights go under a new name, then the state is switched to them by an atomic
-    rename, so a kill at any instant leaves a state and the weights it names.
+    rename, so a kill at any instant leaves a state and the weights it names; the state holds the weights'
+    sha256, so a backup damaged later is known before anything of it is loaded. A damaged or missing backup
+    is reported in one line and the run starts afresh (saying how many epochs that loses); weights that are
+    whole but do not load stop the run with the fix.
     """
 
     def __init__(self, run_dir, write: bool = True):
@@ -112,25 +117,65 @@ class EpochBackup(keras.callbacks.Callback):
         self.state = self.dir / "state.json"
         self.write = write
         self.history: dict[str, list[float]] = {}
+        self.train_seconds = 0.0  # all sessions' epochs together, for a run completed after a restart
+
+    def read_state(self) -> tuple[dict | None, str]:
+        """(the backup's state, "") when it can be used; (None, why) when there is one that cannot."""
+        try:
+            state = json.loads(self.state.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None, ""
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            return None, f"{self.state} is unreadable ({type(e).__name__})"
+        if (not isinstance(state, dict) or not isinstance(state.get("epoch"), int) or state["epoch"] < 1
+                or not isinstance(state.get("weights"), str) or "/" in state["weights"]
+                or not isinstance(state.get("history"), dict)):
+            return None, f"{self.state} does not hold a backup's state"
+        weights = self.dir / state["weights"]
+        if not weights.is_file():
+            return state, f"its weights {weights} are missing"
+        if "sha256" in state and file_digest(weights) != state["sha256"]:
+            return state, f"its weights {weights} are damaged (their checksum does not match)"
+        return state, ""
 
     def epochs_done(self) -> int:
-        if not (self.write and self.state.is_file()):
+        if not self.write:
             return 0
-        return int(json.loads(self.state.read_text())["epoch"])
+        state, why = self.read_state()
+        return 0 if why or state is None else state["epoch"]
 
     def restore(self, trainer) -> int:
         """Load the last backup into ``trainer`` (its optimizer built first); return the epochs it had done."""
-        if not self.epochs_done():
+        if not self.write:
             return 0
-        state = json.loads(self.state.read_text())
+        state, why = self.read_state()
+        if why:
+            lost = f"{state['epoch']} finished epoch(s)" if state else "an unknown number of finished epochs"
+            print(f"warning: the backup in {self.dir} cannot be used: {why}. Starting afresh from epoch 1: "
+                  f"{lost} lost", file=sys.stderr, flush=True)
+            shutil.rmtree(self.dir, ignore_errors=True)
+            return 0
+        if state is None:
+            return 0
         if not trainer.optimizer.built:
             trainer.optimizer.build(trainer.trainable_variables)
-        trainer.load_weights(self.dir / state["weights"])
+        weights = self.dir / state["weights"]
+        try:
+            trainer.load_weights(weights)
+        except Exception as e:  # h5py and Keras raise many kinds for weights that do not fit
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise DataError(f"cannot load the backup weights {weights} ({first}): pass --overwrite to start the run "
+                            "afresh, or run the itm version that wrote them") from None
         self.history = state["history"]
+        self.train_seconds = float(state.get("train_seconds") or 0.0)
         logger.info(f"Resuming from the backup in {self.dir}: {state['epoch']} of the epochs already done")
         return state["epoch"]
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.perf_counter()
+
     def on_epoch_end(self, epoch, logs=None):
+        self.train_seconds += time.perf_counter() - getattr(self, "epoch_start", time.perf_counter())
         for key, value in (logs or {}).items():
             self.history.setdefault(key, [])
             self.history[key] = self.history[key][:epoch] + [float(value)]
@@ -138,9 +183,11 @@ class EpochBackup(keras.callbacks.Callback):
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         name = f"epoch{epoch + 1}.weights.h5"
-        self.model.save_weights(self.dir / name)
-        state = json.dumps({"epoch": epoch + 1, "weights": name, "history": self.history})
-        atomic_write(self.state, lambda f: f.write(state.encode()))
+        with written_as(self.dir / name, "the epoch backup") as tmp:
+            self.model.save_weights(tmp)
+        state = json.dumps({"epoch": epoch + 1, "weights": name, "sha256": file_digest(self.dir / name),
+                            "history": self.history, "train_seconds": self.train_seconds})
+        atomic_write(self.state, lambda f: f.write(state.encode()), "the epoch backup's state")
         for old in self.dir.glob("epoch*.weights.h5"):
             if old.name != name:
                 old.unlink()
@@ -149,14 +196,23 @@ class EpochBackup(keras.callbacks.Callback):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_history_csv(history: dict[str, list[float]], path: Path) -> None:
     """One row per epoch, the same columns for every objective (HISTORY_COLUMNS)."""
     keys = [k for k in HISTORY_COLUMNS if k in history] + sorted(set(history) - set(HISTORY_COLUMNS))
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["epoch", *keys])
-        for i in range(len(history["loss"])):
-            w.writerow([i + 1, *(f"{history[k][i]:.6g}" for k in keys)])
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(["epoch", *keys])
+    for i in range(len(history["loss"])):
+        w.writerow([i + 1, *(f"{history[k][i]:.6g}" for k in keys)])
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()), "the training history")
 
 
 def keras_verbosity() -> int:

@@ -10,6 +10,7 @@ import json
 import os
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -20,12 +21,12 @@ from ..data.extra_captions import load_extra_captions
 from ..data.folder import load_data_dir
 from ..data.pipelines import Pipeline, pipeline_for
 from ..data.source import resolve_data_dir
-from ..errors import ConfigError, TrainingDiverged
+from ..errors import ConfigError, DataError, TrainingDiverged
 from ..evaluation.evaluate import evaluate_model
 from ..evaluation.plots import plot_history
 from ..evaluation.predict import Scorer
 from ..evaluation.report import write_report
-from ..files import write_json
+from ..files import write_json, written_as
 from ..log import logger
 from ..models.classifier import build_model, split_model
 from ..models.optim import create_optimizer
@@ -33,6 +34,7 @@ from ..options import TrainConfig, fast_precision, finish_config  # noqa: F401 (
 from . import callbacks as cb
 from . import run_folder
 from .model_card import write_model_card
+from .run_lock import RunLock
 from .multiworker import check_tf_config, fit_multiworker
 from .provenance import ENVIRONMENT_FILE, environment
 from .tensorboard import TensorBoardLog
@@ -141,7 +143,16 @@ def resolve_run(config: TrainConfig) -> tuple[TrainConfig, Path, bool]:
 
 def train(config: TrainConfig) -> Path:
     """Train, save and evaluate one run as ``config`` says; returns the run folder (which, under
-    --strategy multiworker, only the chief writes)."""
+    --strategy multiworker, only the chief writes). The folder is held for the whole run: a second run
+    into it is refused (``itm.training.run_lock``)."""
+    out = Path(config.output_dir) if config.output_dir else run_folder.default_output_dir(config.preset)
+    config = replace(config, output_dir=str(out))
+    run_folder.check_writable(out)
+    with RunLock(out):
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> Path:
     config, out, _ = resolve_run(config)
     pipeline = pipeline_for(config)
     logger.info("Checking the data folder ...")
@@ -154,13 +165,15 @@ def train(config: TrainConfig) -> Path:
     if extra:
         extra, vectors = extra
         data.embeddings.update(vectors)
+    if run_folder.is_trained(Path(out)) and config.strategy != "multiworker":
+        return complete_run(config, data, Path(out))
 
     strategy = make_strategy(config.strategy)
     chief = strategy.extended.should_checkpoint  # False only on a multi-worker cluster's other workers
     steps = pipeline.steps_per_epoch(data.splits["train"], strategy.num_replicas_in_sync)
     if chief:
-        write_json(Path(out) / "config.json", config.to_dict())
-        write_json(Path(out) / ENVIRONMENT_FILE, environment(config.to_dict(), data))
+        write_json(Path(out) / "config.json", config.to_dict(), "the run's config")
+        write_json(Path(out) / ENVIRONMENT_FILE, environment(config.to_dict(), data), "the run's environment")
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")  # tf.data shuffles itself
 
     logger.info(f"BUILDING model (preset {config.preset})")
@@ -198,26 +211,51 @@ def train(config: TrainConfig) -> Path:
         return out
     model.compile(optimizer=trainer.optimizer, loss=keras.losses.KLDivergence(),
                   metrics=[keras.metrics.BinaryAccuracy()])  # saved with the model, as the original's
-    model.save(Path(out) / "model.keras")
     cb.write_history_csv(backup.history, Path(out) / "history.csv")
     plot_history(backup.history, Path(out) / "history.png")
-    backup.finish()
+    with written_as(Path(out) / "model.keras", "the model") as tmp:  # whole or absent: a later run completes from it
+        model.save(tmp)
     finish_run(model, data, config, Path(out), train_seconds)
+    backup.finish()
     return Path(out)
 
 
-def finish_run(model, data, config: TrainConfig, out: Path, train_seconds: float) -> dict:
+def complete_run(config: TrainConfig, data, out: Path) -> Path:
+    """A run killed after saving model.keras but before its evaluation was written: evaluate the saved model
+    and write the rest (metrics, report; history from the backup where it is left), instead of training again."""
+    from ..serving.matcher import load_model
+
+    logger.info(f"{out / 'model.keras'} was saved but the run's evaluation did not finish: completing the run from "
+                "the saved model (not training again)")
+    backup = cb.EpochBackup(out)
+    state, why = backup.read_state()
+    try:
+        model = load_model(out / "model.keras")
+    except DataError as e:
+        raise DataError(f"{e}; pass --overwrite to train the run afresh") from None
+    seconds = None
+    if state is not None and not why:
+        seconds = state.get("train_seconds")
+        cb.write_history_csv(state["history"], out / "history.csv")
+        plot_history(state["history"], out / "history.png")
+    finish_run(model, data, config, out, seconds)
+    backup.finish()
+    return out
+
+
+def finish_run(model, data, config: TrainConfig, out: Path, train_seconds: float | None) -> dict:
     """Evaluate a trained model on test as the original did, and write metrics.json and report.md."""
     results = evaluate_model(model, data, out, splits=("test",), seed=config.seed, original_printout=True)
     metrics = dict(results["test"])
+    known = bool(train_seconds)  # None: a completed run whose backup did not keep its training time
     metrics.update({
         "train_seconds": train_seconds,
-        "seconds_per_epoch": train_seconds / config.epochs,
-        "train_examples_per_second": len(data.splits["train"].triples) * config.epochs / train_seconds,
+        "seconds_per_epoch": train_seconds / config.epochs if known else None,
+        "train_examples_per_second": len(data.splits["train"].triples) * config.epochs / train_seconds if known else None,
         "parameters": int(model.count_params()),
         "config": config.to_dict(),
     })
-    write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", metrics, "the run's metrics")
     write_report(out)
     write_model_card(out)
     print(f"Run written to {out}/ (model.keras, README.md, metrics.json, report.md, predictions.tsv, history and "

@@ -3,7 +3,9 @@
 * A folder holding a finished run (``model.keras`` and ``metrics.json``) is refused unless
   ``--overwrite`` is given; then the files a run writes are removed first.
 * A folder holding an interrupted run (``backup/state.json``) resumes it, but only with the options it
-  was started with: any difference is refused before anything is written.
+  was started with: any difference is refused before anything is written. One whose model.keras was
+  saved but whose evaluation did not finish is completed from that model, not trained again.
+* One run writes into a folder at a time (``itm.training.run_lock``).
 * A path that is a file, or a folder that cannot be written, is refused before the data is checked;
   the folder itself is made only once the data has passed its check.
 """
@@ -37,8 +39,14 @@ def is_finished(out: Path) -> bool:
     return (out / "model.keras").is_file() and (out / "metrics.json").is_file()
 
 
+def is_trained(out: Path) -> bool:
+    """model.keras saved (whole: it is written under another name and renamed), its evaluation not finished."""
+    return (out / "model.keras").is_file() and not (out / "metrics.json").is_file() and (out / "config.json").is_file()
+
+
 def is_interrupted(out: Path) -> bool:
-    return (out / BACKUP_DIR / "state.json").is_file()
+    """A run to resume (its backup) or to complete (its model saved, not yet evaluated)."""
+    return (out / BACKUP_DIR / "state.json").is_file() or is_trained(out)
 
 
 def check_writable(out: Path) -> None:
@@ -59,7 +67,10 @@ def check_writable(out: Path) -> None:
 
 
 def saved_config(out: Path) -> dict:
-    return read_json(out / "config.json", "the interrupted run's config file")
+    try:
+        return read_json(out / "config.json", "the interrupted run's config file")
+    except DataError as e:
+        raise DataError(f"{e}: pass --overwrite to start the run afresh, or choose another --output-dir") from None
 
 
 def check_restart(out: Path, config: dict) -> None:
