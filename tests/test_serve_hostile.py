@@ -88,7 +88,7 @@ def test_a_client_sending_a_byte_a_second_delays_no_one_and_gets_408(live, pair)
                     s.sendall(body[i:i + 1])
                     answer["status"] = s.recv(4096).split(b"\r\n")[0]
                     return
-                except socket.timeout:
+                except TimeoutError:
                     continue  # nothing yet: one more byte, a second later
                 except OSError:
                     return

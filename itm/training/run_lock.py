@@ -46,7 +46,7 @@ class RunLock:
         self.fd: int | None = None
         self.made: list[Path] = []
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         missing = []
         folder = self.out
         while not folder.exists():
@@ -105,7 +105,7 @@ class RunLock:
                 break
         self.made = []
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
