@@ -96,7 +96,8 @@ def test_flickr8k_token_file_messy_lines(flickr8k, tmp_path, capsys):
     splits = check_invariants(tmp_path / "out", caps, negatives=3)
     assert sum(len({t.image for t in s}) for s in splits.values()) == N_IMAGES
     assert sorted(len({t.image for t in s}) for s in splits.values()) == [2, 2, 8]
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()  # the itm logger's notes: stdout in-process, stderr from `itm prepare`
+    err = captured.out + captured.err
     assert "space instead of a tab after image#N (read anyway): 1" in err
     assert "1002_abc.jpg.1 -> 1002_abc.jpg" in err
     assert "absent from" in err and "9999_missing.jpg" in err
