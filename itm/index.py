@@ -6,7 +6,7 @@ one matrix product; from there on through an HNSW graph (usearch, a small wheel)
 recall@10 against exact search is >= 0.98 at the settings here (docs/retrieval-index.md has the
 measurements that chose the library, the settings and the threshold). It grows incrementally: ``add``
 inserts new ids and replaces the vectors of ids it holds (a re-encoded photo), ``remove`` drops ids,
-``sync`` makes it hold exactly a given set; ``save``/``load`` keep it beside the feature cache
+``sync`` makes it hold exactly a given set; ``save``/``load``/``open`` keep it beside the feature cache
 (``path_beside``), in one file written atomically.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .files import atomic_write
 
 EXACT_BELOW = 50_000  # vectors; exact search of 50,000 x 256 takes ~10 ms a query on one core (measured)
 CONNECTIVITY = 16  # HNSW links per node (M)
-EXPANSION_ADD = 100  # HNSW candidate list while inserting (efConstruction)
+EXPANSION_ADD = 64  # HNSW candidate list while inserting (efConstruction): build time on 2 cores matters
 EXPANSION_SEARCH = 128  # HNSW candidate list while searching (efSearch); at least 2k is used
 FORMAT = 1  # of the saved file; another number is refused with a message
 ANN_HINT = "pip install usearch (itm's core dependencies include it)"
@@ -224,6 +224,22 @@ class VectorIndex:
         else:
             body = dict(ann=np.frombuffer(self._ann.save(), np.uint8))
         atomic_write(path, lambda f: np.savez(f, ids=ids, **meta, **body))
+
+    @classmethod
+    def open(cls, path, dim: int, log=None, **settings) -> "VectorIndex":
+        """The index saved at ``path`` if it holds ``dim``-d vectors, else an empty one (``sync`` fills it):
+        a cache, so a damaged file or one of another width is replaced, with a line to ``log``."""
+        if Path(path).is_file():
+            try:
+                index = cls.load(path)
+                if index.dim == int(dim):
+                    return index
+                why = f"search index {path} holds {index.dim}-d vectors, not {dim}-d"
+            except DataError as e:
+                why = str(e)
+            if log:
+                print(f"warning: {why}; building it again", file=log, flush=True)
+        return cls(dim, **settings)
 
     @classmethod
     def load(cls, path) -> "VectorIndex":

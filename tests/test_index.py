@@ -155,3 +155,19 @@ def test_save_is_atomic_and_beside_the_feature_file(tmp_path):
     index.add(["a"], np.ones(8))
     index.save(tmp_path / "abc123.index.npz")
     assert [p.name for p in tmp_path.iterdir()] == ["abc123.index.npz"]  # no temporary file left
+
+
+def test_open_rebuilds_a_damaged_or_foreign_index_with_a_warning(tmp_path):
+    import io
+
+    path = tmp_path / "k.index.npz"
+    assert len(VectorIndex.open(path, 64)) == 0  # none yet: an empty index
+    index = VectorIndex(64)
+    index.add(names(0, 5), clustered(5))
+    index.save(path)
+    assert len(VectorIndex.open(path, 64)) == 5
+    log = io.StringIO()
+    assert VectorIndex.open(path, 32, log=log).dim == 32 and "holds 64-d vectors, not 32-d" in log.getvalue()
+    path.write_bytes(b"junk")
+    log = io.StringIO()
+    assert len(VectorIndex.open(path, 64, log=log)) == 0 and "damaged" in log.getvalue()
