@@ -5,7 +5,8 @@ synthetic clustered unit vectors (``bench_search.clustered``), printed as JSON l
 Per library and setting: build time (--threads threads), single-query latency p50/p95 (one thread, one
 query at a time, as a search request meets it), recall@10 against exact search, the memory per vector
 (the process's resident memory grown by the build, and the saved index's bytes), all at --size vectors.
-A library that is not installed is reported as such and skipped.
+A library that is not installed is reported as such and skipped. ``--features`` measures on real vectors
+instead (a feature-cache file's rows, e.g. MobileNetV2's pooled features of the Flickr8k photos).
 
     nice .venv/bin/python scripts/compare_ann.py --size 100000 --dim 256
 """
@@ -126,10 +127,19 @@ def main():
     p.add_argument("--ef-construction", type=int, default=200)
     p.add_argument("--ef", type=int, nargs="+", default=[32, 64, 128, 256])
     p.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64])
+    p.add_argument("--features", type=Path, default=None,
+                   help="real vectors instead: a feature-cache npz (its 'features'); the last --queries rows query the rest")
     p.add_argument("--only", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    data, queries = clustered(args.size, args.dim, seed=0), clustered(args.queries, args.dim, seed=1)
+    if args.features:
+        with np.load(args.features) as z:
+            real = z["features"].reshape(len(z["features"]), -1).astype(np.float32)
+        real /= np.linalg.norm(real, axis=1, keepdims=True)
+        data, queries = np.ascontiguousarray(real[:-args.queries]), np.ascontiguousarray(real[-args.queries:])
+        args.size, args.dim = data.shape
+    else:
+        data, queries = clustered(args.size, args.dim, seed=0), clustered(args.queries, args.dim, seed=1)
     truth = exact_top(data, queries, 10)
     print(json.dumps(dict(size=args.size, dim=args.dim, queries=args.queries, threads=args.threads,
                           m=args.m, ef_construction=args.ef_construction, cpus=os.cpu_count())), flush=True)

@@ -90,8 +90,8 @@ def test_readding_an_id_replaces_its_vector():
         assert index.add(["img000007.jpg"], data[150]) == 0  # photo 7 re-encoded: now like photo 150
         assert len(index) == 200
         ids, scores = index.search(data[150], k=2)
-        assert set(ids[0]) == {"img000007.jpg", "img000150.jpg"} and scores[0, 1] > 0.999
-        assert np.allclose(index.vectors(["img000007.jpg"]), data[150:151], atol=1e-6)
+        assert set(ids[0]) == {"img000007.jpg", "img000150.jpg"} and scores[0, 1] > 0.99
+        assert np.allclose(index.vectors(["img000007.jpg"]), data[150:151], atol=1e-6 if exact_below > 200 else 1e-3)
 
 
 def test_sync_adds_replaces_and_removes(tmp_path):
