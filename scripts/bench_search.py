@@ -147,6 +147,8 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--add-batch", type=int, default=100_000, help="images per add() call")
     p.add_argument("--exact-below", type=int, default=None, help="override itm.index.EXACT_BELOW")
+    p.add_argument("--expansion-add", type=int, default=None,
+                   help="override itm.index.EXPANSION_ADD (efConstruction): a cheaper build on a busy machine")
     p.add_argument("--exact-up-to", type=int, default=100_000, help="also time exact numpy search up to this size")
     args = p.parse_args()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -157,10 +159,18 @@ def main():
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    if args.expansion_add:
+        import itm.index
+
+        itm.index.EXPANSION_ADD = args.expansion_add
     scorer = match_head(args.dim)
     queries = clustered(args.queries, args.dim, seed=1)
+    from itm import index as settings
+
     print(json.dumps(dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
-                          threads=args.threads, note="shared machine: figures are noisy")), flush=True)
+                          threads=args.threads, exact_below=args.exact_below or settings.EXACT_BELOW,
+                          connectivity=settings.CONNECTIVITY, expansion_add=settings.EXPANSION_ADD,
+                          expansion_search=settings.EXPANSION_SEARCH, graph_dtype=settings.GRAPH_DTYPE, note="shared machine: figures are noisy")), flush=True)
     for n in args.sizes:
         print(json.dumps(bench_size(n, args, scorer, queries)), flush=True)
 
