@@ -8,7 +8,7 @@ import pytest
 
 from conftest import NO_CHROMIUM, NO_SERVE_EXTRA
 
-from itm_serving import server, trained_run
+from serving_helpers import server, trained_run
 
 pytest.importorskip("fastapi", reason=NO_SERVE_EXTRA)
 pytest.importorskip("playwright", reason="playwright is not installed: pip install '.[test]'")

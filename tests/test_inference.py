@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
-from itm_serving import trained_run
+from serving_helpers import trained_run
 
 IMAGES = "flickr8k-resised"
 

@@ -118,11 +118,11 @@ def test_the_command_line_is_derived_from_the_options():
         parser.parse_args(["--learning-rate", "inf"])
 
 
-def test_options_are_importable_without_tensorflow():
+def test_options_and_the_command_line_are_importable_without_tensorflow():
     import subprocess
     import sys
 
-    code = "import itm.options, itm.cli.parser, sys; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    code = "import itm.options, itm.cli, sys; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 

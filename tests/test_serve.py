@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import NO_SERVE_EXTRA, run_cli
 
-from itm_serving import MAX_UPLOAD_MB, server, trained_run
+from serving_helpers import MAX_UPLOAD_MB, server, trained_run
 
 pytest.importorskip("fastapi", reason=NO_SERVE_EXTRA)
 IMAGES = "flickr8k-resised"

@@ -96,6 +96,7 @@ def test_the_original_class_names_load_data_and_train(tiny_data, tmp_path):
                          output_dir=str(tmp_path / "run"))
     assert clf.run_dir == tmp_path / "run" and (clf.run_dir / "model.keras").is_file()
     assert clf.metrics["config"]["limit"] == 8 and 0.0 <= clf.metrics["accuracy"] <= 1.0
+    assert (clf.config.seed, clf.config.precision, clf.config.data_dir) == (0, "float32", str(tiny_data.resolve()))
 
 
 def test_itm_train_is_the_same_command(tiny_data, tmp_path):
@@ -174,13 +175,14 @@ def test_an_interrupted_run_resumes_only_with_its_own_options(tiny_data, tmp_pat
     from itm.training.run import resolve_run
 
     out = tmp_path / "run"
-    first = resolve_config(data_dir=str(tiny_data), output_dir=str(out), seed=3)
-    assert resolve_run(first)[1] is False
+    first, _, resuming = resolve_run(resolve_config(data_dir=str(tiny_data), output_dir=str(out), seed=3))
+    assert resuming is False
     (out / "backup").mkdir(parents=True)  # as a run killed after its first epoch leaves it
     (out / "config.json").write_text(json.dumps(first.to_dict()))
     (out / "backup" / "state.json").write_text('{"epoch": 1, "weights": "epoch1.weights.h5", "history": {}}')
     same = resolve_config(data_dir=str(tiny_data), output_dir=str(out))  # no --seed: the run's own is taken
-    assert resolve_run(same)[1] is True and same.seed == 3
+    resumed, _, resuming = resolve_run(same)
+    assert resuming is True and resumed.seed == 3 and same.seed is None  # a new config; the given one unchanged
     other = resolve_config(data_dir=str(tiny_data), output_dir=str(out), fusion="mlp")
     with pytest.raises(ConfigError, match="--fusion was 'concat', now 'mlp'"):
         resolve_run(other)
@@ -211,6 +213,7 @@ def test_a_diverging_run_stops_with_a_clear_error_and_no_result(tiny_data, tmp_p
     (["--batch-size", "100000", "--image-size", "224"], "needs about"),
     (["--image-size", "7"], "--image-size 7 is too small for the faithful-cnn image tower"),
     (["--learning-rate", "inf"], "must be a finite number"),
+    (["--negatives", "redraw"], "--negatives redraw needs --pipeline cached"),
 ])
 def test_options_that_cannot_train_are_refused_before_training(args, message, tiny_data, tmp_path):
     r = _train(tiny_data, tmp_path / "run", *args)

@@ -1,9 +1,17 @@
 """The ``itm`` command line: ``parser`` declares every subcommand's arguments, ``commands`` runs them.
-``ITM_Classifier.py`` is ``itm train`` under the original's name."""
+``ITM_Classifier.py`` is ``itm train`` under the original's name.
+
+Neither imports TensorFlow: each command imports the library it drives only when it runs (``commands``),
+so ``itm --help``, argument mistakes and the light commands answer at once.
+"""
 from __future__ import annotations
 
 import os
 import sys
+
+from ..errors import ItmError
+from .commands import COMMANDS, run_train
+from .parser import build_parser, train_parser
 
 
 def quiet_tensorflow() -> None:
@@ -15,8 +23,6 @@ def quiet_tensorflow() -> None:
 
 def dispatch(func, args) -> int:
     """Run a command; a user's mistake becomes a one-paragraph error and exit status 2."""
-    from ..errors import ItmError
-
     try:
         return func(args)
     except ItmError as e:
@@ -29,9 +35,6 @@ def dispatch(func, args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow()
-    from .commands import COMMANDS
-    from .parser import build_parser
-
     args = build_parser().parse_args(argv)
     return dispatch(COMMANDS[args.command], args)
 
@@ -39,7 +42,4 @@ def main(argv: list[str] | None = None) -> int:
 def itm_classifier_main(argv: list[str] | None = None) -> int:
     """``python ITM_Classifier.py [options]``: the same run as ``itm train [options]``."""
     quiet_tensorflow()
-    from .commands import run_train
-    from .parser import train_parser
-
     return dispatch(run_train, train_parser().parse_args(argv))

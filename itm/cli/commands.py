@@ -1,4 +1,9 @@
-"""What each subcommand does with its parsed arguments: a thin call into the library."""
+"""What each subcommand does with its parsed arguments: a thin call into the library.
+
+The one place where imports wait: a command that trains or loads a model imports its library (and with
+it TensorFlow) inside its function, when it runs, so ``itm --help``, argument mistakes and the light
+commands (compare, prepare, ood-split) never load TensorFlow. Everything else is imported here.
+"""
 from __future__ import annotations
 
 import json
@@ -7,12 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
-from ..options import OPTIONS
+from ..data.embed import embed_data_dir
+from ..data.folder import load_data_dir
+from ..data.ood import ood_split
+from ..data.prepare import prepare
+from ..data.shards import write_shards
+from ..data.source import resolve_data_dir
+from ..errors import CaptionError, ConfigError, DataError
+from ..evaluation.report import compare_table, write_report
+from ..files import read_json
+from ..options import OPTIONS, resolve_config
 
 
 def run_train(args) -> int:
-    from ..options import resolve_config
     from ..training.run import train
 
     config = resolve_config(args.preset or "faithful", **{k: getattr(args, k) for k in OPTIONS if k != "preset"})
@@ -21,10 +33,7 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from ..data.folder import load_data_dir
     from ..evaluation.evaluate import evaluate_model
-    from ..evaluation.report import write_report
-    from ..files import read_json
     from ..serving.matcher import load_model, load_threshold
 
     run = Path(args.run)
@@ -54,15 +63,12 @@ def run_evaluate(args) -> int:
 
 
 def run_ood_split(args) -> int:
-    from ..data.ood import ood_split
-
     ood_split(args.captions, args.images, args.out, photos=args.photos, negatives=args.negatives, seed=args.seed,
               exclude=args.exclude or (), train_out=args.train_out, course=args.course, embed=not args.no_embed)
     return 0
 
 
 def run_bench(args) -> int:
-    from ..data.source import resolve_data_dir
     from ..training import bench
 
     if args.one:
@@ -79,8 +85,6 @@ def run_bench(args) -> int:
 
 
 def run_compare(args) -> int:
-    from ..evaluation.report import compare_table
-
     missing = [r for r in args.runs if not Path(r).is_dir()]
     if missing:
         raise DataError(f"not a folder: {', '.join(missing)}")
@@ -89,15 +93,11 @@ def run_compare(args) -> int:
 
 
 def run_embed(args) -> int:
-    from ..data.embed import embed_data_dir
-
     embed_data_dir(args.data_dir, out=args.out, model=args.model, batch_size=args.batch_size, backend=args.backend)
     return 0
 
 
 def run_prepare(args) -> int:
-    from ..data.prepare import prepare
-
     prepare(args.dataset, args.captions, args.images, args.out, seed=args.seed, negatives=args.negatives,
             splits=args.splits, image_size=args.image_size, embed=not args.no_embed, model=args.model,
             batch_size=args.batch_size, shards=args.shards)
@@ -105,15 +105,11 @@ def run_prepare(args) -> int:
 
 
 def run_shard(args) -> int:
-    from ..data.shards import write_shards
-
     write_shards(args.data_dir, num_shards=args.shards, out=args.out)
     return 0
 
 
 def _read_captions_file(path) -> list[str]:
-    from ..errors import CaptionError
-
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import cache_dir
+from .images import decoded_paths
 
 
 def stamp(path: Path) -> tuple[int, int]:
@@ -100,8 +101,7 @@ def load_feature_cache(model, splits, config, batch: int = 64, log=sys.stdout) -
     the training pipeline's decoding (``preprocess_image``) and added to it."""
     import tensorflow as tf
 
-    from ..models.classifier import backbone_split
-    from .images import decoded_paths
+    from ..models.classifier import backbone_split  # here: keras, which itm.options' pipelines must not load
 
     backbone = backbone_split(model)[0]
     images_dir = Path(splits[0].images_dir).resolve()

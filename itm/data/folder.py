@@ -14,6 +14,7 @@ Images are checked by the same rule the pipelines and inference decode with (``i
 from __future__ import annotations
 
 import pickle
+import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,8 +156,6 @@ def load_embeddings_npz(path: Path) -> dict[str, np.ndarray]:
 
     Read with ``allow_pickle=False``: unlike the pickle, this format cannot carry code at all.
     """
-    import zipfile
-
     try:
         with np.load(path, allow_pickle=False) as z:
             names = set(z.files)

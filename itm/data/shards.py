@@ -28,10 +28,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import DataError
 from ..files import atomic_write
 from .batches import group_by_image
 from .folder import EMBEDDING_DIM, SPLIT_FILES, Split, embeddings_path, load_data_dir
+from .images import preprocess_image
 
 SHARDS_SUBDIR = "shards"
 INDEX_FILE = "index.json"
@@ -76,7 +79,6 @@ def default_num_shards(split: Split) -> int:
 
 
 def _example(image: str, jpeg: bytes, triples, embeddings) -> bytes:
-    import numpy as np
     import tensorflow as tf
 
     vectors = np.concatenate([np.asarray(embeddings[t.caption], np.float32) for t in triples])
@@ -211,8 +213,6 @@ def read_index(shards_dir, splits=("train", "dev"), data_dir=None) -> dict:
 def _parse(image_size: int, embedding_dim: int):
     """record -> (the decoded image, its name, and its K triples: captions, embeddings, one-hot labels)."""
     import tensorflow as tf
-
-    from .images import preprocess_image
 
     spec = {"image_name": tf.io.FixedLenFeature([], tf.string), "image": tf.io.FixedLenFeature([], tf.string),
             "caption": tf.io.VarLenFeature(tf.string), "text_embedding": tf.io.VarLenFeature(tf.float32),

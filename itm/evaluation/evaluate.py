@@ -17,6 +17,7 @@ from ..data.folder import DataDir, Split
 from ..files import write_json
 from .metrics import (average_precision, best_threshold, binary_metrics, bootstrap_ci, retrieval_metrics,
                       roc_auc)
+from . import plots
 from .predict import Scorer
 
 
@@ -87,8 +88,6 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
     metrics are reported at 0.5 and at that threshold. Scoring other data (an out-of-distribution
     folder) passes the run's own ``threshold`` and a ``tag`` that names the files instead of the split.
     """
-    from . import plots
-
     out_dir = Path(out_dir)
     scorer = Scorer(model)
     probs = {}

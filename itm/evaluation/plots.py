@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import average_precision, roc_auc
+
 
 def _plt():
+    """matplotlib, imported on the first figure: it takes as long to import as the rest of itm."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,8 +53,6 @@ def roc_points(is_match, p_match):
 
 
 def plot_roc_pr(is_match, p_match, path: Path) -> None:
-    from .metrics import average_precision, roc_auc
-
     plt = _plt()
     y = np.asarray(is_match).astype(bool)
     fpr, tpr = roc_points(y, p_match)

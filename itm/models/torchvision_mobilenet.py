@@ -11,7 +11,6 @@ pixels in [0, 1].
 from __future__ import annotations
 
 import collections
-import hashlib
 import importlib.resources
 import os
 import pickle
@@ -212,18 +211,6 @@ def torchvision_weights_path() -> Path:
         raise MissingExtra(f"{TORCHVISION_WEIGHTS_PACKAGE} is installed but has no {TORCHVISION_WEIGHTS_FILE}: "
                            f"reinstall it with {INSTALL_HINT}")
     return path
-
-
-def weights_fingerprint(path) -> str:
-    """The first 16 hex digits of the file's sha256: a cache key that changes with the weights.
-
-    (torchvision names its files by the first 8 of them: mobilenet_v2-b0353104.pth.)
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- the Keras model

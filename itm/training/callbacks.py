@@ -9,6 +9,7 @@ optimizer steps as an uninterrupted one, and the history of every epoch.
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from ..data.batches import one_hot
 from ..errors import TrainingDiverged
 from ..files import atomic_write
 from ..evaluation.metrics import binary_metrics, roc_auc
@@ -36,8 +38,6 @@ class DevScores(keras.callbacks.Callback):
         self.is_match = np.array([t.match for t in dev.triples])
 
     def on_epoch_end(self, epoch, logs=None):
-        from ..data.batches import one_hot
-
         p = self.scorer.score_split(self.dev, self.embeddings, self.store)
         y = one_hot(self.dev.triples).astype(np.float64)
         clipped = np.clip(y, 1e-7, 1)  # Keras' KL divergence
@@ -150,8 +150,6 @@ class EpochBackup(keras.callbacks.Callback):
 
 def write_history_csv(history: dict[str, list[float]], path: Path) -> None:
     """One row per epoch, the same columns for every objective (HISTORY_COLUMNS)."""
-    import csv
-
     keys = [k for k in HISTORY_COLUMNS if k in history] + sorted(set(history) - set(HISTORY_COLUMNS))
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
