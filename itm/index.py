@@ -35,6 +35,7 @@ def path_beside(feature_file) -> Path:
 
 
 def _usearch():
+    """usearch's Index, imported when a graph is first needed: a collection below EXACT_BELOW never loads it."""
     try:
         from usearch.index import Index
     except ImportError:
