@@ -10,7 +10,8 @@ images (``VectorIndex.search``) re-ranked by the ``pretrained`` preset's match h
 the cost is the same) through ``itm.evaluation.predict.Scorer.pairs``, the path ``itm search`` takes.
 Latency p50/p95 (wall clock) of shortlist alone and of shortlist + re-ranking, the p50 of the CPU time
 a query took (all threads; less disturbed by other jobs on a shared machine), the shortlist's recall@10
-against exact search, and (up to --exact-up-to) the CPU time of exact numpy search for comparison. ``--threads`` caps the threads of the index and of TensorFlow (the target is 2 cores).
+against exact search, and (up to --exact-up-to) the CPU time of exact numpy search for comparison.
+``--threads`` caps the threads of the index and of TensorFlow (the target is 2 cores).
 
     nice .venv/bin/python scripts/bench_search.py [--sizes 10000 100000 1000000] [--threads 2]
 """
@@ -124,7 +125,8 @@ def bench_size(n: int, args, scorer, text_queries) -> dict:
             exact_t.append(time.process_time() - t)
     s50, s95 = percentiles(shortlist_t)
     t50, t95 = percentiles(total_t)
-    out = dict(size=n, dim=args.dim, backend=index.backend, build_s=round(build_s, 1), build_cpu_s=round(build_cpu, 1), save_s=round(save_s, 1),
+    out = dict(size=n, dim=args.dim, backend=index.backend, build_s=round(build_s, 1), build_cpu_s=round(build_cpu, 1),
+               save_s=round(save_s, 1),
                bytes_per_image_rss=round(grown / n), bytes_per_image_file=round(file_bytes / n),
                shortlist_recall_at_10=round(recall_at(np.array(found), truth), 4),
                shortlist_p50_ms=round(1e3 * s50, 2), shortlist_p95_ms=round(1e3 * s95, 2),
@@ -170,7 +172,8 @@ def main():
     print(json.dumps(dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
                           threads=args.threads, exact_below=args.exact_below or settings.EXACT_BELOW,
                           connectivity=settings.CONNECTIVITY, expansion_add=settings.EXPANSION_ADD,
-                          expansion_search=settings.EXPANSION_SEARCH, graph_dtype=settings.GRAPH_DTYPE, note="shared machine: figures are noisy")), flush=True)
+                          expansion_search=settings.EXPANSION_SEARCH, graph_dtype=settings.GRAPH_DTYPE,
+                          note="shared machine: figures are noisy")), flush=True)
     for n in args.sizes:
         print(json.dumps(bench_size(n, args, scorer, queries)), flush=True)
 
