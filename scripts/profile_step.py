@@ -53,7 +53,7 @@ def main() -> int:
     config.epochs = 1000  # an endless dataset to time from
     dataset = run.train_dataset(config, data, store, 0)
     x, y = next(iter(dataset))
-    images = tf.cast(x["images"], tf.float32) / 255.0
+    images = tf.cast(x["images"], tf.float32)  # pixels 0..255 (the model scales them), or cached features
     tower = trainer.parts.image
 
     forward = tf.function(lambda v: tower(v, training=True))

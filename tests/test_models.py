@@ -7,31 +7,40 @@ import numpy as np
 import pytest
 
 from conftest import NO_MINILM_MODEL, NO_TEXT_EXTRA, run_cli
-from itm.models.classifier import FUSION_HEADS, OUTPUT_NAME, build_model, split_model
+from itm.models.classifier import FUSION_HEADS, OUTPUT_NAME, build_model, parts_layers, split_model
 
 SIZE = 32
 
 
 def _layers_of(model, cls):
-    return [layer for layer in model.layers if isinstance(layer, cls)]
+    return [layer for layer in parts_layers(model) if isinstance(layer, cls)]
+
+
+def _layer(model, name):
+    return next(layer for layer in parts_layers(model) if layer.name == name)
 
 
 def test_faithful_parameter_count_and_layers():
     model = build_model()
     assert model.count_params() == 6_529_570
+    image_encoder, text_encoder, head = split_model(model)
+    assert [layer.name for layer in model.layers[2:]] == ["image_encoder", "text_encoder", "head"]
+    assert (image_encoder.count_params(), text_encoder.count_params(), head.count_params()) == (6_463_008, 66_048, 514)
+    rescale = image_encoder.get_layer("image_rescale")  # the model takes pixels 0..255
+    assert isinstance(rescale, keras.layers.Rescaling) and rescale.scale == 1 / 255
     convs = _layers_of(model, keras.layers.Conv2D)
     assert [(c.filters, c.kernel_size, c.padding, c.activation.__name__) for c in convs] == [
         (16, (3, 3), "same", "relu"), (32, (3, 3), "same", "relu"), (64, (3, 3), "same", "relu")]
     assert len(_layers_of(model, keras.layers.MaxPooling2D)) == 3
-    assert model.get_layer("image_flatten").output.shape == (None, 28 * 28 * 64)
+    assert _layer(model, "image_flatten").output.shape == (None, 28 * 28 * 64)
     dense = {layer.name: layer.units for layer in _layers_of(model, keras.layers.Dense)}
     assert dense == {"image_proj_dense": 128, "image_proj_block_0_dense": 128, "text_proj_dense": 128,
                      "text_proj_block_0_dense": 128, OUTPUT_NAME: 2}
     assert len(_layers_of(model, keras.layers.LayerNormalization)) == 2
     assert {d.rate for d in _layers_of(model, keras.layers.Dropout)} == {0.1}
     assert len(_layers_of(model, keras.layers.Dropout)) == 4
-    assert model.get_layer("fusion_concat").output.shape == (None, 256)
-    assert model.get_layer(OUTPUT_NAME).activation.__name__ == "softmax"
+    assert head.get_layer("fusion_concat").output.shape == (None, 256)
+    assert head.get_layer(OUTPUT_NAME).activation.__name__ == "softmax"
     assert sorted(model.input.keys()) == ["image_input", "text_embedding"]
 
 
@@ -43,7 +52,7 @@ def test_best_cpu_model_size():
 
 def test_outputs_are_probabilities():
     model = build_model(image_size=32)
-    x = {"image_input": np.random.rand(4, 32, 32, 3).astype("float32"),
+    x = {"image_input": (np.random.rand(4, 32, 32, 3) * 255).astype("float32"),
          "text_embedding": np.random.rand(4, 384).astype("float32")}
     p = model.predict(x, verbose=0)
     assert p.shape == (4, 2)
@@ -57,7 +66,7 @@ def test_unknown_component_is_a_clear_error():
 
 def _inputs(n=3, size=SIZE, seed=0):
     rng = np.random.default_rng(seed)
-    return {"image_input": rng.random((n, size, size, 3), dtype=np.float32),
+    return {"image_input": rng.random((n, size, size, 3), dtype=np.float32) * 255,
             "text_embedding": rng.normal(0, 0.05, (n, 384)).astype(np.float32)}
 
 
@@ -92,11 +101,11 @@ def test_image_towers(tower, tmp_path):
 
 def test_backbone_weights_from_a_file_and_frozen(tmp_path):
     first = build_model(image_size=SIZE, image_tower="mobilenetv3small")
-    backbone = next(layer for layer in first.layers if isinstance(layer, keras.Model))
+    backbone = next(layer for layer in parts_layers(first) if isinstance(layer, keras.Model))
     backbone.save_weights(tmp_path / "backbone.weights.h5")
     second = build_model(image_size=SIZE, image_tower="mobilenetv3small",
                          image_weights=str(tmp_path / "backbone.weights.h5"), freeze_backbone=True)
-    loaded = next(layer for layer in second.layers if isinstance(layer, keras.Model))
+    loaded = next(layer for layer in parts_layers(second) if isinstance(layer, keras.Model))
     for a, b in zip(backbone.weights, loaded.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert not loaded.trainable
@@ -121,7 +130,7 @@ def test_redrawn_negatives_change_each_epoch_and_never_use_own_captions(tiny_dat
     epochs = []
     for features, labels in ds:  # one batch per epoch: the whole split, in that epoch's order
         captions = [by_vector[v.tobytes()] for v in features["text_embedding"].numpy()]
-        images = [pixels_of[np.round(x * 255).astype(np.uint8).tobytes()] for x in features["image_input"].numpy()]
+        images = [pixels_of[x.astype(np.uint8).tobytes()] for x in features["image_input"].numpy()]
         matches = [y[0] == 1 for y in labels.numpy()]
         assert sorted(zip(images, matches)) == sorted((t.image, t.match) for t in train.triples)
         for image, caption, match in zip(images, captions, matches):
@@ -292,7 +301,7 @@ def test_a_backbone_trained_from_a_layer_on_splits_where_its_frozen_part_ends(tm
     trainable = {v.path.split("/")[0] for v in model.trainable_weights}
     assert not any(name.startswith("block_13") for name in trainable) and any(n.startswith("block_16") for n in trainable)
     assert not any("_BN" in v.path for v in model.trainable_weights)  # batch norms keep ImageNet's statistics
-    x = np.random.default_rng(0).random((2, 64, 64, 3), dtype=np.float32)
+    x = np.random.default_rng(0).random((2, 64, 64, 3), dtype=np.float32) * 255
     np.testing.assert_allclose(rest(frozen(x, training=False), training=False),
                                split_model(model)[0](x, training=False), atol=1e-5)
     with pytest.raises(ValueError, match="--unfreeze-from: the backbone has no layer .nope. to unfreeze from"):

@@ -17,7 +17,8 @@ from ..data.folder import DataDir, Split
 from ..files import write_json
 from .metrics import (average_precision, best_threshold, binary_metrics, bootstrap_ci, retrieval_metrics,
                       roc_auc)
-from .predict import Scorer
+from ..models.scorer import Scorer
+from .predict import caption_features, score_split, split_image_features
 
 
 def print_sample_predictions(split: Split, probs: np.ndarray, rate: float = 0.1, seed: int | None = None) -> None:
@@ -60,8 +61,8 @@ def retrieval(scorer: Scorer, split: Split, embeddings) -> dict:
     for t in split.triples:
         if t.match:
             relevant[image_index[t.image], caption_index[t.caption]] = True
-    scores = scorer.all_pairs(scorer.split_image_features(images, split.images_dir),
-                              scorer.caption_features(captions, embeddings))
+    scores = scorer.all_pairs(split_image_features(scorer, images, split.images_dir),
+                              caption_features(scorer, captions, embeddings))
     return {
         "images": len(images), "captions": len(captions),
         "image_to_text": retrieval_metrics(scores, relevant),
@@ -93,7 +94,7 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
     scorer = Scorer(model)
     probs = {}
     if threshold is None:
-        probs["dev"] = scorer.score_split(data.splits["dev"], data.embeddings)
+        probs["dev"] = score_split(scorer, data.splits["dev"], data.embeddings)
         dev_match = np.array([t.match for t in data.splits["dev"].triples])
         threshold = best_threshold(dev_match, probs["dev"][:, 0])
         write_json(out_dir / "calibration.json", {"threshold": threshold, "chosen_on": "dev",
@@ -103,7 +104,7 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
         name = tag or split_name
         split = data.splits[split_name]
         if split_name not in probs:
-            probs[split_name] = scorer.score_split(split, data.embeddings)
+            probs[split_name] = score_split(scorer, split, data.embeddings)
         p = probs[split_name]
         is_match = np.array([t.match for t in split.triples])
         if original_printout:

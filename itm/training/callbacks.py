@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import TrainingDiverged
 from ..files import atomic_write
 from ..evaluation.metrics import binary_metrics, roc_auc
+from ..evaluation.predict import score_split
 from .run_folder import BACKUP_DIR
 HISTORY_COLUMNS = ("loss", "binary_accuracy", "val_loss", "val_binary_accuracy", "val_balanced_accuracy",
                    "val_roc_auc", "learning_rate")
@@ -38,7 +39,7 @@ class DevScores(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         from ..data.batches import one_hot
 
-        p = self.scorer.score_split(self.dev, self.embeddings, self.store)
+        p = score_split(self.scorer, self.dev, self.embeddings, self.store)
         y = one_hot(self.dev.triples).astype(np.float64)
         clipped = np.clip(y, 1e-7, 1)  # Keras' KL divergence
         metrics = binary_metrics(self.is_match, p[:, 0])

@@ -116,12 +116,12 @@ def check_memory(config: TrainConfig, model, split) -> None:
     """Refuse a batch whose image activations cannot fit in memory, before training starts (an out-of-memory
     kill gives no message at all). The estimate: every layer output of the image encoder, in float32, kept
     for the backward pass, then its gradient: twice the outputs, per image of a step."""
-    from ..models.classifier import split_model
+    from ..models.classifier import parts_layers, split_model
 
     available = available_memory()
     if available is None:
         return
-    per_image = 2 * 4 * sum(int(np.prod(layer.output.shape[1:])) for layer in split_model(model)[0].layers
+    per_image = 2 * 4 * sum(int(np.prod(layer.output.shape[1:])) for layer in parts_layers(split_model(model)[0])
                             if layer.output is not None and None not in layer.output.shape[1:])
     images = (images_per_batch(config, split) if config.pipeline == "grouped" and config.objective == "kl"
               else config.batch_size)
@@ -265,7 +265,7 @@ def train(config: TrainConfig) -> Path:
         write_json(Path(out) / "config.json", config.to_dict())
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")  # tf.data shuffles itself
 
-    from ..evaluation.predict import Scorer
+    from ..models.scorer import Scorer
     from . import callbacks as cb
 
     print(f"BUILDING model (preset {config.preset})")
