@@ -306,3 +306,61 @@ def test_a_backbone_trained_from_a_layer_on_splits_where_its_frozen_part_ends(tm
                                split_model(model)[0](x, training=False), atol=1e-5)
     with pytest.raises(ValueError, match="--unfreeze-from: the backbone has no layer .nope. to unfreeze from"):
         build_model(image_size=64, image_tower="mobilenetv2", freeze_backbone=True, unfreeze_from="nope")
+
+
+def test_the_image_encoder_takes_pixels_0_to_255_and_scales_them_itself():
+    image_encoder = split_model(build_model(image_size=SIZE))[0]
+    rescale = image_encoder.get_layer("image_rescale")
+    after_scaling = keras.Model(rescale.output, image_encoder.output)  # the encoder without its Rescaling
+    pixels = _inputs()["image_input"]
+    assert pixels.max() > 200
+    np.testing.assert_allclose(image_encoder(pixels, training=False), after_scaling(pixels / 255, training=False),
+                               rtol=1e-5, atol=1e-5)
+    uint8 = np.round(pixels).astype(np.uint8)  # decoded-once stores hold uint8: the same features as float32
+    np.testing.assert_allclose(image_encoder(uint8.astype(np.float32), training=False),
+                               image_encoder(np.round(pixels), training=False), rtol=1e-6, atol=1e-6)
+
+
+def test_each_part_is_a_model_of_its_own_that_survives_saving(tmp_path):
+    import itm.models.optim  # noqa: F401
+
+    model = build_model(image_size=SIZE, fusion="interaction")
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    x = _inputs()
+    for name, inputs in (("image_encoder", x["image_input"]), ("text_encoder", x["text_embedding"])):
+        part = loaded.get_layer(name)
+        assert isinstance(part, keras.Model) and part.count_params() == model.get_layer(name).count_params()
+        np.testing.assert_allclose(part(inputs, training=False), model.get_layer(name)(inputs, training=False),
+                                   rtol=1e-5, atol=1e-6)
+    assert loaded.get_layer("head").get_layer(OUTPUT_NAME).units == 2
+
+
+def test_a_frozen_backbone_is_a_part_of_its_own_and_round_trips(tmp_path):
+    from itm.models.classifier import backbone_split
+
+    model = build_model(image_size=SIZE, image_tower="mobilenetv2", freeze_backbone=True, fusion="interaction")
+    frozen, rest = backbone_split(model)
+    assert frozen.output.shape == (None, 1280) and not frozen.trainable_weights  # pooled: what --cache-features keeps
+    x = _inputs()
+    p = _round_trip(model, tmp_path, x)
+    image_encoder, text_encoder, head = split_model(model)
+    zi = rest(frozen(x["image_input"], training=False), training=False)
+    np.testing.assert_allclose(head([zi, text_encoder(x["text_embedding"])], training=False), p, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="no frozen part"):
+        backbone_split(build_model(image_size=SIZE))
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_keeps_the_output_float32(policy):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build_model(image_size=SIZE, fusion="attention")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    image_encoder, text_encoder, head = split_model(model)
+    assert image_encoder.get_layer("image_rescale").compute_dtype == "float32"  # pixels scaled in float32
+    assert image_encoder.output.dtype == policy.removeprefix("mixed_")
+    p = model(_inputs(), training=False)
+    assert p.dtype == "float32"
+    np.testing.assert_allclose(np.asarray(p).sum(axis=1), 1.0, rtol=1e-3)
