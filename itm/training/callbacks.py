@@ -14,12 +14,13 @@ import math
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from ..errors import TrainingDiverged
+from ..errors import ConfigError, TrainingDiverged
 from ..files import atomic_write
 from ..evaluation.metrics import binary_metrics, roc_auc
 from ..evaluation.predict import score_split
@@ -125,7 +126,13 @@ class EpochBackup(keras.callbacks.Callback):
         state = json.loads(self.state.read_text())
         if not trainer.optimizer.built:
             trainer.optimizer.build(trainer.trainable_variables)
-        trainer.load_weights(self.dir / state["weights"])
+        try:
+            with warnings.catch_warnings():  # Keras warns of each part it cannot fill, then raises
+                warnings.simplefilter("ignore")
+                trainer.load_weights(self.dir / state["weights"])
+        except (ValueError, KeyError):  # e.g. the backup of a run that itm 0.2 started (its flat model)
+            raise ConfigError(f"the backup in {self.dir} does not fit this model (an interrupted run of an earlier "
+                              "version of itm): pass --overwrite to start the run afresh") from None
         self.history = state["history"]
         print(f"Resuming from the backup in {self.dir}: {state['epoch']} of the epochs already done", flush=True)
         return state["epoch"]
