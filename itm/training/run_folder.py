@@ -63,8 +63,8 @@ def saved_config(out: Path) -> dict:
     (written at its end; runs of before config.json); a damaged file is a DataError."""
     out = Path(out)
     if (out / "config.json").is_file() or not (out / "metrics.json").is_file():
-        return read_json(out / "config.json", "the run's config file")
-    config = read_json(out / "metrics.json", "the run's metrics file").get("config", {})
+        return read_json(out / "config.json", "run file")
+    config = read_json(out / "metrics.json", "run file").get("config", {})
     if not isinstance(config, dict):
         raise DataError(f"{out / 'metrics.json'} does not hold the run's options (its 'config' is damaged)")
     return config
