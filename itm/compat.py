@@ -1,9 +1,12 @@
 """The original's class names, for people who know ``ITM_DataLoader`` and ``ITM_Classifier``."""
 from __future__ import annotations
 
+from .data.batches import file_triples
 from .data.folder import load_data_dir
 from .data.source import resolve_data_dir
-from .options import resolve_config
+from .files import read_json
+from .log import logger
+from .options import TrainConfig, resolve_config
 
 
 class ITM_DataLoader:
@@ -15,10 +18,8 @@ class ITM_DataLoader:
     SENTENCE_EMBEDDING_SHAPE = (384,)
 
     def __init__(self, data_dir=None, batch_size: int = BATCH_SIZE, limit: int | None = None, seed: int | None = None):
-        from .data.batches import file_triples
-
         path, origin = resolve_data_dir(data_dir)
-        print(origin)
+        logger.info(origin)
         data = load_data_dir(path, limit=limit)
         self.data_dir = path
         self.splits = data.splits
@@ -35,9 +36,8 @@ class ITM_Classifier:
     """
 
     def __init__(self, preset: str = "faithful", **options):
-        from .files import read_json
-        from .training.run import train
+        from .training.run import train  # here, not above: ``import itm`` does not import TensorFlow
 
-        self.config = resolve_config(preset, **options)
-        self.run_dir = train(self.config)
+        self.run_dir = train(resolve_config(preset, **options))
         self.metrics = read_json(self.run_dir / "metrics.json", "metrics file")
+        self.config = TrainConfig(**self.metrics["config"])  # as the run finished it: seed, precision, paths

@@ -3,13 +3,18 @@
 ``TrainConfig``'s fields are the options: each carries its type, default, choices and help, from which
 the command line (``itm.cli``), the presets, ``config.json`` and ``itm bench`` are derived.
 ``resolve_config`` is the one way to a config: the preset, then the options given, then ``--fast``,
-then every check, so no combination reaches training unchecked. Nothing here imports TensorFlow.
+then every check, so no combination reaches training unchecked. ``finish_config`` then fills in what
+the options left open for a run (paths, seed, ``--precision auto``). A config is read-only: each step
+makes a new one. Nothing here imports TensorFlow, except ``fast_precision`` when it is called.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+import random
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 
+from .data.pipelines import pipeline_for
 from .errors import ConfigError
 from .models import FUSION_HEADS, IMAGE_TOWERS, MIN_IMAGE_SIZE, TEXT_TOWERS
 
@@ -96,9 +101,10 @@ PRESETS: dict[str, dict] = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run depends on; the defaults are the original baseline's."""
+    """Everything a training run depends on; the defaults are the original baseline's. Read-only: a changed
+    config is a new one (``dataclasses.replace``)."""
     # the run
     data_dir: str | None = option(None, "prepared data folder (default: $ITM_DATA_DIR, else "
                                         "flickr8k.dataset-cmp9137-item1 or data/flickr8k.dataset-cmp9137-item1, else the "
@@ -245,12 +251,12 @@ def resolve_config(preset: str = "faithful", **given) -> TrainConfig:
     given = {k: parse_value(k, v) for k, v in given.items() if v is not None and k != "preset"}
     config = TrainConfig(preset=preset, **{**PRESETS[preset], **given})
     if config.fast:
-        apply_fast(config, explicit=set(given))
+        config = apply_fast(config, explicit=set(given))
     check(config)
     return config
 
 
-def apply_fast(config: TrainConfig, explicit=frozenset()) -> None:
+def apply_fast(config: TrainConfig, explicit=frozenset()) -> TrainConfig:
     """--fast: what speeds training up without changing the model or the loss; an option given explicitly
     (``explicit``) always stands.
 
@@ -259,23 +265,56 @@ def apply_fast(config: TrainConfig, explicit=frozenset()) -> None:
     Shards stay shards, at their batch size: they are for data that the decoded-once cache cannot hold.
     The checks run afterwards, on the result.
     """
+    changes = {}
     if "pipeline" not in explicit and config.pipeline in ("faithful", "cached"):
         if config.objective == "kl":
-            config.pipeline = "grouped"
+            changes["pipeline"] = "grouped"
             if not {"batch_size", "learning_rate"} & set(explicit):
-                config.batch_size *= FAST_BATCH_SCALE
-                config.learning_rate *= FAST_LR_SCALE
+                changes["batch_size"] = config.batch_size * FAST_BATCH_SCALE
+                changes["learning_rate"] = config.learning_rate * FAST_LR_SCALE
         else:
-            config.pipeline = "cached"
+            changes["pipeline"] = "cached"
     if "precision" not in explicit:
-        config.precision = "auto"
+        changes["precision"] = "auto"
+    return replace(config, **changes)
+
+
+def fast_precision() -> str:
+    """Mixed precision where the hardware has fast low-precision maths: float16 on GPUs, bfloat16 on CPUs
+    with AVX512-BF16 or AMX; else float32. (Imports TensorFlow to look for GPUs: only a run calls it.)"""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return "float32"
+    return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+
+
+def finish_config(config: TrainConfig, data_dir, output_dir=None, saved_seed: int | None = None
+                  ) -> tuple[TrainConfig, str]:
+    """``config`` with nothing left open, as a run trains with it and config.json records it: the data
+    folder's absolute path, the run folder, the seed (--seed, else ``saved_seed``, an interrupted run's,
+    else a random one) and --precision auto made this machine's fast precision. Returns it and how the
+    seed was chosen."""
+    if config.seed is not None:
+        seed, how = config.seed, "from --seed"
+    elif saved_seed is not None:
+        seed, how = saved_seed, "the interrupted run's"
+    else:
+        seed, how = random.SystemRandom().randrange(2**31), "random; pass --seed to choose one"
+    precision = fast_precision() if config.precision == "auto" else config.precision
+    return replace(config, data_dir=str(Path(data_dir).resolve()), seed=seed, precision=precision,
+                   output_dir=config.output_dir if output_dir is None else str(output_dir)), how
 
 
 # ---------------------------------------------------------------- the checks
 
 def _checks(c: TrainConfig):
     """(problem, message) pairs; every true problem is reported."""
-    grouped = c.objective == "contrastive" or c.pipeline == "grouped"
+    grouped = pipeline_for(c).grouped
     yield (c.image_size < MIN_IMAGE_SIZE[c.image_tower],
            f"--image-size {c.image_size} is too small for the {c.image_tower} image tower, which pools it "
            f"to nothing: use at least {MIN_IMAGE_SIZE[c.image_tower]}")
@@ -343,3 +382,30 @@ def check(config: TrainConfig) -> None:
     if found:
         raise ConfigError(found[0] if len(found) == 1 else
                           "these options do not go together:\n" + "\n".join(f"  - {m}" for m in found))
+
+
+# ---------------------------------------------------------------- re-running a run from its config.json
+
+# Recorded in config.json but not re-run: where the run was written (a re-run gets its own folder).
+RERUN_FRESH = ("output_dir", "overwrite")
+
+
+def options_from_file(path) -> dict:
+    """The options that ``path`` (a config.json, or a run folder holding one) records, each checked as
+    the command line checks it, for ``itm train --config``: the same run again, into a new folder."""
+    from pathlib import Path
+
+    from .files import read_json
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    saved = read_json(path, "config file")
+    unknown = sorted(set(saved) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown option(s) {', '.join('--' + flag(k) for k in unknown)} "
+                          "('itm train --help' lists them)")
+    try:
+        return {k: parse_value(k, v) for k, v in saved.items() if k not in RERUN_FRESH}
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

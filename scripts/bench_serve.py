@@ -94,7 +94,7 @@ def main() -> int:
 
     server, url, log = start_server(args.run, root=args.root)
     try:
-        def one(client, n=len(captions)):
+        def one(client, n=len(captions)):  # noqa: B008  (bound once, on purpose)
             t = time.perf_counter()
             r = client.post(url + "/api/match", files={"image": (image.name, payload, "image/jpeg")},
                             data={"caption": captions[:n]}, timeout=120)

@@ -4,7 +4,7 @@
     python scripts/make_demo_data.py --out DIR [--seed S] [--train N --dev N --test N] [--image-size PX]
     python scripts/make_demo_data.py --embed-captions   # needs: pip install .[embed]
 
-Training without --data-dir generates the default demo on its own (see itm/demo.py).
+Training without --data-dir generates the default demo on its own (see itm/data/demo.py).
 """
 import argparse
 import sys

@@ -32,10 +32,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-try:  # the demo generator needs only numpy and PIL; the package is being reorganised (itm.demo before)
-    from itm.data.demo import generate  # noqa: E402
-except ModuleNotFoundError:
-    from itm.data.demo import generate  # noqa: E402
+from itm.data.demo import generate  # noqa: E402  (the demo generator needs only numpy and PIL)
 
 OUT = ROOT / "tests" / "fixtures" / "mobilenetv2_torchvision_reference.npz"
 SIZES = {"train": (4, 1, 1), "dev": (2, 1, 1), "test": (2, 1, 1)}

@@ -42,16 +42,18 @@ def main() -> int:
     import tensorflow as tf
 
     from itm.data.folder import load_data_dir
-    from itm.options import resolve_config
+    from itm.data.pipelines import pipeline_for
+    from itm.options import finish_config, resolve_config
     from itm.training import run
 
-    config = resolve_config(args.preset, data_dir=args.data_dir, seed=0, fast=args.fast, precision=args.precision)
+    config, _ = finish_config(resolve_config(args.preset, data_dir=args.data_dir, seed=0, fast=args.fast,
+                                             precision=args.precision), args.data_dir)
+    pipeline = pipeline_for(config)
     data = load_data_dir(args.data_dir)
-    steps = run.steps_per_epoch(config, data.splits["train"])
+    steps = pipeline.steps_per_epoch(data.splits["train"])
     model, trainer = run.build_trainer(config, tf.distribute.get_strategy(), steps)
-    store = run.image_store(config, data, model)
-    config.epochs = 1000  # an endless dataset to time from
-    dataset = run.train_dataset(config, data, store, 0)
+    store = pipeline.image_store(data, model)
+    dataset = pipeline.dataset(data, store, epochs=1000)  # an endless dataset to time from
     x, y = next(iter(dataset))
     images = tf.cast(x["images"], tf.float32)  # pixels 0..255 (the model scales them), or cached features
     tower = trainer.parts.image

@@ -1,4 +1,5 @@
-"""The page in a real headless Chromium: upload a JPEG, type captions, read the bars."""
+"""The page in a real headless Chromium: upload a JPEG (also by keyboard alone), type captions, read and sort
+the bars, search; the demo note, and errors when the server is gone."""
 import os
 import shutil
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 
 from conftest import NO_CHROMIUM, NO_SERVE_EXTRA
 
-from itm_serving import server, trained_run
+from serving_helpers import Server, server, trained_run
 
 pytest.importorskip("fastapi", reason=NO_SERVE_EXTRA)
 pytest.importorskip("playwright", reason="playwright is not installed: pip install '.[test]'")
@@ -28,15 +29,22 @@ def live(tiny_data_master, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(live):
+def browser(live):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-        page = browser.new_page()
-        page.set_default_timeout(60_000)
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh tab per test (a tab reused after the upload test opened no file chooser for the keyboard test)."""
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    yield page
+    page.close()
 
 
 def test_upload_captions_and_read_the_probabilities(page, live, tiny_data_master):
@@ -66,12 +74,71 @@ def test_upload_captions_and_read_the_probabilities(page, live, tiny_data_master
         assert row["text"] == f"{want['p_match']:.3f}"
         assert row["label"] == ("Match" if want["match"] else "No-Match")
         assert row["width"] == f"{100 * want['p_match']:.1f}%"
+
+    def order():
+        return page.eval_on_selector_all("#results .result", "rows => rows.map(r => Number(r.dataset.p))")
+
+    typed = [r["p_match"] for r in api["results"]]
+    page.select_option("#sort", "desc")
+    assert order() == sorted(typed, reverse=True)
+    page.select_option("#sort", "asc")
+    assert order() == sorted(typed)
+    page.select_option("#sort", "typed")
+    assert order() == typed
     assert not errors
+
+
+def test_an_image_is_picked_and_scored_with_the_keyboard_alone(page, live, tiny_data_master):
+    name, caption, _ = (tiny_data_master / "flickr8k.DevImages.txt").read_text().splitlines()[0].split("\t")
+    page.goto(live.url + "/")
+    page.wait_for_function("document.getElementById('threshold').textContent.includes('threshold')")
+    for _ in range(10):  # Tab from the top of the page until the file input has the focus
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "file":
+            break
+    assert page.evaluate("document.activeElement.id") == "file"
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Space")
+    chooser.value.set_files(str(tiny_data_master / IMAGES / name))
+    page.wait_for_selector("#preview")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "captions"
+    page.keyboard.type(caption)
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "score"
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#results[data-done='1']")
+    assert page.text_content("#results .caption") == caption
+
+
+def test_the_demo_note_reaches_the_page(page, live):
+    page.goto(live.url + "/")
+    page.wait_for_selector("#notes:not([hidden])")
+    assert "trained on the synthetic demo data" in page.text_content("#notes")  # the tiny run is demo-made
+    assert page.is_hidden("#status")
+
+
+def test_errors_are_shown_when_the_server_is_gone(page, live, tiny_data_master, tmp_path_factory):
+    gone = Server(trained_run(tiny_data_master, tmp_path_factory), tiny_data_master / IMAGES,
+                  tmp_path_factory.mktemp("gone"))  # a server of its own, to stop
+    try:
+        page.goto(gone.url + "/")
+        page.wait_for_selector("#search-section:not([hidden])")
+    finally:
+        gone.stop()
+    assert page.evaluate("checkHealth()") is False  # what the page runs every 30 s
+    assert page.is_visible("#status") and "not answering its health check" in page.text_content("#status")
+    page.fill("#query", "a dog")
+    page.click("#search-button")
+    page.wait_for_function("document.getElementById('search-error').textContent.includes('did not answer')")
+    assert page.is_enabled("#search-button")  # no longer busy
+    assert page.get_attribute("#search-results", "aria-busy") == "false"
 
 
 def test_search_box_shows_images(page, live):
     page.goto(live.url + "/")
     page.wait_for_selector("#search-section:not([hidden])")
+    assert page.get_attribute("#query", "placeholder") == "describe the image you are looking for"
     page.fill("#query", "a red circle on a white background")
     page.click("#search-button")
     page.wait_for_selector("#search-results figure")

@@ -268,6 +268,32 @@ def test_grouped_epochs_hold_every_triple_once_and_resume_where_they_were(tiny_d
     assert sorted(seen) == sorted((t.image, t.caption, t.match) for t in train.triples)
 
 
+def test_redrawn_negatives_change_each_epoch_and_never_use_own_captions(tiny_data):
+    from itm.data.batches import cached_triples
+    from itm.data.images import load_image_cache
+
+    data = load_data_dir(tiny_data)
+    train = data.splits["train"]
+    cache = load_image_cache([t.image for t in train.triples], train.images_dir, 32)
+    ds = cached_triples(train, data.embeddings, cache, batch_size=1000, seed=0, first_epoch=0, epochs=2,
+                        negatives="redraw")
+    by_vector = {v.tobytes(): c for c, v in data.embeddings.items()}
+    own = {}
+    for t in train.triples:
+        own.setdefault(t.image, set()).update([t.caption] if t.match else [])
+    pixels_of = {cache.pixels[cache.index[t.image]].tobytes(): t.image for t in train.triples}
+    epochs = []
+    for features, labels in ds:  # one batch per epoch: the whole split, in that epoch's order
+        captions = [by_vector[v.tobytes()] for v in features["text_embedding"].numpy()]
+        images = [pixels_of[x.astype(np.uint8).tobytes()] for x in features["image_input"].numpy()]  # pixels 0..255
+        matches = [y[0] == 1 for y in labels.numpy()]
+        assert sorted(zip(images, matches)) == sorted((t.image, t.match) for t in train.triples)
+        for image, caption, match in zip(images, captions, matches):
+            assert (caption in own[image]) == match
+        epochs.append(sorted(zip(images, captions)))
+    assert len(epochs) == 2 and epochs[0] != epochs[1]
+
+
 def test_an_image_over_the_pixel_bound_is_refused_from_its_header(tiny_data):
     from PIL import Image
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
-from itm_serving import trained_run
+from serving_helpers import trained_run
 
 IMAGES = "flickr8k-resised"
 
@@ -187,7 +187,7 @@ def test_predict_rank_search_commands(run, examples, matcher, encoder, tmp_path)
     assert "note: this run was trained on the synthetic demo data" in r.stderr  # the tiny data is demo-made
     p = matcher.score(image, captions[:2])[0]
     for line, c, q in zip(lines[1:], captions, p):
-        word = "Match" if q >= matcher.threshold else "No-Match"
+        word = "Match" if q > matcher.threshold else "No-Match"
         assert line == f'Caption: "{c}"  Prediction: {word}  p(match)={q:.2f}  Image: {image}'
 
     r = run_cli(args + ["--caption", captions[0], "--json"])

@@ -1,7 +1,7 @@
 """Metrics on a hand-made example whose every number is worked out below."""
 import pytest
 
-from itm.evaluation.metrics import binary_metrics
+from itm.evaluation.metrics import binary_metrics, decide
 
 
 def test_hand_made_example():
@@ -34,3 +34,21 @@ def test_threshold():
 def test_mismatched_lengths():
     with pytest.raises(ValueError):
         binary_metrics([1, 0, 1], [0.2, 0.3])
+
+
+def test_one_threshold_one_comparison_everywhere():
+    """A score exactly at the threshold is no-match for the metrics, the figures and the Matcher alike."""
+    from types import SimpleNamespace
+
+    from itm.evaluation.plots import correct_and_wrong
+    from itm.serving.matcher import Matcher
+
+    threshold = 0.3
+    p = [0.3, 0.31, 0.29, 0.6]
+    triples = [SimpleNamespace(match=m) for m in (1, 1, 0, 0)]
+    assert list(decide(p, threshold)) == [False, True, False, True]
+    assert binary_metrics([t.match for t in triples], p, threshold)["confusion"] == {"tp": 1, "fp": 1, "tn": 1, "fn": 1}
+    assert [Matcher.is_match(SimpleNamespace(threshold=threshold), q) for q in p] == [False, True, False, True]
+    # The sample figure sorts pairs by the same decision, at the threshold it is given (not 0.5).
+    assert correct_and_wrong(triples, p, threshold) == ([1, 2], [0, 3])
+    assert correct_and_wrong(triples, p, 0.5) == ([2], [0, 1, 3])

@@ -1,4 +1,4 @@
-"""The TensorFlow all-MiniLM-L6-v2 (itm.minilm, itm.tokenizer) against sentence-transformers.
+"""The TensorFlow all-MiniLM-L6-v2 (itm.models.minilm, itm.models.tokenizer) against sentence-transformers.
 
 Token ids are checked against a committed table made with sentence-transformers' own tokenizer
 (tricky cases: punctuation, accents, compatibility characters, CJK, control characters, a caption
@@ -21,10 +21,15 @@ pytest.importorskip("tensorflow_text", reason=NO_TEXT_EXTRA)
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from itm.models.minilm import (SentenceEncoder, caption_input, encoder_from_folder, minilm_text_tower,  # noqa: E402
-                        scratch_text_tower)
+from itm.models.minilm import SentenceEncoder, encoder_from_folder, minilm_text_tower, scratch_text_tower  # noqa: E402
 from itm.models.minilm_files import HUB_NAME, default_model_path, model_folder  # noqa: E402
 from itm.models.tokenizer import WordPieceTokenizer, load_vocab  # noqa: E402
+
+
+def caption_input():
+    """A model's raw-caption input, as the classifier declares it: strings (B,)."""
+    return keras.Input(shape=(), dtype="string", name="caption")
+
 
 TABLE = json.loads((Path(__file__).parent / "minilm_token_ids.json").read_text(encoding="utf-8"))["cases"]
 HAVE_MODEL = default_model_path() != HUB_NAME

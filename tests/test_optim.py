@@ -43,7 +43,8 @@ def test_schedule_shape():
 def test_parity_with_tf_models_official():
     tf = pytest.importorskip("tensorflow")
     official = pytest.importorskip(
-        "official.nlp.optimization", reason="tf-models-official not installed (pip install --no-deps tf-models-official tf-keras)")
+        "official.nlp.optimization",
+        reason="tf-models-official not installed (pip install --no-deps tf-models-official tf-keras)")
 
     rng = np.random.default_rng(0)
     init = [rng.normal(0, 1, s).astype("float32") for s in SHAPES]

@@ -105,7 +105,7 @@ def test_the_command_line_is_derived_from_the_options():
     from itm.cli.parser import train_parser
 
     parser = train_parser()
-    flags = {a.dest: a for a in parser._actions if a.dest != "help"}
+    flags = {a.dest: a for a in parser._actions if a.dest not in ("help", "config", "verbosity")}
     assert set(flags) == set(OPTIONS)
     for name, action in flags.items():
         assert action.default is None, name  # unset means "as the preset says"
@@ -118,11 +118,80 @@ def test_the_command_line_is_derived_from_the_options():
         parser.parse_args(["--learning-rate", "inf"])
 
 
-def test_options_are_importable_without_tensorflow():
+@pytest.mark.parametrize("preset, extra", [("faithful", {}), ("best-cpu", {}), ("pretrained", {}),
+                                           ("faithful", {"fast": True, "limit": 40})])
+def test_a_run_is_rerun_from_its_config_json(preset, extra, tmp_path):
+    import json
+
+    from itm.cli.commands import train_config
+    from itm.cli.parser import train_parser
+
+    from itm.options import finish_config
+
+    # What config.json records: the config finished as a run finishes it (paths, seed, precision).
+    recorded, _ = finish_config(resolve_config(preset, seed=5, **extra), "/data/x", tmp_path / "old")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(recorded.to_dict()))
+    again = train_config(train_parser().parse_args(["--config", str(tmp_path / "old" / "config.json")]))
+    assert again.to_dict() == {**recorded.to_dict(), "output_dir": None}  # a new run folder, nothing else new
+    # A run folder names its config.json too; options on the command line override the file's.
+    changed = train_config(train_parser().parse_args(["--config", str(tmp_path / "old"), "--epochs", "3",
+                                                      "--no-augment"]))
+    assert changed.to_dict() == {**recorded.to_dict(), "output_dir": None, "epochs": 3, "augment": False}
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"batch_sise": 8}, "config.json: unknown option(s) --batch-sise ('itm train --help' lists them)"),
+    ({"batch_size": 0}, "config.json: --batch-size: must be at least 1, got 0"),
+    ({"fusion": "sum"}, "config.json: --fusion must be one of concat, "),
+    ({"augment": "yes"}, "config.json: --augment is on or off, not 'yes'"),
+    ([1, 2], "must hold a JSON object, not a list"),
+])
+def test_a_wrong_key_or_value_in_a_config_file_is_a_one_line_error(content, message, tmp_path, capsys):
+    import json
+
+    from itm.cli import main
+
+    (tmp_path / "config.json").write_text(json.dumps(content))
+    assert main(["train", "--config", str(tmp_path / "config.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_help_shows_what_each_preset_sets(preset, capsys):
+    from itm.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--preset", preset, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    config = resolve_config(preset)
+    for name in ("epochs", "batch_size", "learning_rate", "image_tower"):
+        label = preset if name in PRESETS[preset] else "default"
+        assert f"({label}: {getattr(config, name)})" in text, name
+    assert "presets (an option given explicitly overrides its preset's value):" in text
+    assert "best-cpu: --image-tower cnn-bn, --image-size 128, --augment on" in text  # the table, for any preset
+
+
+def test_version_is_the_package_version(capsys):
+    import itm
+    from itm.cli.parser import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"itm {itm.__version__}"
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(itm.__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    assert project["dynamic"] == ["version"] and project["license"] == {"text": "Apache-2.0"}
+
+
+def test_options_and_the_command_line_are_importable_without_tensorflow():
     import subprocess
     import sys
 
-    code = "import itm.options, itm.cli.parser, sys; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    code = "import itm.options, itm.cli, sys; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 
@@ -130,6 +199,6 @@ def test_options_are_importable_without_tensorflow():
 def test_bench_settings_are_train_options():
     from itm.training.bench import SETTINGS
 
-    for setting, options in SETTINGS.items():
+    for options in SETTINGS.values():
         options = dict(options)
         resolve_config(options.pop("preset", "faithful"), **options)  # each is a valid `itm train` invocation

@@ -19,6 +19,10 @@ def test_the_wheel_installs_and_runs_the_demo_prediction_path(tmp_path):
     output = built.stdout + built.stderr
     assert "absent from" not in output and "is not a package" not in output, output[-3000:]
     wheel = next((tmp_path / "dist").glob("itm-*.whl"))
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "itm/py.typed" in names and any(n.endswith(".dist-info/LICENSE") or "licenses/LICENSE" in n for n in names)
 
     # A fresh environment that borrows this one's dependencies (TensorFlow is large) but not its itm.
     venv = tmp_path / "venv"

@@ -290,7 +290,7 @@ def test_prepare_with_shards_writes_them_after_the_folder(flickr8k, tmp_path, mo
     import numpy as np
 
     import itm.data.embed
-    import itm.models.encoders
+    import itm.data.prepare
     from itm.data.shards import read_index
 
     def fake_embed(data_dir, model=None, batch_size=None):
@@ -299,8 +299,8 @@ def test_prepare_with_shards_writes_them_after_the_folder(flickr8k, tmp_path, mo
         itm.data.embed.write_embeddings(Path(data_dir) / "flickr8k.cmp9137.sentence_transformers.npz",
                                    dict(zip(captions, vectors)))
 
-    monkeypatch.setattr(itm.models.encoders, "require_sentence_transformers", lambda: None)
-    monkeypatch.setattr(itm.data.embed, "embed_data_dir", fake_embed)
+    monkeypatch.setattr(itm.data.prepare, "require_sentence_transformers", lambda: None)
+    monkeypatch.setattr(itm.data.prepare, "embed_data_dir", fake_embed)
     token, images, caps = flickr8k
     out = prepare("flickr8k", token, images, tmp_path / "out", negatives=2, shards=2)
     index = read_index(out / "shards", splits=("train", "dev", "test"), data_dir=out)

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import NO_SERVE_EXTRA, run_cli
 
-from itm_serving import MAX_UPLOAD_MB, server, trained_run
+from serving_helpers import MAX_UPLOAD_MB, server, trained_run
 
 pytest.importorskip("fastapi", reason=NO_SERVE_EXTRA)
 IMAGES = "flickr8k-resised"
@@ -47,7 +47,11 @@ def test_health_and_openapi(live, matcher):
     h = httpx.get(live.url + "/healthz").json()
     assert h["status"] == "ok" and h["search"] is True
     assert h["threshold"] == pytest.approx(matcher.threshold)
+    assert h["notes"] == matcher.notes and "synthetic demo data" in h["notes"][0]  # the page shows them
     schema = httpx.get(live.url + "/openapi.json").json()
+    import itm
+
+    assert schema["info"]["version"] == itm.__version__  # one version, not the app's own
     assert {"/api/match", "/api/search", "/healthz"} <= set(schema["paths"])
     body = schema["paths"]["/api/match"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in body

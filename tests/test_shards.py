@@ -144,3 +144,16 @@ def test_training_on_a_folder_without_shards_is_a_clear_error(tiny_data, tmp_pat
 def test_fast_keeps_the_shards_and_their_batch_size():
     config = resolve_config(pipeline="shards", fast=True)
     assert (config.pipeline, config.batch_size, config.learning_rate) == ("shards", 16, 3e-5)
+
+
+@pytest.mark.parametrize("count", [0, 1, 31, 32, 1920, 40000])  # payload lengths of 1, 2 and 3 varint bytes
+def test_float_list_from_bytes_is_the_one_built_float_by_float(count):
+    import numpy as np
+    import tensorflow as tf
+
+    from itm.data.shards import _float_list
+
+    vectors = np.random.default_rng(count).standard_normal(count).astype(np.float32)
+    fast, slow = _float_list(vectors), tf.train.FloatList(value=vectors)
+    assert fast.SerializeToString(deterministic=True) == slow.SerializeToString(deterministic=True)
+    assert np.array_equal(np.array(fast.value, np.float32), vectors)

@@ -53,6 +53,26 @@ def _check_run_folder(out, n_test):
     return metrics, rows
 
 
+def _check_tensorboard(out, history):
+    """RUN/tensorboard holds what history.csv holds, epoch by epoch, the options and the test figures."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    tags = set(events.Tags()["tensors"])  # tf.summary (v2) writes every summary as a tensor
+    for column in history[0]:
+        if column == "epoch":
+            continue
+        logged = [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events.Tensors(column)]
+        assert [step for step, _ in logged] == [int(row["epoch"]) for row in history], column
+        assert [v for _, v in logged] == pytest.approx([float(row[column]) for row in history], rel=1e-5, abs=1e-7)
+    assert {"test/accuracy", "test/roc_auc", "test/confusion", "test/scores", "test/samples", "test/roc-pr"} <= tags
+    width, height, png = tf.make_ndarray(events.Tensors("test/confusion")[-1].tensor_proto)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int(width) > 100 and int(height) > 100
+    options = tf.make_ndarray(events.Tensors("options")[0].tensor_proto).item().decode()
+    assert "| batch_size | 8 |" in options and "| seed | 7 |" in options
+
+
 @pytest.mark.slow
 def test_itm_classifier_end_to_end(tiny_data, tmp_path):
     out = tmp_path / "run"
@@ -66,6 +86,7 @@ def test_itm_classifier_end_to_end(tiny_data, tmp_path):
                for line in r.stdout.splitlines())
     metrics, history = _check_run_folder(out, n_test=24)
     assert len(history) == 2 and float(history[-1]["learning_rate"]) == 0.0
+    _check_tensorboard(out, history)
     assert metrics["config"]["seed"] == 7 and metrics["config"]["batch_size"] == 8
     assert metrics["config"]["learning_rate"] == 1e-4 and metrics["parameters"] == 6_529_570 - (28 * 28 - 8 * 8) * 64 * 128
 
@@ -96,6 +117,61 @@ def test_the_original_class_names_load_data_and_train(tiny_data, tmp_path):
                          output_dir=str(tmp_path / "run"))
     assert clf.run_dir == tmp_path / "run" and (clf.run_dir / "model.keras").is_file()
     assert clf.metrics["config"]["limit"] == 8 and 0.0 <= clf.metrics["accuracy"] <= 1.0
+    assert (clf.config.seed, clf.config.precision, clf.config.data_dir) == (0, "float32", str(tiny_data.resolve()))
+
+
+def test_progress_goes_through_the_itm_logger(tiny_data, tmp_path, capsys):
+    """A script can silence itm's progress (or redirect it) through logging; setup() shows it on stdout."""
+    import logging
+
+    from itm import log
+    from itm.options import resolve_config
+    from itm.training.run import resolve_run
+
+    try:
+        logging.getLogger("itm").setLevel(logging.WARNING)
+        resolve_run(resolve_config(data_dir=str(tiny_data), output_dir=str(tmp_path / "a"), seed=1))
+        assert capsys.readouterr().out == ""
+        log.setup()
+        resolve_run(resolve_config(data_dir=str(tiny_data), output_dir=str(tmp_path / "b"), seed=1))
+        assert "Seed: 1 (from --seed)" in capsys.readouterr().out
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logging.getLogger("itm").addHandler(handler)
+        resolve_run(resolve_config(data_dir=str(tiny_data), output_dir=str(tmp_path / "c"), seed=2))
+        assert any("Seed: 2" in r.getMessage() for r in records)
+    finally:
+        log.setup()
+
+
+def test_keras_progress_follows_the_logger_and_the_notebook(monkeypatch):
+    import sys
+
+    from itm import log
+    from itm.training.callbacks import keras_verbosity
+
+    try:
+        log.setup(log.QUIET)
+        assert keras_verbosity() == 0
+        log.setup()
+        assert keras_verbosity() == 2  # pytest's stdout is not a terminal: one line per epoch
+        monkeypatch.setitem(sys.modules, "ipykernel", sys)
+        assert keras_verbosity() == 1  # Jupyter draws Keras' bar
+    finally:
+        log.setup()
+
+
+@pytest.mark.slow
+def test_quiet_prints_the_result_lines_only(tiny_data, tmp_path):
+    r = run_cli(["-m", "itm", "train", "--quiet", "--data-dir", str(tiny_data), "--epochs", "1",
+                 "--image-size", "32", "--seed", "7", "--output-dir", str(tmp_path / "run")])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert "TEST accuracy=" in r.stdout and any(line.startswith("ITM=") for line in lines)  # the original's
+    assert lines[-1].startswith("Run written to")
+    for progress in ("Data:", "Seed:", "TRAINING", "Epoch 1/1", "Total params", "model trained"):
+        assert progress not in r.stdout + r.stderr, progress
 
 
 def test_itm_train_is_the_same_command(tiny_data, tmp_path):
@@ -174,13 +250,14 @@ def test_an_interrupted_run_resumes_only_with_its_own_options(tiny_data, tmp_pat
     from itm.training.run import resolve_run
 
     out = tmp_path / "run"
-    first = resolve_config(data_dir=str(tiny_data), output_dir=str(out), seed=3)
-    assert resolve_run(first)[1] is False
+    first, _, resuming = resolve_run(resolve_config(data_dir=str(tiny_data), output_dir=str(out), seed=3))
+    assert resuming is False
     (out / "backup").mkdir(parents=True)  # as a run killed after its first epoch leaves it
     (out / "config.json").write_text(json.dumps(first.to_dict()))
     (out / "backup" / "state.json").write_text('{"epoch": 1, "weights": "epoch1.weights.h5", "history": {}}')
     same = resolve_config(data_dir=str(tiny_data), output_dir=str(out))  # no --seed: the run's own is taken
-    assert resolve_run(same)[1] is True and same.seed == 3
+    resumed, _, resuming = resolve_run(same)
+    assert resuming is True and resumed.seed == 3 and same.seed is None  # a new config; the given one unchanged
     other = resolve_config(data_dir=str(tiny_data), output_dir=str(out), fusion="mlp")
     with pytest.raises(ConfigError, match="--fusion was 'concat', now 'mlp'"):
         resolve_run(other)
@@ -211,6 +288,7 @@ def test_a_diverging_run_stops_with_a_clear_error_and_no_result(tiny_data, tmp_p
     (["--batch-size", "100000", "--image-size", "224"], "needs about"),
     (["--image-size", "7"], "--image-size 7 is too small for the faithful-cnn image tower"),
     (["--learning-rate", "inf"], "must be a finite number"),
+    (["--negatives", "redraw"], "--negatives redraw needs --pipeline cached"),
 ])
 def test_options_that_cannot_train_are_refused_before_training(args, message, tiny_data, tmp_path):
     r = _train(tiny_data, tmp_path / "run", *args)

@@ -1,9 +1,20 @@
 """The ``itm`` command line: ``parser`` declares every subcommand's arguments, ``commands`` runs them.
-``ITM_Classifier.py`` is ``itm train`` under the original's name."""
+``ITM_Classifier.py`` is ``itm train`` under the original's name.
+
+Neither imports TensorFlow: each command imports the library it drives only when it runs (``commands``),
+so ``itm --help``, argument mistakes and the light commands answer at once.
+"""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+from collections.abc import Callable
+
+from .. import log
+from ..errors import ItmError
+from .commands import COMMANDS, run_train
+from .parser import build_parser, train_parser
 
 
 def quiet_tensorflow() -> None:
@@ -13,10 +24,8 @@ def quiet_tensorflow() -> None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if os.path.exists("/dev/nvidiactl") else "3"
 
 
-def dispatch(func, args) -> int:
+def dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a command; a user's mistake becomes a one-paragraph error and exit status 2."""
-    from ..errors import ItmError
-
     try:
         return func(args)
     except ItmError as e:
@@ -27,19 +36,30 @@ def dispatch(func, args) -> int:
         return 130
 
 
+# Commands whose progress goes to stdout with their result lines, as the original's training printed; the
+# others keep stdout for their result alone (a ranking, JSON, a table) and report progress on stderr.
+STDOUT_PROGRESS = ("train", "evaluate")
+
+
+def _set_output(args: argparse.Namespace) -> None:
+    """--quiet / --verbose: the itm logger's level (result lines are prints, always shown); --verbose also
+    lets TensorFlow's C++ log through (set before TensorFlow is imported, which parsing does not do)."""
+    command = getattr(args, "command", "train")  # ITM_Classifier.py's parser has no command: it trains
+    log.setup(getattr(args, "verbosity", 0), "stdout" if command in STDOUT_PROGRESS else "stderr")
+    if getattr(args, "verbosity", 0) > 0:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow()
-    from .commands import COMMANDS
-    from .parser import build_parser
-
     args = build_parser().parse_args(argv)
+    _set_output(args)
     return dispatch(COMMANDS[args.command], args)
 
 
 def itm_classifier_main(argv: list[str] | None = None) -> int:
     """``python ITM_Classifier.py [options]``: the same run as ``itm train [options]``."""
     quiet_tensorflow()
-    from .commands import run_train
-    from .parser import train_parser
-
-    return dispatch(run_train, train_parser().parse_args(argv))
+    args = train_parser().parse_args(argv)
+    _set_output(args)
+    return dispatch(run_train, args)

@@ -1,28 +1,47 @@
-"""What each subcommand does with its parsed arguments: a thin call into the library."""
+"""What each subcommand does with its parsed arguments: a thin call into the library.
+
+The one place where imports wait: a command that trains or loads a model imports its library (and with
+it TensorFlow) inside its function, when it runs, so ``itm --help``, argument mistakes and the light
+commands (compare, prepare, ood-split) never load TensorFlow. Everything else is imported here.
+"""
 from __future__ import annotations
 
 import json
-import sys
+from argparse import Namespace
 from pathlib import Path
 
-from ..errors import ConfigError, DataError
-from ..options import OPTIONS
+from ..data.embed import embed_data_dir
+from ..data.folder import load_data_dir
+from ..data.ood import ood_split
+from ..data.prepare import prepare
+from ..data.shards import write_shards
+from ..data.source import resolve_data_dir
+from ..errors import CaptionError, ConfigError, DataError
+from ..evaluation.report import compare_table, write_report
+from ..log import logger, progress
+from ..options import OPTIONS, TrainConfig, options_from_file, resolve_config
+from ..training.run_folder import SavedRun
 
 
-def run_train(args) -> int:
-    from ..options import resolve_config
+def train_config(args: Namespace) -> TrainConfig:
+    """The TrainConfig of ``itm train``'s arguments: a recorded run's options (``--config``), then the preset's,
+    with every option given on the command line overriding both."""
+    given = {k: getattr(args, k) for k in OPTIONS}
+    if getattr(args, "config", None):
+        given = {**options_from_file(args.config), **{k: v for k, v in given.items() if v is not None}}
+    preset = given.pop("preset", None) or "faithful"
+    return resolve_config(preset, **given)
+
+
+def run_train(args: Namespace) -> int:
     from ..training.run import train
 
-    config = resolve_config(args.preset or "faithful", **{k: getattr(args, k) for k in OPTIONS if k != "preset"})
-    train(config)
+    train(train_config(args))
     return 0
 
 
-def run_evaluate(args) -> int:
-    from ..data.folder import load_data_dir
+def run_evaluate(args: Namespace) -> int:
     from ..evaluation.evaluate import evaluate_model
-    from ..evaluation.report import write_report
-    from ..training.run_folder import SavedRun
 
     run = SavedRun(args.run, finished=True)
     config = run.config
@@ -40,23 +59,20 @@ def run_evaluate(args) -> int:
         threshold, source = run.threshold()
         splits, tag = (args.split,), args.name or Path(args.data_dir).resolve().name
         data = load_data_dir(args.data_dir, splits=splits, need_embeddings=not raw_text)
-        print(f"Scoring {args.data_dir} ({args.split} split) as '{tag}', threshold {source}")
+        logger.info(f"Scoring {args.data_dir} ({args.split} split) as '{tag}', threshold {source}")
     evaluate_model(run.load_model(), data, run.path, splits=splits, seed=config.get("seed") or 0,
                    with_retrieval=not args.no_retrieval, threshold=threshold, tag=tag)
     print(f"Report: {write_report(run.path, (tag,) if tag else splits)}")
     return 0
 
 
-def run_ood_split(args) -> int:
-    from ..data.ood import ood_split
-
+def run_ood_split(args: Namespace) -> int:
     ood_split(args.captions, args.images, args.out, photos=args.photos, negatives=args.negatives, seed=args.seed,
               exclude=args.exclude or (), train_out=args.train_out, course=args.course, embed=not args.no_embed)
     return 0
 
 
-def run_bench(args) -> int:
-    from ..data.source import resolve_data_dir
+def run_bench(args: Namespace) -> int:
     from ..training import bench
 
     if args.one:
@@ -67,14 +83,12 @@ def run_bench(args) -> int:
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; choose from {', '.join(bench.SETTINGS)}")
     data_dir, origin = resolve_data_dir(args.data_dir)
-    print(origin, file=sys.stderr)
+    logger.info(origin)
     print(json.dumps(bench.run(str(data_dir), settings, args.steps, args.precision), indent=2))
     return 0
 
 
-def run_compare(args) -> int:
-    from ..evaluation.report import compare_table
-
+def run_compare(args: Namespace) -> int:
     missing = [r for r in args.runs if not Path(r).is_dir()]
     if missing:
         raise DataError(f"not a folder: {', '.join(missing)}")
@@ -82,32 +96,24 @@ def run_compare(args) -> int:
     return 0
 
 
-def run_embed(args) -> int:
-    from ..data.embed import embed_data_dir
-
+def run_embed(args: Namespace) -> int:
     embed_data_dir(args.data_dir, out=args.out, model=args.model, batch_size=args.batch_size, backend=args.backend)
     return 0
 
 
-def run_prepare(args) -> int:
-    from ..data.prepare import prepare
-
+def run_prepare(args: Namespace) -> int:
     prepare(args.dataset, args.captions, args.images, args.out, seed=args.seed, negatives=args.negatives,
             splits=args.splits, image_size=args.image_size, embed=not args.no_embed, model=args.model,
             batch_size=args.batch_size, shards=args.shards)
     return 0
 
 
-def run_shard(args) -> int:
-    from ..data.shards import write_shards
-
+def run_shard(args: Namespace) -> int:
     write_shards(args.data_dir, num_shards=args.shards, out=args.out)
     return 0
 
 
 def _read_captions_file(path) -> list[str]:
-    from ..errors import CaptionError
-
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -120,10 +126,10 @@ def _read_captions_file(path) -> list[str]:
 
 def _notes(m) -> None:
     for note in m.notes:
-        print(f"note: {note}", file=sys.stderr)
+        logger.warning(f"note: {note}")
 
 
-def run_predict(args) -> int:
+def run_predict(args: Namespace) -> int:
     from ..serving.matcher import Matcher, check_captions
 
     m = Matcher.load(args.run, data_dir=args.data_dir)
@@ -142,7 +148,7 @@ def run_predict(args) -> int:
     return 0
 
 
-def run_rank(args) -> int:
+def run_rank(args: Namespace) -> int:
     from ..serving.matcher import Matcher
 
     m = Matcher.load(args.run, data_dir=args.data_dir)
@@ -154,13 +160,13 @@ def run_rank(args) -> int:
     return 0
 
 
-def run_search(args) -> int:
+def run_search(args: Namespace) -> int:
     from ..serving.matcher import Matcher
 
     m = Matcher.load(args.run, data_dir=args.data_dir)
-    index = m.index_folder(args.images, log=sys.stderr)
+    index = m.index_folder(args.images, log=progress)
     for why in index.skipped:
-        print(f"skipped: {why}", file=sys.stderr)
+        logger.warning(f"skipped: {why}")
     if not index.paths:
         raise DataError(f"no readable images in {args.images}")
     hits = m.search_index(index, args.query, top=args.top)
@@ -172,7 +178,7 @@ def run_search(args) -> int:
     return 0
 
 
-def run_serve(args) -> int:
+def run_serve(args: Namespace) -> int:
     from ..serving.server import serve
 
     serve(args.run, data_dir=args.data_dir, images=args.images, host=args.host, port=args.port,

@@ -1,12 +1,24 @@
-"""Every subcommand's arguments, in one place. The training options come from ``itm.options``.
+"""Every subcommand's arguments, in one place: ``build_parser`` adds each command's parser in turn
+(``COMMAND_PARSERS``). The training options come from ``itm.options``.
 
-Nothing here imports TensorFlow, so ``itm --help`` and argument mistakes answer at once.
+Nothing here imports TensorFlow (nor do the modules it takes defaults from), so ``itm --help`` and
+argument mistakes answer at once.
 """
 from __future__ import annotations
 
 import argparse
+import sys
+import textwrap
 
-from ..options import GROUPS, OPTIONS, flag
+from .. import __version__
+from ..data.ood import DEFAULT_NEGATIVES as OOD_NEGATIVES, DEFAULT_PHOTOS
+from ..data.prepare import DATASETS, DEFAULT_NEGATIVES
+from ..data.shards import SHARDS_SUBDIR, TARGET_SHARD_BYTES
+from ..models.encoders import BACKENDS, DEFAULT_BATCH_SIZE
+from ..options import GROUPS, OPTIONS, PRESETS, flag
+from ..options import positive_float as parse_positive_float, positive_int as parse_positive_int
+from ..serving.matcher import MAX_CAPTION_CHARS
+from ..serving.server import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_UPLOAD_MB, MAX_CAPTIONS, MAX_UPLOAD_MB
 
 
 def _typed(parse):
@@ -21,15 +33,52 @@ def _typed(parse):
 
 
 def positive_int(text) -> int:
-    from ..options import positive_int as parse
-
-    return _typed(parse)(text)
+    return _typed(parse_positive_int)(text)
 
 
 def positive_float(text) -> float:
-    from ..options import positive_float as parse
+    return _typed(parse_positive_float)(text)
 
-    return _typed(parse)(text)
+
+def _shown(value) -> str:
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+def option_help(name: str, preset: str = "faithful") -> str:
+    """An option's help with the value it takes under ``preset``: 'best-cpu: 40' where the preset sets it,
+    else the default (booleans that are off by default say nothing)."""
+    f = OPTIONS[name]
+    if name in PRESETS[preset]:
+        return f"{f.metadata['help']} ({preset}: {_shown(PRESETS[preset][name])})"
+    if f.default is None or f.default is False:
+        return f.metadata["help"]
+    return f"{f.metadata['help']} (default: {_shown(f.default)})"
+
+
+def presets_epilog() -> str:
+    """What each preset sets, for the end of --help (the defaults above are the faithful preset's)."""
+    lines = ["presets (an option given explicitly overrides its preset's value):"]
+    for preset, values in PRESETS.items():
+        sets = ", ".join(f"--{flag(k)} {_shown(v)}" for k, v in values.items()) or "the defaults shown above"
+        lines += textwrap.wrap(f"{preset}: {sets}", width=100, initial_indent="  ", subsequent_indent="    ",
+                               break_on_hyphens=False)
+    lines += ["", "The defaults shown are the faithful preset's; '--preset NAME --help' shows NAME's values."]
+    return "\n".join(lines)
+
+
+class TrainHelpParser(argparse.ArgumentParser):
+    """A parser whose --help shows the values of the --preset given with it (``--preset best-cpu --help``)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        words = list(sys.argv[1:] if args is None else args)
+        preset = next((w.split("=", 1)[1] for w in words if w.startswith("--preset=")), None)
+        if "--preset" in words and words.index("--preset") + 1 < len(words):
+            preset = words[words.index("--preset") + 1]
+        if preset in PRESETS:
+            for action in self._actions:
+                if action.dest in OPTIONS:
+                    action.help = option_help(action.dest, preset)
+        return super().parse_known_args(args, namespace)
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
@@ -37,8 +86,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     groups = {name: p.add_argument_group(title) for name, title in GROUPS.items()}
     for name, f in OPTIONS.items():
         meta, default = f.metadata, f.default
-        shown = "" if default is None or isinstance(default, bool) else f" (default: {default})"
-        kwargs = {"help": meta["help"] + shown, "default": None}
+        kwargs = {"help": option_help(name), "default": None}
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -49,30 +97,48 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
             if meta["metavar"]:
                 kwargs["metavar"] = meta["metavar"]
         groups[meta["group"]].add_argument(f"--{flag(name)}", **kwargs)
+    groups["run"].add_argument("--config", metavar="FILE",
+                               help="re-run a run: the options its config.json records (FILE, or a run folder), into "
+                                    "a new --output-dir; options given here override them")
+
+
+def output_options() -> argparse.ArgumentParser:
+    """-q/--quiet and -v/--verbose, for every command (a parent parser)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("output").add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=0,
+                   help="print the result lines only (no progress, no Keras progress bar); warnings still go to "
+                        "stderr")
+    g.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1,
+                   help="also TensorFlow's own log and debugging detail (e.g. the resolved options)")
+    return p
 
 
 def train_parser(prog: str = "ITM_Classifier.py") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=(
+    p = TrainHelpParser(prog=prog, parents=[output_options()], description=(
         "Train the image-text matching classifier, evaluate it on the test split and print sample "
-        "predictions, as the original CMP9137 ITM_Classifier did (the same as 'itm train')."))
+        "predictions, as the original CMP9137 ITM_Classifier did (the same as 'itm train')."),
+        epilog=presets_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_options(p)
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ..data.prepare import DATASETS, DEFAULT_NEGATIVES
-    from ..data.shards import SHARDS_SUBDIR, TARGET_SHARD_BYTES
-    from ..models.encoders import BACKENDS, DEFAULT_BATCH_SIZE
+def run_options(p: argparse.ArgumentParser) -> None:
+    """The arguments of the commands that use a trained run."""
+    p.add_argument("--run", required=True, help="a run folder written by 'itm train'")
+    p.add_argument("--data-dir", help="data folder whose caption embeddings are used (default: the run's)")
 
-    parser = argparse.ArgumentParser(prog="itm", description="Image-text matching: does this caption fit this image?")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+def add_train(sub) -> None:
     p = sub.add_parser("train", help="train, evaluate and save a model (the original ITM_Classifier run)",
-                       description="Train a classifier, evaluate it on the test split, and write the run folder "
-                                   "(config.json, model.keras, history.csv, history.png, predictions.tsv, "
-                                   "metrics.json, report.md).")
+                       description="Train a classifier, evaluate it on the test split, and write the run folder\n"
+                                   "(config.json, model.keras, history.csv, history.png, predictions.tsv,\n"
+                                   "metrics.json, report.md, tensorboard/).",
+                       epilog=presets_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_options(p)
 
+
+def add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="score a saved run on a split: metrics with intervals, retrieval, figures, report",
                        description="Load RUN_DIR/model.keras, choose the decision threshold on dev, score the split, "
                                    "and write metrics-<split>.json, figures and report.md into the run folder.")
@@ -85,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(default: the folder's name)")
     p.add_argument("--no-retrieval", action="store_true", help="skip the image-text retrieval scores")
 
+
+def add_bench(sub) -> None:
     p = sub.add_parser("bench", help="measure training, pipeline and inference speed of each setting (JSON)",
                        description="Time training steps under each setting (options as 'itm train' takes them), the "
                                    "input pipeline alone and inference, on a data folder, with the achieved GFLOP/s "
@@ -97,10 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for every setting (default: each setting's own: float32, 'fast' the machine's fast one)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one setting in this process
 
+
+def add_compare(sub) -> None:
     p = sub.add_parser("compare", help="print the main metrics of several runs side by side")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--split", choices=["dev", "test"], default="test", help="default: %(default)s")
 
+
+def add_embed(sub) -> None:
     p = sub.add_parser("embed", help="compute the sentence embeddings of a data folder's captions",
                        description="Write one all-MiniLM-L6-v2 sentence embedding per distinct caption of the split "
                                    "files in DIR, reusing those already in --out. The tf backend needs tensorflow-text "
@@ -118,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                    help="captions per encoder batch (default: %(default)s)")
 
+
+def add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="make a data folder from Flickr8k, Flickr30k or MS-COCO captions and photos",
                        description="Read a public caption file and its photos, split the images into train/dev/test, "
                                    "write match and no-match triples, resize the photos and compute the sentence "
@@ -142,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="then also write DIR/shards: N TFRecord shards of the train split, proportionally fewer of "
                         "dev and test (as 'itm shard'; for data bigger than memory, see data/README.md)")
 
-    from ..data.ood import DEFAULT_NEGATIVES as OOD_NEGATIVES, DEFAULT_PHOTOS
 
+def add_ood_split(sub) -> None:
     p = sub.add_parser("ood-split", help="an evaluation folder of photos outside the training split (and a training "
                                          "folder of the rest)",
                        description="From a folder of photos and the Flickr8k caption file, write an evaluation folder "
@@ -164,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--course", metavar="DIR", help="the data folder whose splits the training folder extends")
     p.add_argument("--no-embed", action="store_true", help="skip the embeddings (run 'itm embed' later)")
 
+
+def add_shard(sub) -> None:
     p = sub.add_parser("shard", help="write a data folder as TFRecord shards (for data bigger than memory)",
                        description="Write every split of a data folder (checked first) as TFRecord shards: one "
                                    "record per image with its JPEG bytes and all its triples and embeddings. "
@@ -174,10 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: about {TARGET_SHARD_BYTES // 2**20} MiB per shard)")
     p.add_argument("--out", help=f"folder to write into (default: DIR/{SHARDS_SUBDIR}; then train with --shards-dir OUT)")
 
-    def run_options(p):
-        p.add_argument("--run", required=True, help="a run folder written by 'itm train'")
-        p.add_argument("--data-dir", help="data folder whose caption embeddings are used (default: the run's)")
 
+def add_predict(sub) -> None:
     p = sub.add_parser("predict", help="does each caption fit the image? p(match) per caption",
                        description="Score one image against one or more captions with a trained run. The decision "
                                    "threshold is the run's dev-calibrated one (calibration.json), else 0.5.")
@@ -186,12 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption", required=True, action="append", help="a caption (repeat for more)")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
 
-    p = sub.add_parser("rank", help="the captions of a file that best fit an image")
+
+def add_rank(sub) -> None:
+    p = sub.add_parser("rank", help="the captions of a file that best fit an image",
+                       description="Score an image against every caption of a text file (one per line) with a "
+                                   "trained run and list them by p(match), best first, each marked Match or "
+                                   "No-Match at the run's dev-calibrated threshold (calibration.json), else 0.5.")
     run_options(p)
     p.add_argument("--image", required=True, help="image file")
     p.add_argument("--captions", required=True, help="text file, one caption per line")
     p.add_argument("--top", type=positive_int, help="show only the best K (default: all)")
 
+
+def add_search(sub) -> None:
     p = sub.add_parser("search", help="the images of a folder that best fit a caption (image features cached)",
                        description="Rank the images of DIR (recursively) by p(match) with the query. Each image is "
                                    "encoded once; features are cached in $ITM_CACHE_DIR/search or RUN_DIR/search-cache.")
@@ -200,9 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", required=True, help="the caption to search for")
     p.add_argument("--top", type=positive_int, default=10, help="default: %(default)s")
 
-    from ..serving.server import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_UPLOAD_MB, MAX_CAPTIONS, MAX_UPLOAD_MB
-    from ..serving.matcher import MAX_CAPTION_CHARS
 
+def add_serve(sub) -> None:
     p = sub.add_parser("serve", help="a web page and JSON API for a trained run",
                        description="Serve a page to drop an image, type captions and see p(match) as bars, plus "
                                    "image search over --images DIR; JSON API documented at /docs. Needs "
@@ -219,4 +299,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest image accepted, in pixels (width x height, read from the header before decoding); "
                         "larger gets 400 (default: %(default)s)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+
+
+# Each command's parser, in the order ``itm --help`` lists them.
+COMMAND_PARSERS = (add_train, add_evaluate, add_bench, add_compare, add_embed, add_prepare, add_ood_split, add_shard,
+                   add_predict, add_rank, add_search, add_serve)
+
+
+class _Commands:
+    """The subparsers action, giving every command -q/--quiet and -v/--verbose."""
+
+    def __init__(self, sub):
+        self.sub = sub
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        return self.sub.add_parser(name, parents=[output_options()], **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="itm", description="Image-text matching: does this caption fit this image?")
+    parser.add_argument("--version", action="version", version=f"itm {__version__}")
+    sub = _Commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                          parser_class=TrainHelpParser))
+    for add in COMMAND_PARSERS:
+        add(sub)
     return parser

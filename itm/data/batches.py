@@ -135,10 +135,6 @@ def cached_triples(split: Split, embeddings, cache, batch_size: int, seed: int, 
                                     "text_embedding": t}, y), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
 
-def cached_steps(split: Split, batch_size: int) -> int:
-    return -(-len(split.triples) // batch_size)
-
-
 # ---------------------------------------------------------------- grouped by image
 
 def grouped_batch(names, by_image, embeddings, store, rng=None):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..log import logger
 from ..files import cache_dir
 from .folder import EMBEDDINGS_PKL, IMAGES_SUBDIR, SPLIT_FILES
 
@@ -126,7 +127,7 @@ def ensure_demo_data() -> Path:
             (target / MARKER).write_text(MARKER_TEXT)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    print(f"Generating the demo dataset into {target} (once) ...", flush=True)
+    logger.info(f"Generating the demo dataset into {target} (once) ...")
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
     try:
         generate(tmp)

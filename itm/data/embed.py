@@ -6,13 +6,13 @@ backend can plug in without touching how files are read, reused and written.
 from __future__ import annotations
 
 import pickle
-import sys
 import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ..log import progress
 from ..errors import DataError
 from ..files import atomic_write
 from ..models.encoders import DEFAULT_BATCH_SIZE, Encoder, default_backend, make_encoder
@@ -36,7 +36,7 @@ def split_captions(data_dir) -> list[str]:
     return sorted(captions)
 
 
-def encode_with_progress(captions: list[str], encode: Encoder, chunk: int = 1024, out=sys.stderr) -> np.ndarray:
+def encode_with_progress(captions: list[str], encode: Encoder, chunk: int = 1024, out=progress) -> np.ndarray:
     """Encode in chunks, longest first (less padding per batch), printing progress after each chunk."""
     order = sorted(range(len(captions)), key=lambda i: (-len(captions[i]), i))
     result = None
@@ -82,7 +82,7 @@ def write_embeddings(path, embeddings: dict[str, np.ndarray]) -> None:
 
 
 def embed_data_dir(data_dir, out=None, encode: Encoder | None = None, model: str | None = None,
-                   batch_size: int = DEFAULT_BATCH_SIZE, log=sys.stderr, backend: str | None = None) -> Path:
+                   batch_size: int = DEFAULT_BATCH_SIZE, log=progress, backend: str | None = None) -> Path:
     """Embed the split captions of ``data_dir`` into ``out``, reusing the vectors ``out`` already holds.
 
     ``encode`` defaults to ``backend``'s all-MiniLM-L6-v2 (loaded only when there is something new to encode).

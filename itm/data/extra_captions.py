@@ -4,21 +4,24 @@ The CMP9137 split keeps about three of each Flickr8k image's five captions. The 
 training signal: the contrastive objective draws each step's caption for an image from all of its
 captions. Only images of the train split take captions from the file, so dev and test stay unseen.
 
-Their sentence embeddings are computed once with itm's all-MiniLM-L6-v2 (``itm.embed``) and kept in
+Their sentence embeddings are computed once with itm's all-MiniLM-L6-v2 (``itm.data.embed``) and kept in
 ``$ITM_CACHE_DIR/extra-captions-<hash>.npz`` (``~/.cache/itm`` by default).
 """
 from __future__ import annotations
 
 import hashlib
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from ..log import progress
 from ..errors import DataError, MissingExtra
 from ..files import cache_dir
-from .folder import Problems, Split
+from ..models.encoders import make_encoder
+from .embed import encode_with_progress, write_embeddings
+from .folder import Problems, Split, load_embeddings_file
+from .prepare import parse_token_file
 
 AUTO = "auto"  # the data folder's own Flickr8k.token.txt, when it has one
 TOKEN_FILE = "Flickr8k.token.txt"
@@ -44,8 +47,6 @@ def _key(caption: str) -> str:
 
 def extra_positives(path: Path, train: Split) -> dict[str, list[str]]:
     """Each training image's captions in ``path`` that the split does not already hold."""
-    from .prepare import parse_token_file
-
     by_image = parse_token_file(Path(path), Problems())  # quirks are read anyway; the split was checked
     train_images = {t.image for t in train.triples}
     known = {_key(t.caption) for t in train.triples}
@@ -61,12 +62,8 @@ def extra_positives(path: Path, train: Split) -> dict[str, list[str]]:
     return out
 
 
-def embed_cached(captions: list[str], log=sys.stdout) -> dict[str, np.ndarray]:
+def embed_cached(captions: list[str], log=progress) -> dict[str, np.ndarray]:
     """Sentence embeddings of ``captions``, computed once and then read from the cache file."""
-    from ..models.encoders import make_encoder
-    from .embed import encode_with_progress, write_embeddings
-    from .folder import load_embeddings_file
-
     digest = hashlib.sha256("\n".join(sorted(captions)).encode()).hexdigest()[:16]
     path = cache_dir() / f"extra-captions-{digest}.npz"
     if path.is_file():
@@ -83,7 +80,7 @@ def embed_cached(captions: list[str], log=sys.stdout) -> dict[str, np.ndarray]:
     return vectors
 
 
-def load_extra_captions(setting: str | None, data_dir: Path, train: Split, log=sys.stdout):
+def load_extra_captions(setting: str | None, data_dir: Path, train: Split, log=progress):
     """``--extra-captions``: (image -> its new captions, caption -> embedding), or None when there are none."""
     path = resolve(setting, data_dir)
     if path is None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ImageError
+from ..errors import DataError, ImageError
 
 TF_FORMATS = {"JPEG", "PNG", "GIF", "BMP", "WEBP"}  # what tf.io.decode_image reads
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp"}
@@ -138,8 +138,6 @@ def preprocess(images, image_size: int, max_pixels: int | None = None) -> np.nda
 
 def list_images(folder) -> list[Path]:
     """The image files under ``folder`` (recursively), by suffix, sorted."""
-    from ..errors import DataError
-
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist")

@@ -20,10 +20,11 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import sys
 from pathlib import Path
 
+from ..log import logger
 from ..errors import DataError
+from .embed import embed_data_dir, write_embeddings
 from .folder import (EMBEDDINGS_NPZ, IMAGES_SUBDIR, SPLIT_FILES, Problems, embeddings_path, load_data_dir,
                      load_embeddings_file, parse_split_file)
 from .prepare import draw_negatives, read_captions, resolve_images, write_split_file
@@ -33,7 +34,7 @@ DEFAULT_NEGATIVES = 2
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    logger.info(message)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -63,8 +64,6 @@ def images_of(folder) -> set[str]:
 def ood_split(captions_file, images_dir, out, photos: int = DEFAULT_PHOTOS, negatives: int = DEFAULT_NEGATIVES,
               seed: int = 0, exclude=(), train_out=None, course=None, embed: bool = True) -> Path:
     """Build ``out`` (and ``train_out``); see the module docstring. Returns ``out``."""
-    from .embed import embed_data_dir, write_embeddings
-
     captions_file, images_dir, out = Path(captions_file), Path(images_dir), Path(out)
     if not images_dir.is_dir():
         raise DataError(f"image folder {images_dir} does not exist")

@@ -14,13 +14,16 @@ import os
 import random
 import re
 import shutil
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..log import logger
 from ..errors import DataError, MissingExtra
 from ..files import atomic_write
+from ..models.encoders import require_sentence_transformers
+from .embed import DEFAULT_BATCH_SIZE, embed_data_dir
 from .folder import IMAGES_SUBDIR, SPLIT_FILES, Problems
+from .shards import write_shards
 
 DATASETS = ("flickr8k", "flickr30k", "coco")
 SPLIT_NAMES = ("train", "dev", "test")
@@ -33,7 +36,7 @@ _NUMBERED_SUFFIX = re.compile(r"^(?P<base>.+\.(?:jpe?g|png))\.\d+$", re.IGNORECA
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    logger.info(message)
 
 
 def _report(problems: Problems, what: str) -> None:
@@ -356,16 +359,13 @@ def prepare(dataset: str, captions_file, images_dir, out, seed: int = 0, negativ
             batch_size: int | None = None, shards: int | None = None) -> Path:
     """Build the data folder ``out``; see the module docstring. Returns ``out``.
 
-    ``shards``: then also write it as that many TFRecord shards of the train split (``itm.shards``).
+    ``shards``: then also write it as that many TFRecord shards of the train split (``itm.data.shards``).
     """
-    from .embed import DEFAULT_BATCH_SIZE, embed_data_dir
-
     captions_file, images_dir, out = Path(captions_file), Path(images_dir), Path(out)
     if shards is not None and not embed:
         raise DataError("--shards holds the embeddings too, so it cannot go with --no-embed: compute them later "
                         f"with 'itm embed --data-dir {out}', then 'itm shard --data-dir {out} --shards {shards}'")
     if embed:  # fail now, not after resizing thousands of photos
-        from ..models.encoders import require_sentence_transformers
         try:
             require_sentence_transformers()
         except MissingExtra as e:
@@ -398,7 +398,5 @@ def prepare(dataset: str, captions_file, images_dir, out, seed: int = 0, negativ
     else:
         print(f"embeddings skipped (--no-embed); compute them with: itm embed --data-dir {out}", flush=True)
     if shards is not None:
-        from .shards import write_shards
-
         write_shards(out, num_shards=shards)
     return out

@@ -17,7 +17,9 @@ from ..data.folder import DataDir, Split
 from ..files import write_json
 from .metrics import (average_precision, best_threshold, binary_metrics, bootstrap_ci, retrieval_metrics,
                       roc_auc)
+from . import plots
 from ..models.scorer import Scorer
+from ..training.tensorboard import log_evaluation
 from .predict import caption_features, score_split, split_image_features
 
 
@@ -88,8 +90,6 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
     metrics are reported at 0.5 and at that threshold. Scoring other data (an out-of-distribution
     folder) passes the run's own ``threshold`` and a ``tag`` that names the files instead of the split.
     """
-    from . import plots
-
     out_dir = Path(out_dir)
     scorer = Scorer(model)
     probs = {}
@@ -126,11 +126,14 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
         print(summary_line(metrics))
 
         write_predictions(out_dir / ("predictions.tsv" if name == "test" else f"predictions-{name}.tsv"), split, p)
-        plots.plot_roc_pr(is_match, p[:, 0], out_dir / f"roc-pr-{name}.png")
-        plots.plot_confusion(metrics["confusion"], out_dir / f"confusion-{name}.png")
-        plots.plot_score_distribution(is_match, p[:, 0], out_dir / f"scores-{name}.png")
-        plots.plot_samples(split, p[:, 0], out_dir / f"samples-{name}.png", seed=seed)
+        figures = {figure: out_dir / f"{figure}-{name}.png" for figure in ("roc-pr", "confusion", "scores", "samples")}
+        plots.plot_roc_pr(is_match, p[:, 0], figures["roc-pr"])
+        # The figures show the decisions at the threshold that predict, the web page and the report use.
+        plots.plot_confusion(metrics["at_dev_threshold"]["confusion"], figures["confusion"], threshold)
+        plots.plot_score_distribution(is_match, p[:, 0], figures["scores"], threshold)
+        plots.plot_samples(split, p[:, 0], figures["samples"], seed=seed, threshold=threshold)
         write_json(out_dir / f"metrics-{name}.json", metrics)
+        log_evaluation(out_dir, name, metrics, figures)
         results[name] = metrics
     return results
 

@@ -12,10 +12,17 @@ def _ratio(num: float, den: float) -> float:
     return float(num / den) if den else 0.0
 
 
+def decide(p_match, threshold: float):
+    """The match decision, the one comparison every part of itm uses (metrics, figures, ``Matcher``, the
+    web page): p(match) strictly above the threshold. At 0.5 it is the original's argmax of the two
+    probabilities and Keras' BinaryAccuracy, so a tie (p = 0.5) is no-match everywhere."""
+    return np.asarray(p_match, dtype=np.float64) > threshold
+
+
 def binary_metrics(is_match, p_match, threshold: float = 0.5) -> dict:
-    """Metrics of the decision ``p_match > threshold`` against the true labels (1 = match)."""
+    """Metrics of the decision ``decide(p_match, threshold)`` against the true labels (1 = match)."""
     y = np.asarray(is_match).astype(bool)
-    pred = np.asarray(p_match, dtype=np.float64) > threshold
+    pred = decide(p_match, threshold)
     if y.shape != pred.shape or y.ndim != 1:
         raise ValueError(f"labels {y.shape} and scores {pred.shape} must be 1-d and of equal length")
     tp = int(np.sum(pred & y))

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import average_precision, roc_auc
+
 
 def _plt():
+    """matplotlib, imported on the first figure: it takes as long to import as the rest of itm."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,8 +53,6 @@ def roc_points(is_match, p_match):
 
 
 def plot_roc_pr(is_match, p_match, path: Path) -> None:
-    from .metrics import average_precision, roc_auc
-
     plt = _plt()
     y = np.asarray(is_match).astype(bool)
     fpr, tpr = roc_points(y, p_match)
@@ -72,7 +73,8 @@ def plot_roc_pr(is_match, p_match, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_confusion(confusion: dict, path: Path) -> None:
+def plot_confusion(confusion: dict, path: Path, threshold: float = 0.5) -> None:
+    """The confusion matrix of the decisions at ``threshold`` (the dev-chosen one, as the report's)."""
     plt = _plt()
     cells = np.array([[confusion["tp"], confusion["fn"]], [confusion["fp"], confusion["tn"]]])
     fig, ax = plt.subplots(figsize=(4.5, 4))
@@ -82,11 +84,12 @@ def plot_confusion(confusion: dict, path: Path) -> None:
                 color="white" if v > cells.max() / 2 else "black")
     ax.set_xticks([0, 1], ["match", "no-match"])
     ax.set_yticks([0, 1], ["match", "no-match"])
-    ax.set(xlabel="predicted", ylabel="true", title="confusion (threshold 0.5)")
+    ax.set(xlabel="predicted", ylabel="true", title=f"confusion (threshold {threshold:.3f})")
     _save(fig, path)
 
 
-def plot_score_distribution(is_match, p_match, path: Path) -> None:
+def plot_score_distribution(is_match, p_match, path: Path, threshold: float = 0.5) -> None:
+    """p(match) of matching and non-matching pairs, with the decision threshold marked."""
     plt = _plt()
     y = np.asarray(is_match).astype(bool)
     p = np.asarray(p_match)
@@ -94,20 +97,28 @@ def plot_score_distribution(is_match, p_match, path: Path) -> None:
     bins = np.linspace(0, 1, 26)
     ax.hist(p[~y], bins=bins, alpha=0.6, density=True, label=f"no-match pairs ({(~y).sum()})")
     ax.hist(p[y], bins=bins, alpha=0.6, density=True, label=f"match pairs ({y.sum()})")
-    ax.axvline(0.5, color="grey", ls="--")
+    ax.axvline(threshold, color="grey", ls="--", label=f"threshold {threshold:.3f}")
     ax.set(xlabel="p(match)", ylabel="density", title="p(match) for matching vs non-matching pairs")
     ax.legend()
     _save(fig, path)
 
 
-def plot_samples(split, p_match, path: Path, n: int = 6, seed: int = 0) -> None:
-    """Sample test pairs: correct predictions on the top row, mistakes on the bottom row."""
+def correct_and_wrong(triples, p_match, threshold: float) -> tuple[list[int], list[int]]:
+    """Indices of the triples decided rightly and wrongly at ``threshold``."""
+    from .metrics import decide
+
+    predicted = decide(p_match, threshold)
+    correct = [i for i, t in enumerate(triples) if predicted[i] == bool(t.match)]
+    return correct, [i for i, t in enumerate(triples) if predicted[i] != bool(t.match)]
+
+
+def plot_samples(split, p_match, path: Path, n: int = 6, seed: int = 0, threshold: float = 0.5) -> None:
+    """Sample test pairs: correct decisions (at ``threshold``) on the top row, mistakes on the bottom row."""
     from PIL import Image
 
     plt = _plt()
     p = np.asarray(p_match)
-    correct = [i for i, t in enumerate(split.triples) if (p[i] > 0.5) == t.match]
-    wrong = [i for i, t in enumerate(split.triples) if (p[i] > 0.5) != t.match]
+    correct, wrong = correct_and_wrong(split.triples, p, threshold)
     rng = random.Random(seed)
     rows = [("correct", rng.sample(correct, min(n, len(correct)))), ("mistake", rng.sample(wrong, min(n, len(wrong))))]
     fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 6.4))

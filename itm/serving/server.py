@@ -13,10 +13,10 @@ request (at most ``MAX_CAPTIONS``, 400; each caption and query is checked by the
 """
 
 import math
-import sys
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
+from ..log import logger, progress
 from .matcher import MAX_CAPTION_CHARS
 
 STATIC = Path(__file__).parent / "static"
@@ -110,19 +110,20 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
     except ImportError as e:
         raise DataError(f"'itm serve' needs {e.name}: {SERVE_HINT}") from None
 
+    from .. import __version__
     from .matcher import FolderIndex
 
     matcher.max_pixels = max_image_pixels
-    app = FastAPI(title="itm", version="0.1.0",
+    app = FastAPI(title="itm", version=__version__,
                   description="Image-text matching: does this caption fit this image? p(match) from a trained run.")
     # The folder is indexed (image features cached on disk) once, at start: every search is then one
     # caption encoding plus the small head over the cached features.
-    state = {"index": matcher.index_folder(images_dir, log=sys.stderr) if images_dir is not None else None}
+    state = {"index": matcher.index_folder(images_dir, log=progress) if images_dir is not None else None}
 
     class MatchResult(BaseModel):
         caption: str
         p_match: float = Field(description="the model's probability that the caption fits the image")
-        match: bool = Field(description="p_match >= threshold")
+        match: bool = Field(description="p_match > threshold")
 
     class MatchResponse(BaseModel):
         results: list[MatchResult]
@@ -164,7 +165,8 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
                 "image_size": matcher.image_size, "threshold": matcher.threshold,
                 "threshold_source": matcher.threshold_source, "search": images_dir is not None,
                 "max_upload_bytes": max_upload_bytes, "max_image_pixels": max_image_pixels,
-                "max_captions": MAX_CAPTIONS, "max_caption_chars": MAX_CAPTION_CHARS}
+                "max_captions": MAX_CAPTIONS, "max_caption_chars": MAX_CAPTION_CHARS,
+                "notes": matcher.notes}  # what a reader of the scores should know (e.g. demo training data)
 
     @app.post("/api/match", response_model=MatchResponse)
     def match(image: UploadFile | None = File(None, description="the image file (JPEG, PNG, GIF, BMP, WebP, ...)"),
@@ -222,9 +224,8 @@ def serve(run, data_dir=None, images=None, host: str = "127.0.0.1", port: int = 
     matcher = Matcher.load(run, data_dir=data_dir)
     app = create_app(matcher, images, max_bytes, max_image_pixels)
     if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving on {host}, reachable from other machines; the app has no authentication",
-              file=sys.stderr)
+        logger.warning(f"warning: serving on {host}, reachable from other machines; the app has no authentication")
     for note in matcher.notes:
-        print(f"note: {note}", file=sys.stderr)
+        logger.warning(f"note: {note}")
     print(f"itm serve: http://{host}:{port}/  (threshold: {matcher.threshold_source})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -1,8 +1,8 @@
 """``itm bench``: training, input-pipeline and inference speed of each setting, as JSON.
 
-A setting is a set of ``itm train`` options (``SETTINGS``), resolved, checked and built by the same code
-as a training run (``itm.options.resolve_config``, ``itm.training.run``), so a figure here is the speed of
-that command. Every setting runs in its own subprocess (so peak memory is its own), one after the other
+A setting is a set of ``itm train`` options (``SETTINGS``), resolved, checked, fed and built by the same
+code as a training run (``itm.options``, ``itm.data.pipelines``, ``itm.training.run``), so a figure here
+is the speed of that command. Every setting runs in its own subprocess (so peak memory is its own), one after the other
 in the same invocation, so the ratios to ``naive`` hold on a noisy machine. The report also says which CPU
 and which precision each figure comes from, and the achieved GFLOP/s against the machine's float32 peak
 (nominal, from its clock and vector width, and measured, by a large matrix product). A measurement,
@@ -20,6 +20,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ..data.folder import load_data_dir
+from ..data.pipelines import pipeline_for
+from ..data.shards import INDEX_FILE, SHARDS_SUBDIR, write_shards
+from ..log import logger
+from ..models.classifier import split_model
+from ..options import finish_config, resolve_config
+from .run import build_trainer
 
 # name -> itm train options; the model and loss are the faithful ones except for best-cpu.
 SETTINGS = {
@@ -55,8 +67,6 @@ def nominal_peak_gflops(info: dict) -> float:
 
 def measured_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
     """float32 GFLOP/s of a large matrix product through TensorFlow (oneDNN): what dense maths reaches here."""
-    import tensorflow as tf
-
     a = tf.random.uniform((n, n))
     b = tf.random.uniform((n, n))
     (a @ b).numpy()
@@ -69,8 +79,6 @@ def measured_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
 
 def forward_flops(model) -> float:
     """Multiply-adds x 2 of a model's convolutions and dense layers, per example (the bulk of its cost)."""
-    import keras
-
     total = 0
     for layer in model._flatten_layers(include_self=False):
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
@@ -89,38 +97,31 @@ def _peak_rss_mb() -> float:
 
 def measure(setting: str, data_dir: str, steps: int, precision: str | None = None) -> dict:
     """Time ``steps`` training steps of ``setting`` (after a warm-up), the input pipeline alone, and inference."""
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    from ..data.folder import load_data_dir
-    from ..models.classifier import split_model
-    from ..options import resolve_config
-    from . import run
-
     options = dict(SETTINGS[setting])
     preset = options.pop("preset", "faithful")
     if precision:
         options["precision"] = precision
     config = resolve_config(preset, data_dir=data_dir, seed=0, **options)
-    if config.precision == "auto":
-        config.precision = run.fast_precision()
     data = load_data_dir(data_dir)
     train = data.splits["train"]
+    made_shards, shard_seconds = None, None
+    if config.pipeline == "shards":
+        made_shards, shard_seconds = _shards_for(data_dir)
+        config = resolve_config(preset, data_dir=data_dir, seed=0, **options,
+                                shards_dir=str(made_shards or Path(data_dir) / SHARDS_SUBDIR))
+    config, _ = finish_config(config, data_dir)
+    pipeline = pipeline_for(config)
     out = {"setting": setting, "options": SETTINGS[setting], "pipeline": config.pipeline,
            "precision": config.precision, "batch_size": config.batch_size, "train_triples": len(train.triples)}
-    made_shards = None
-    if config.pipeline == "shards":
-        made_shards = _shards_for(data_dir, out)
-        config.shards_dir = str(made_shards or Path(data_dir) / "shards")
-    steps_per_epoch = run.steps_per_epoch(config, train)
-    model, trainer = run.build_trainer(config, tf.distribute.get_strategy(), steps_per_epoch)
+    if shard_seconds is not None:
+        out["shard_write_seconds"] = shard_seconds
+    steps_per_epoch = pipeline.steps_per_epoch(train)
+    model, trainer = build_trainer(config, tf.distribute.get_strategy(), steps_per_epoch)
     start = time.perf_counter()
-    store = run.image_store(config, data, model)
+    store = pipeline.image_store(data, model)
     if store is not None:
         out["decode_once_seconds"] = round(time.perf_counter() - start, 2)
-    config.epochs = 10**6  # the drawn pipelines' stream, long enough for any --steps
-    ds = run.train_dataset(config, data, store, 0).repeat()
+    ds = pipeline.dataset(data, store, epochs=10**6).repeat()  # the drawn pipelines' stream: long enough for any --steps
 
     warmup = 3
     trainer.fit(ds.take(warmup), epochs=1, verbose=0)
@@ -136,10 +137,7 @@ def measure(setting: str, data_dir: str, steps: int, precision: str | None = Non
     # An epoch's work: the image tower forward and backward (about 3x the forward) once per image it runs
     # on (every triple for the triples pipelines, every image for the grouped ones), the rest per pair.
     image_encoder, text_encoder, head = split_model(model)
-    grouped = config.pipeline == "grouped" or config.objective == "contrastive"
-    images = len({t.image for t in train.triples}) if grouped else len(train.triples)
-    if config.objective == "contrastive":
-        images = steps_per_epoch * config.batch_size
+    images = pipeline.images_per_epoch(train)
     flops = 3 * (images * forward_flops(image_encoder) + len(train.triples) * (forward_flops(text_encoder)
                                                                                + forward_flops(head)))
     out["train_gflop_per_epoch"] = round(flops / 1e9, 1)
@@ -171,26 +169,23 @@ def measure(setting: str, data_dir: str, steps: int, precision: str | None = Non
     return out
 
 
-def _shards_for(data_dir: str, out: dict):
-    """None when DIR/shards is written, else the train split's shards written into a temporary folder (timed)."""
-    from ..data.shards import INDEX_FILE, SHARDS_SUBDIR, write_shards
-
+def _shards_for(data_dir: str) -> tuple[Path | None, float | None]:
+    """(None, None) when DIR/shards is written, else the train split's shards written into a temporary folder,
+    and the seconds that took."""
     if (Path(data_dir) / SHARDS_SUBDIR / INDEX_FILE).is_file():
-        return None
+        return None, None
     start = time.perf_counter()
     made = write_shards(data_dir, out=Path(tempfile.mkdtemp(prefix="itm-bench-shards-")), splits=("train", "dev"))
-    out["shard_write_seconds"] = round(time.perf_counter() - start, 2)
-    return made
+    return made, round(time.perf_counter() - start, 2)
 
 
 def run(data_dir: str, settings: list[str], steps: int, precision: str | None = None) -> dict:
     """Measure each setting in a subprocess, then add the speed-ups over 'naive' and the machine's peak."""
     info = cpu_info()
-    print(f"CPU: {info['model']}, {info['cores']} cores, {', '.join(info['features']) or 'no AVX2'}",
-          file=sys.stderr, flush=True)
+    logger.info(f"CPU: {info['model']}, {info['cores']} cores, {', '.join(info['features']) or 'no AVX2'}")
     results = []
     for setting in settings:
-        print(f"measuring {setting} ...", file=sys.stderr, flush=True)
+        logger.info(f"measuring {setting} ...")
         cmd = [sys.executable, "-m", "itm", "bench", "--data-dir", data_dir, "--steps", str(steps), "--one", setting]
         if precision:
             cmd += ["--precision", precision]
@@ -198,8 +193,8 @@ def run(data_dir: str, settings: list[str], steps: int, precision: str | None = 
         if proc.returncode != 0:
             raise RuntimeError(f"benchmark of {setting} failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"  {setting}: {results[-1]['seconds_per_epoch']} s per epoch, "
-              f"{results[-1]['achieved_gflops']} GFLOP/s ({results[-1]['precision']})", file=sys.stderr, flush=True)
+        logger.info(f"  {setting}: {results[-1]['seconds_per_epoch']} s per epoch, "
+                    f"{results[-1]['achieved_gflops']} GFLOP/s ({results[-1]['precision']})")
     naive = next((r for r in results if r["setting"] == "naive"), None)
     for r in results:
         if naive and r["setting"] != "best-cpu":

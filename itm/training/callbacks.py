@@ -9,6 +9,7 @@ optimizer steps as an uninterrupted one, and the history of every epoch.
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
@@ -20,8 +21,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from ..data.batches import one_hot
 from ..errors import ConfigError, TrainingDiverged
 from ..files import atomic_write
+from ..log import logger
 from ..evaluation.metrics import binary_metrics, roc_auc
 from ..evaluation.predict import score_split
 from .run_folder import BACKUP_DIR
@@ -38,8 +41,6 @@ class DevScores(keras.callbacks.Callback):
         self.is_match = np.array([t.match for t in dev.triples])
 
     def on_epoch_end(self, epoch, logs=None):
-        from ..data.batches import one_hot
-
         p = score_split(self.scorer, self.dev, self.embeddings, self.store)
         y = one_hot(self.dev.triples).astype(np.float64)
         clipped = np.clip(y, 1e-7, 1)  # Keras' KL divergence
@@ -95,8 +96,8 @@ class Progress(keras.callbacks.Callback):
             self.last = now
             done = batch + 1
             eta = (now - self.start) / done * (self.steps - done)
-            print(f"  epoch {self.epoch}/{self.epochs} step {done}/{self.steps}: loss {float(logs['loss']):.4f} "
-                  f"binary_accuracy {float(logs['binary_accuracy']):.4f} ({eta:.0f} s left in this epoch)", flush=True)
+            logger.info(f"  epoch {self.epoch}/{self.epochs} step {done}/{self.steps}: loss {float(logs['loss']):.4f} "
+                        f"binary_accuracy {float(logs['binary_accuracy']):.4f} ({eta:.0f} s left in this epoch)")
 
 
 class EpochBackup(keras.callbacks.Callback):
@@ -134,7 +135,7 @@ class EpochBackup(keras.callbacks.Callback):
             raise ConfigError(f"the backup in {self.dir} does not fit this model (an interrupted run of an earlier "
                               "version of itm): pass --overwrite to start the run afresh") from None
         self.history = state["history"]
-        print(f"Resuming from the backup in {self.dir}: {state['epoch']} of the epochs already done", flush=True)
+        logger.info(f"Resuming from the backup in {self.dir}: {state['epoch']} of the epochs already done")
         return state["epoch"]
 
     def on_epoch_end(self, epoch, logs=None):
@@ -158,8 +159,6 @@ class EpochBackup(keras.callbacks.Callback):
 
 def write_history_csv(history: dict[str, list[float]], path: Path) -> None:
     """One row per epoch, the same columns for every objective (HISTORY_COLUMNS)."""
-    import csv
-
     keys = [k for k in HISTORY_COLUMNS if k in history] + sorted(set(history) - set(HISTORY_COLUMNS))
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -169,5 +168,10 @@ def write_history_csv(history: dict[str, list[float]], path: Path) -> None:
 
 
 def keras_verbosity() -> int:
-    """Keras' progress bar on a terminal; one line per epoch (with Progress's step counter) elsewhere."""
-    return 1 if sys.stdout.isatty() else 2
+    """Keras' progress bar on a terminal and in Jupyter; one line per epoch (with Progress's step counter)
+    elsewhere; nothing when the itm logger is quiet (--quiet)."""
+    from .. import log
+
+    if log.quiet():
+        return 0
+    return 1 if sys.stdout.isatty() or log.in_notebook() else 2

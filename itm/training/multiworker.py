@@ -23,10 +23,14 @@ from __future__ import annotations
 import json
 import os
 
+import keras
 import numpy as np
+import tensorflow as tf
 
 from ..data.folder import Split
 from ..errors import ConfigError
+from .callbacks import keras_verbosity
+
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                      '"task": {"type": "worker", "index": 0}}')
 
@@ -75,8 +79,6 @@ def from_chief(strategy, values: list) -> list:
     """The chief's ``values`` (tensors), on every worker: an all-reduce sum to which only replica 0,
     the chief's first, contributes. (Sent as float64, one dtype for one packed all-reduce, which
     carries float32 and integers below 2**53 exactly.)"""
-    import tensorflow as tf
-
     def contribute():
         context = tf.distribute.get_replica_context()
         first = tf.equal(context.replica_id_in_sync_group, 0)
@@ -87,15 +89,11 @@ def from_chief(strategy, values: list) -> list:
     return [tf.cast(s, v.dtype) for s, v in zip(summed, values)]
 
 
-def fit_multiworker(trainer, strategy, train: Split, embeddings, config, steps: int, done: int, callbacks) -> None:
+def fit_multiworker(trainer, strategy, pipeline, train: Split, embeddings, steps: int, done: int, callbacks) -> None:
     """Train ``trainer`` (built and compiled in ``strategy.scope()``) in place, running ``callbacks`` as
-    ``fit`` would. Every worker runs this at the same time; ``done`` is the epochs the chief's backup had."""
-    import keras
-    import tensorflow as tf
-
-    from ..data.batches import file_triples, model_inputs
-    from .callbacks import keras_verbosity
-
+    ``fit`` would. Every worker runs this at the same time; ``done`` is the epochs the chief's backup had;
+    ``pipeline`` (``itm.data.pipelines.MultiWorkerPipeline``) makes each worker's share of an epoch."""
+    config = pipeline.config
     global_batch = config.batch_size
     optimizer = trainer.optimizer
     with strategy.scope():
@@ -109,8 +107,7 @@ def fit_multiworker(trainer, strategy, train: Split, embeddings, config, steps: 
 
     def batches(context, epoch):
         shard = epoch_shard(train, seed, epoch, global_batch, context.input_pipeline_id, context.num_input_pipelines)
-        return model_inputs(file_triples(shard, embeddings, context.get_per_replica_batch_size(global_batch),
-                                         shuffle=False, image_size=config.image_size))
+        return pipeline.worker_dataset(shard, embeddings, context.get_per_replica_batch_size(global_batch))
 
     step = tf.function(lambda batch: strategy.run(trainer.train_step, args=(batch,)))
     run = keras.callbacks.CallbackList(callbacks, add_history=False, add_progbar=True, model=trainer,

@@ -19,6 +19,7 @@ from ..errors import ConfigError, DataError
 from ..files import finite_number, read_json
 
 BACKUP_DIR = "backup"  # the epoch-end backup (itm.training.callbacks.EpochBackup)
+TENSORBOARD_DIR = "tensorboard"  # TensorBoard's logs (itm.training.tensorboard)
 
 # What a run writes into its folder (removed by --overwrite; nothing else in the folder is touched).
 RUN_FILES = ("model.keras", "metrics.json", "config.json", "calibration.json", "history.csv", "history.png",
@@ -91,6 +92,7 @@ def clear(out: Path) -> None:
         for path in out.glob(pattern):
             path.unlink()
     shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
+    shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)
 
 
 def open_run_folder(out: Path, overwrite: bool) -> bool:
