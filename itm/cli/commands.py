@@ -21,7 +21,7 @@ from ..evaluation.report import compare_table, write_report
 from ..log import logger, progress
 from ..options import OPTIONS, TrainConfig, options_from_file, resolve_config
 from ..training.model_card import write_model_card
-from ..training.run_folder import SavedRun
+from ..models.saved_run import SavedRun
 
 
 def train_config(args: Namespace) -> TrainConfig:

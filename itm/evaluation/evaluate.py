@@ -17,7 +17,7 @@ from ..data.folder import DataDir, Split
 from ..files import write_json
 from . import plots
 from ..models.scorer import Scorer
-from ..training.tensorboard import log_evaluation
+from .tensorboard import log_evaluation
 from .metrics import average_precision, best_threshold, binary_metrics, bootstrap_ci, roc_auc
 from .predict import caption_features, score_split, split_image_features
 from .retrieval import DEFAULT_RERANK, retrieval_report

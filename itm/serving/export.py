@@ -63,7 +63,7 @@ def build_module(run_dir, with_caption_encoder: bool = True, for_litert: bool = 
 
     from ..data.images import preprocess_image
     from ..models.classifier import split_model, text_input_name
-    from ..training.run_folder import SavedRun
+    from ..models.saved_run import SavedRun
 
     run = SavedRun(run_dir)
     model = run.load_model()

@@ -130,7 +130,7 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
     except ImportError as e:
         raise DataError(f"'itm serve' needs {e.name}: {SERVE_HINT}") from None
 
-    from .. import __version__
+    from ..version import __version__
     from .matcher import FolderIndex
 
     matcher.max_pixels = max_image_pixels

@@ -37,7 +37,7 @@ from .model_card import write_model_card
 from .run_lock import RunLock
 from .multiworker import check_tf_config, fit_multiworker
 from .provenance import ENVIRONMENT_FILE, environment
-from .tensorboard import TensorBoardLog
+from ..evaluation.tensorboard import TensorBoardLog
 from .trainer import Trainer
 
 
