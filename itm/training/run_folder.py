@@ -1,4 +1,5 @@
-"""The run folder's policy: what a new, a finished and an interrupted run folder allow.
+"""The run folder: its policy (what a new, a finished and an interrupted run folder allow), and the one
+reader of a run folder (``SavedRun``: its options, its dev-calibrated threshold, its model).
 
 * A folder holding a finished run (``model.keras`` and ``metrics.json``) is refused unless
   ``--overwrite`` is given; then the files a run writes are removed first.
@@ -17,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
-from ..files import read_json
+from ..files import finite_number, read_json
 
 BACKUP_DIR = "backup"  # the epoch-end backup (itm.training.callbacks.EpochBackup)
 TENSORBOARD_DIR = "tensorboard"  # TensorBoard's logs (itm.training.tensorboard)
@@ -67,10 +68,15 @@ def check_writable(out: Path) -> None:
 
 
 def saved_config(out: Path) -> dict:
-    try:
-        return read_json(out / "config.json", "the interrupted run's config file")
-    except DataError as e:
-        raise DataError(f"{e}: pass --overwrite to start the run afresh, or choose another --output-dir") from None
+    """The options a run was started with: config.json (written as it starts), else the copy in metrics.json
+    (written at its end; runs of before config.json); a damaged file is a DataError."""
+    out = Path(out)
+    if (out / "config.json").is_file() or not (out / "metrics.json").is_file():
+        return read_json(out / "config.json", "run file")
+    config = read_json(out / "metrics.json", "run file").get("config", {})
+    if not isinstance(config, dict):
+        raise DataError(f"{out / 'metrics.json'} does not hold the run's options (its 'config' is damaged)")
+    return config
 
 
 def check_restart(out: Path, config: dict) -> None:
@@ -107,3 +113,42 @@ def open_run_folder(out: Path, overwrite: bool) -> bool:
         raise ConfigError(f"{out} holds a finished run: pass --overwrite to replace it, or choose another "
                           "--output-dir")
     return is_interrupted(out)
+
+
+# ---------------------------------------------------------------- reading a finished run
+
+class SavedRun:
+    """A trained run folder, read: ``config`` (the options it was trained with), ``threshold()`` and
+    ``load_model()``. ``finished``: also its metrics.json, which training writes at its very end."""
+
+    def __init__(self, path, finished: bool = False):
+        self.path = Path(path)
+        self.model_path = self.path / "model.keras"
+        if not self.model_path.is_file() or (finished and not (self.path / "metrics.json").is_file()):
+            expected = "model.keras and metrics.json" if finished else "model.keras"
+            raise DataError(f"{self.path} is not a run folder (expected {expected} from 'itm train')")
+        has_config = (self.path / "config.json").is_file() or (self.path / "metrics.json").is_file()
+        self.config = saved_config(self.path) if has_config else {}
+
+    @property
+    def data_dir(self) -> str | None:
+        """The data folder the run was trained on, as its options name it."""
+        return self.config.get("data_dir") or None
+
+    def threshold(self) -> tuple[float, str]:
+        """The run's dev-calibrated threshold (calibration.json), else 0.5; a damaged file is an error."""
+        path = self.path / "calibration.json"
+        if not path.is_file():
+            return 0.5, "default 0.5 (the run has no calibration.json; 'itm evaluate' writes one)"
+        calibration = read_json(path, "calibration file")
+        if "threshold" not in calibration:
+            raise DataError(f"calibration file {path} has no 'threshold'; run 'itm evaluate --run {self.path}' to "
+                            "write it again")
+        threshold = finite_number(calibration["threshold"], f"the threshold in {path}", 0.0, 1.0)
+        return threshold, f"dev-calibrated {threshold:.3f} (calibration.json)"
+
+    def load_model(self):
+        """The trained classifier (``itm.models.saved``: a run of an earlier layout is converted)."""
+        from ..models.saved import load_model
+
+        return load_model(self.model_path, self.config)
