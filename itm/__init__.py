@@ -5,7 +5,7 @@ classifier, text encoders, pretrained weights, the original's optimizer) in ``it
 training option and preset in ``itm.options``; training in ``itm.training``; scoring and reports in
 ``itm.evaluation``; ``itm.Matcher`` and the web app in ``itm.serving``; the command line in ``itm.cli``.
 """
-__version__ = "0.2.0"  # the one place: pyproject.toml, `itm --version` and the web API read it
+from .version import __version__  # noqa: F401 (written in itm/version.py, the one place)
 
 from .compat import ITM_Classifier, ITM_DataLoader  # noqa: E402,F401
 from .models.saving import register_when_keras_loads  # noqa: E402

@@ -133,7 +133,7 @@ def main() -> int:
     if args.test_metrics:
         from itm.data.folder import load_embeddings
         from itm.evaluation.metrics import binary_metrics, roc_auc
-        from itm.evaluation.predict import Scorer
+        from itm.models.scorer import Scorer
 
         config = json.loads((args.run / "config.json").read_text())
         known = load_embeddings(Path(config["data_dir"]))

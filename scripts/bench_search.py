@@ -74,7 +74,7 @@ def rss_bytes() -> int:
 
 def match_head(dim: int):
     """The serving path's Scorer around the ``pretrained`` preset's model (the head is what re-ranks)."""
-    from itm.evaluation.predict import Scorer
+    from itm.models.scorer import Scorer
     from itm.models.classifier import build_model
     from itm.options import resolve_config
 

@@ -55,7 +55,7 @@ def main() -> int:
     store = pipeline.image_store(data, model)
     dataset = pipeline.dataset(data, store, epochs=1000)  # an endless dataset to time from
     x, y = next(iter(dataset))
-    images = tf.cast(x["images"], tf.float32) / 255.0
+    images = tf.cast(x["images"], tf.float32)  # pixels 0..255 (the model scales them), or cached features
     tower = trainer.parts.image
 
     forward = tf.function(lambda v: tower(v, training=True))

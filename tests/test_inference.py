@@ -279,3 +279,36 @@ def test_tampered_run_folders_give_one_line_errors_from_the_commands(run, exampl
     (bad / "metrics.json").write_text("{broken")
     r = run_cli(["-m", "itm", "evaluate", "--run", str(bad)])
     assert r.returncode == 2 and "Traceback" not in r.stderr and "metrics file" in r.stderr
+
+
+FLAT_RUN = os.path.join(os.path.dirname(__file__), "fixtures", "run-itm-0.2-faithful")
+
+
+def test_a_run_of_itm_0_2_loads_converted_with_its_scores_and_without_config_is_refused(tmp_path):
+    """A run folder written by itm 0.2 (one flat graph on pixels in [0, 1]; tests/fixtures/.../README.md)
+    loads as the three-part classifier on pixels 0..255 and scores what itm 0.2 scored."""
+    from itm import Matcher
+    from itm.errors import DataError
+    from itm.models.saved_run import SavedRun
+
+    run = shutil.copytree(FLAT_RUN, tmp_path / "run")
+    expected = np.load(run / "expected.npz")
+    model = SavedRun(run).load_model()
+    assert [layer.name for layer in model.layers[2:]] == ["image_encoder", "text_encoder", "head"]
+    pixels = expected["pixels"].astype(np.float32)
+    p = model({"image_input": pixels, "text_embedding": expected["text_embedding"]}, training=False)
+    np.testing.assert_allclose(p, expected["p"], atol=1e-6)
+
+    m = Matcher.load(run, encoder=False)  # its data folder is gone: the matcher still loads
+    assert m.threshold == pytest.approx(json.loads((run / "calibration.json").read_text())["threshold"])
+    scores = m.scorer.all_pairs(m.scorer.encode_images(expected["pixels"]), m.scorer.encode_texts(expected["text_embedding"]))
+    np.testing.assert_allclose(np.diag(scores), expected["p"][:, 0], atol=1e-6)
+
+    (run / "config.json").unlink()  # nothing says how it was built: refused, in one line
+    with pytest.raises(DataError, match="cannot be converted: its run has no config.json .*train the run again"):
+        SavedRun(run).load_model()
+    image = tmp_path / "x.png"
+    Image.fromarray(expected["pixels"][0]).save(image)
+    r = run_cli(["-m", "itm", "predict", "--run", str(run), "--image", str(image), "--caption", "a red circle"])
+    assert r.returncode == 2 and "train the run again" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -7,31 +7,40 @@ import numpy as np
 import pytest
 
 from conftest import NO_MINILM_MODEL, NO_TEXT_EXTRA, run_cli
-from itm.models.classifier import FUSION_HEADS, OUTPUT_NAME, build_model, split_model
+from itm.models.classifier import FUSION_HEADS, OUTPUT_NAME, build_model, parts_layers, split_model
 
 SIZE = 32
 
 
 def _layers_of(model, cls):
-    return [layer for layer in model.layers if isinstance(layer, cls)]
+    return [layer for layer in parts_layers(model) if isinstance(layer, cls)]
+
+
+def _layer(model, name):
+    return next(layer for layer in parts_layers(model) if layer.name == name)
 
 
 def test_faithful_parameter_count_and_layers():
     model = build_model()
     assert model.count_params() == 6_529_570
+    image_encoder, text_encoder, head = split_model(model)
+    assert [layer.name for layer in model.layers[2:]] == ["image_encoder", "text_encoder", "head"]
+    assert (image_encoder.count_params(), text_encoder.count_params(), head.count_params()) == (6_463_008, 66_048, 514)
+    rescale = image_encoder.get_layer("image_rescale")  # the model takes pixels 0..255
+    assert isinstance(rescale, keras.layers.Rescaling) and rescale.scale == 1 / 255
     convs = _layers_of(model, keras.layers.Conv2D)
     assert [(c.filters, c.kernel_size, c.padding, c.activation.__name__) for c in convs] == [
         (16, (3, 3), "same", "relu"), (32, (3, 3), "same", "relu"), (64, (3, 3), "same", "relu")]
     assert len(_layers_of(model, keras.layers.MaxPooling2D)) == 3
-    assert model.get_layer("image_flatten").output.shape == (None, 28 * 28 * 64)
+    assert _layer(model, "image_flatten").output.shape == (None, 28 * 28 * 64)
     dense = {layer.name: layer.units for layer in _layers_of(model, keras.layers.Dense)}
     assert dense == {"image_proj_dense": 128, "image_proj_block_0_dense": 128, "text_proj_dense": 128,
                      "text_proj_block_0_dense": 128, OUTPUT_NAME: 2}
     assert len(_layers_of(model, keras.layers.LayerNormalization)) == 2
     assert {d.rate for d in _layers_of(model, keras.layers.Dropout)} == {0.1}
     assert len(_layers_of(model, keras.layers.Dropout)) == 4
-    assert model.get_layer("fusion_concat").output.shape == (None, 256)
-    assert model.get_layer(OUTPUT_NAME).activation.__name__ == "softmax"
+    assert head.get_layer("fusion_concat").output.shape == (None, 256)
+    assert head.get_layer(OUTPUT_NAME).activation.__name__ == "softmax"
     assert sorted(model.input.keys()) == ["image_input", "text_embedding"]
 
 
@@ -43,7 +52,7 @@ def test_best_cpu_model_size():
 
 def test_outputs_are_probabilities():
     model = build_model(image_size=32)
-    x = {"image_input": np.random.rand(4, 32, 32, 3).astype("float32"),
+    x = {"image_input": (np.random.rand(4, 32, 32, 3) * 255).astype("float32"),
          "text_embedding": np.random.rand(4, 384).astype("float32")}
     p = model.predict(x, verbose=0)
     assert p.shape == (4, 2)
@@ -57,7 +66,7 @@ def test_unknown_component_is_a_clear_error():
 
 def _inputs(n=3, size=SIZE, seed=0):
     rng = np.random.default_rng(seed)
-    return {"image_input": rng.random((n, size, size, 3), dtype=np.float32),
+    return {"image_input": rng.random((n, size, size, 3), dtype=np.float32) * 255,
             "text_embedding": rng.normal(0, 0.05, (n, 384)).astype(np.float32)}
 
 
@@ -92,11 +101,11 @@ def test_image_towers(tower, tmp_path):
 
 def test_backbone_weights_from_a_file_and_frozen(tmp_path):
     first = build_model(image_size=SIZE, image_tower="mobilenetv3small")
-    backbone = next(layer for layer in first.layers if isinstance(layer, keras.Model))
+    backbone = next(layer for layer in parts_layers(first) if isinstance(layer, keras.Model))
     backbone.save_weights(tmp_path / "backbone.weights.h5")
     second = build_model(image_size=SIZE, image_tower="mobilenetv3small",
                          image_weights=str(tmp_path / "backbone.weights.h5"), freeze_backbone=True)
-    loaded = next(layer for layer in second.layers if isinstance(layer, keras.Model))
+    loaded = next(layer for layer in parts_layers(second) if isinstance(layer, keras.Model))
     for a, b in zip(backbone.weights, loaded.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert not loaded.trainable
@@ -259,8 +268,66 @@ def test_a_backbone_trained_from_a_layer_on_splits_where_its_frozen_part_ends(tm
     trainable = {v.path.split("/")[0] for v in model.trainable_weights}
     assert not any(name.startswith("block_13") for name in trainable) and any(n.startswith("block_16") for n in trainable)
     assert not any("_BN" in v.path for v in model.trainable_weights)  # batch norms keep ImageNet's statistics
-    x = np.random.default_rng(0).random((2, 64, 64, 3), dtype=np.float32)
+    x = np.random.default_rng(0).random((2, 64, 64, 3), dtype=np.float32) * 255
     np.testing.assert_allclose(rest(frozen(x, training=False), training=False),
                                split_model(model)[0](x, training=False), atol=1e-5)
     with pytest.raises(ValueError, match="--unfreeze-from: the backbone has no layer .nope. to unfreeze from"):
         build_model(image_size=64, image_tower="mobilenetv2", freeze_backbone=True, unfreeze_from="nope")
+
+
+def test_the_image_encoder_takes_pixels_0_to_255_and_scales_them_itself():
+    image_encoder = split_model(build_model(image_size=SIZE))[0]
+    rescale = image_encoder.get_layer("image_rescale")
+    after_scaling = keras.Model(rescale.output, image_encoder.output)  # the encoder without its Rescaling
+    pixels = _inputs()["image_input"]
+    assert pixels.max() > 200
+    np.testing.assert_allclose(image_encoder(pixels, training=False), after_scaling(pixels / 255, training=False),
+                               rtol=1e-5, atol=1e-5)
+    uint8 = np.round(pixels).astype(np.uint8)  # decoded-once stores hold uint8: the same features as float32
+    np.testing.assert_allclose(image_encoder(uint8.astype(np.float32), training=False),
+                               image_encoder(np.round(pixels), training=False), rtol=1e-6, atol=1e-6)
+
+
+def test_each_part_is_a_model_of_its_own_that_survives_saving(tmp_path):
+    import itm.models.optim  # noqa: F401
+
+    model = build_model(image_size=SIZE, fusion="interaction")
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    x = _inputs()
+    for name, inputs in (("image_encoder", x["image_input"]), ("text_encoder", x["text_embedding"])):
+        part = loaded.get_layer(name)
+        assert isinstance(part, keras.Model) and part.count_params() == model.get_layer(name).count_params()
+        np.testing.assert_allclose(part(inputs, training=False), model.get_layer(name)(inputs, training=False),
+                                   rtol=1e-5, atol=1e-6)
+    assert loaded.get_layer("head").get_layer(OUTPUT_NAME).units == 2
+
+
+def test_a_frozen_backbone_is_a_part_of_its_own_and_round_trips(tmp_path):
+    from itm.models.classifier import backbone_split
+
+    model = build_model(image_size=SIZE, image_tower="mobilenetv2", freeze_backbone=True, fusion="interaction")
+    frozen, rest = backbone_split(model)
+    assert frozen.output.shape == (None, 1280) and not frozen.trainable_weights  # pooled: what --cache-features keeps
+    x = _inputs()
+    p = _round_trip(model, tmp_path, x)
+    image_encoder, text_encoder, head = split_model(model)
+    zi = rest(frozen(x["image_input"], training=False), training=False)
+    np.testing.assert_allclose(head([zi, text_encoder(x["text_embedding"])], training=False), p, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="no frozen part"):
+        backbone_split(build_model(image_size=SIZE))
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_keeps_the_output_float32(policy):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build_model(image_size=SIZE, fusion="attention")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    image_encoder, text_encoder, head = split_model(model)
+    assert image_encoder.get_layer("image_rescale").compute_dtype == "float32"  # pixels scaled in float32
+    assert image_encoder.output.dtype == policy.removeprefix("mixed_")
+    p = model(_inputs(), training=False)
+    assert p.dtype == "float32"
+    np.testing.assert_allclose(np.asarray(p).sum(axis=1), 1.0, rtol=1e-3)

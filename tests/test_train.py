@@ -94,7 +94,7 @@ def test_itm_classifier_end_to_end(tiny_data, tmp_path):
     check = (
         "import sys, numpy as np, keras, itm.models.optim\n"
         "m = keras.saving.load_model(sys.argv[1])\n"
-        "x = {'image_input': np.full((1, 64, 64, 3), 0.5, 'float32'), 'text_embedding': np.full((1, 384), 0.05, 'float32')}\n"
+        "x = {'image_input': np.full((1, 64, 64, 3), 128.0, 'float32'), 'text_embedding': np.full((1, 384), 0.05, 'float32')}\n"
         "print(type(m.optimizer).__name__, float(m.predict(x, verbose=0)[0, 0]))\n")
     r1 = run_cli(["-c", check, str(out / "model.keras")])
     r2 = run_cli(["-c", check, str(out / "model.keras")])

@@ -10,8 +10,6 @@ import json
 from argparse import Namespace
 from pathlib import Path
 
-import numpy as np
-
 from ..data.embed import embed_data_dir
 from ..data.folder import load_data_dir
 from ..data.ood import ood_split
@@ -20,9 +18,10 @@ from ..data.shards import write_shards
 from ..data.source import resolve_data_dir
 from ..errors import CaptionError, ConfigError, DataError
 from ..evaluation.report import compare_table, write_report
-from ..files import read_json
 from ..log import logger, progress
 from ..options import OPTIONS, TrainConfig, options_from_file, resolve_config
+from ..training.model_card import write_model_card
+from ..models.saved_run import SavedRun
 
 
 def train_config(args: Namespace) -> TrainConfig:
@@ -44,37 +43,31 @@ def run_train(args: Namespace) -> int:
 
 def run_evaluate(args: Namespace) -> int:
     from ..evaluation.evaluate import evaluate_model
-    from ..serving.matcher import load_model, load_threshold
 
-    run = Path(args.run)
-    if not (run / "model.keras").is_file() or not (run / "metrics.json").is_file():
-        raise DataError(f"{run} is not a run folder (expected model.keras and metrics.json from 'itm train')")
-    config = read_json(run / "metrics.json", "metrics file").get("config", {})
-    if not isinstance(config, dict) or not config.get("data_dir"):
-        raise DataError(f"{run / 'metrics.json'} does not name the run's data folder (its 'config' is damaged)")
+    run = SavedRun(args.run, finished=True)
+    config = run.config
+    if not run.data_dir:
+        raise DataError(f"{run.path} does not name the run's data folder (its config is damaged)")
     raw_text = config.get("text_tower", "precomputed") != "precomputed"
-    own = not args.data_dir or Path(args.data_dir).resolve() == Path(config["data_dir"]).resolve()
+    own = not args.data_dir or Path(args.data_dir).resolve() == Path(run.data_dir).resolve()
     if own:
         if not Path(config["data_dir"]).is_dir():
             raise DataError(f"the run's data folder {config['data_dir']} is not on this machine (the run folder was "
                             "copied or moved): score another folder with --data-dir DIR")
         splits = ("dev", "test") if args.split == "all" else (args.split,)
-        data = load_data_dir(config["data_dir"], limit=config.get("limit"), need_embeddings=not raw_text)
+        data = load_data_dir(run.data_dir, limit=config.get("limit"), need_embeddings=not raw_text)
         threshold, tag = None, None
     else:  # other photos: scored at the run's own dev-calibrated threshold, files named after the folder
         if args.split == "all":
             raise ConfigError("--split all is for the run's own data folder; score another folder's test split")
-        threshold, source = load_threshold(run)
+        threshold, source = run.threshold()
         splits, tag = (args.split,), args.name or Path(args.data_dir).resolve().name
         data = load_data_dir(args.data_dir, splits=splits, need_embeddings=not raw_text)
         logger.info(f"Scoring {args.data_dir} ({args.split} split) as '{tag}', threshold {source}")
-    model = load_model(run / "model.keras")
-    evaluate_model(model, data, run, splits=splits, seed=config.get("seed") or 0,
+    evaluate_model(run.load_model(), data, run.path, splits=splits, seed=config.get("seed") or 0,
                    with_retrieval=not args.no_retrieval, threshold=threshold, tag=tag, rerank=args.rerank)
-    print(f"Report: {write_report(run, (tag,) if tag else splits)}")
-    from ..training.model_card import write_model_card
-
-    print(f"Model card: {write_model_card(run)}")
+    print(f"Report: {write_report(run.path, (tag,) if tag else splits)}")
+    print(f"Model card: {write_model_card(run.path)}")
     return 0
 
 
@@ -182,11 +175,11 @@ def run_search(args: Namespace) -> int:
         logger.warning(f"skipped: {why}")
     if not index.paths:
         raise DataError(f"no readable images in {args.images}")
-    p = m.pairs(index.features, m.encode_captions([args.query]))[:, 0]
+    hits = m.search_index(index, args.query, top=args.top)
     print(f'Images that best fit "{args.query}" (threshold: {m.threshold_source}; {len(index.paths)} images, '
           f"{index.encoded} newly encoded):")
-    for i, j in enumerate(np.argsort(-p, kind="stable")[:args.top], 1):
-        print(f'{i:3d}. p(match)={p[j]:.3f}  {"Match   " if m.is_match(p[j]) else "No-Match"}  {index.paths[j]}')
+    for i, (j, p) in enumerate(hits, 1):
+        print(f'{i:3d}. p(match)={p:.3f}  {"Match   " if m.is_match(p) else "No-Match"}  {index.paths[j]}')
     _notes(m)
     return 0
 

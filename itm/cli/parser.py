@@ -10,7 +10,7 @@ import argparse
 import sys
 import textwrap
 
-from .. import __version__
+from ..version import __version__
 from ..data.ood import DEFAULT_NEGATIVES as OOD_NEGATIVES, DEFAULT_PHOTOS, PROTOCOL_PHOTOS
 from ..data.prepare import DATASETS, DEFAULT_NEGATIVES
 from ..data.shards import SHARDS_SUBDIR, TARGET_SHARD_BYTES

@@ -3,7 +3,7 @@
 Labels are one-hot per triple, match = [1, 0] (``one_hot``). Two kinds of inputs, by what the
 trainer's step does with them (``itm.training.trainer``):
 
-* triples, the original's: ``{"image_input": (B,S,S,3) float32 in [0,1], "text_embedding": (B,384)}``
+* triples, the original's: ``{"image_input": (B,S,S,3) float32 pixels 0..255, "text_embedding": (B,384)}``
   (or ``"caption": (B,)`` strings for the raw-text towers): one image per triple. Pipelines:
   ``file_triples`` (decode a JPEG per triple, as the original), ``cached_triples`` (decoded once),
   and ``itm.data.shards`` (TFRecord streams).
@@ -112,7 +112,7 @@ def redrawn_captions(split: Split, embeddings, rng) -> np.ndarray:
 
 def cached_triples(split: Split, embeddings, cache, batch_size: int, seed: int, first_epoch: int, epochs: int,
                    negatives: str = "fixed"):
-    """The triples pipeline from decoded-once uint8 images (scaled to [0, 1] per batch); epoch e's
+    """The triples pipeline from decoded-once uint8 images (as float32 per batch); epoch e's
     order (and, with ``negatives="redraw"``, its no-match captions) drawn from ``(seed, e)``."""
     import tensorflow as tf
 
@@ -131,7 +131,7 @@ def cached_triples(split: Split, embeddings, cache, batch_size: int, seed: int, 
     signature = (tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, text.shape[1]], tf.float32),
                  tf.TensorSpec([None, 2], tf.float32))
     ds = epochs_dataset(make_epoch, first_epoch, epochs, signature)
-    return ds.map(lambda r, t, y: ({"image_input": tf.cast(tf.gather(pixels, r), tf.float32) / 255.0,
+    return ds.map(lambda r, t, y: ({"image_input": tf.cast(tf.gather(pixels, r), tf.float32),
                                     "text_embedding": t}, y), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
 

@@ -7,7 +7,8 @@ decoded, so a small file that claims a huge image costs nothing), and it decodes
 never meet a file the check let by. Inference (``model_input``) applies the same rule and, for a
 format Pillow reads but TensorFlow does not (e.g. TIFF), decodes it with Pillow instead.
 
-Every image then goes through ``preprocess_image``: resized to S x S, scaled to [0, 1].
+Every image then goes through ``preprocess_image``: resized to S x S, float32 pixels 0..255 (the model's
+image encoder scales them itself).
 """
 from __future__ import annotations
 
@@ -113,7 +114,7 @@ def model_input(image, what: str | None = None, max_pixels: int | None = None):
 
 
 def preprocess_image(image, image_size: int = 224):
-    """Encoded image bytes (or decoded uint8 pixels, HxWx3) -> float32 [S, S, 3] in [0, 1].
+    """Encoded image bytes (or decoded uint8 pixels, HxWx3) -> float32 [S, S, 3], pixels 0..255.
 
     The one image preprocessing, shared by training, evaluation and inference, so that a served
     model sees exactly what it was trained on.
@@ -123,11 +124,11 @@ def preprocess_image(image, image_size: int = 224):
     image = tf.convert_to_tensor(image)
     if image.dtype == tf.string:
         image = tf.io.decode_image(image, channels=3, expand_animations=False)
-    return tf.image.resize(image, (image_size, image_size)) / 255.0  # resize gives float32 in [0, 255]
+    return tf.image.resize(image, (image_size, image_size))  # float32, 0..255
 
 
 def preprocess(images, image_size: int, max_pixels: int | None = None) -> np.ndarray:
-    """Images of any accepted kind -> float32 [N, S, S, 3] in [0, 1] (inference)."""
+    """Images of any accepted kind -> float32 [N, S, S, 3], pixels 0..255 (inference)."""
     import tensorflow as tf
 
     out = np.empty((len(images), image_size, image_size, 3), np.float32)
@@ -157,7 +158,7 @@ class ImageCache:
     pixels: np.ndarray  # (N, S, S, 3) uint8
     index: dict[str, int]
 
-    dtype = "uint8"  # what a batch of it holds (itm.data.batches); scaled to [0, 1] in the model's step
+    dtype = "uint8"  # what a batch of it holds (itm.data.batches); the model scales pixels itself
 
     def rows(self, names) -> np.ndarray:
         return np.array([self.index[n] for n in names], dtype=np.int32)
@@ -187,7 +188,7 @@ def load_image_cache(names, images_dir, image_size: int) -> ImageCache:
 
     def load(path):
         img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        img = tf.image.resize(img, (image_size, image_size))  # as preprocess_image, before its / 255
+        img = tf.image.resize(img, (image_size, image_size))  # as preprocess_image, then rounded
         return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
 
     paths = [str(Path(images_dir) / n) for n in names]

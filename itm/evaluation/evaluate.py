@@ -16,9 +16,10 @@ from ..data.batches import group_by_image, one_hot
 from ..data.folder import DataDir, Split
 from ..files import write_json
 from . import plots
-from ..training.tensorboard import log_evaluation
+from ..models.scorer import Scorer
+from .tensorboard import log_evaluation
 from .metrics import average_precision, best_threshold, binary_metrics, bootstrap_ci, roc_auc
-from .predict import Scorer
+from .predict import caption_features, score_split, split_image_features
 from .retrieval import DEFAULT_RERANK, retrieval_report
 
 
@@ -63,8 +64,8 @@ def retrieval(scorer: Scorer, split: Split, embeddings, rerank: int = DEFAULT_RE
     for t in split.triples:
         if t.match:
             relevant[image_index[t.image], caption_index[t.caption]] = True
-    report = retrieval_report(scorer, scorer.split_image_features(images, split.images_dir),
-                              scorer.caption_features(captions, embeddings), relevant, rerank)
+    report = retrieval_report(scorer, split_image_features(scorer, images, split.images_dir),
+                              caption_features(scorer, captions, embeddings), relevant, rerank)
     report["seconds"] = time.perf_counter() - start
     return report
 
@@ -96,7 +97,7 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
     scorer = Scorer(model)
     probs = {}
     if threshold is None:
-        probs["dev"] = scorer.score_split(data.splits["dev"], data.embeddings)
+        probs["dev"] = score_split(scorer, data.splits["dev"], data.embeddings)
         dev_match = np.array([t.match for t in data.splits["dev"].triples])
         threshold = best_threshold(dev_match, probs["dev"][:, 0])
         write_json(out_dir / "calibration.json", {"threshold": threshold, "chosen_on": "dev",
@@ -106,7 +107,7 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
         name = tag or split_name
         split = data.splits[split_name]
         if split_name not in probs:
-            probs[split_name] = scorer.score_split(split, data.embeddings)
+            probs[split_name] = score_split(scorer, split, data.embeddings)
         p = probs[split_name]
         is_match = np.array([t.match for t in split.triples])
         if is_match.all() or not is_match.any():

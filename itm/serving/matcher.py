@@ -1,9 +1,10 @@
 """Using a trained run: score image-caption pairs, rank captions, search a folder of images.
 
 One ``Matcher`` serves the command line (``itm predict|rank|search``), the Python API
-(``itm.Matcher``) and the web app (``itm serve``). It predicts through ``itm.evaluation.predict``
-(each image and each caption encoded once, the small head per pair), reads images by the rule of
-``itm.data.images``, and caches a folder's image features on disk.
+(``itm.Matcher``) and the web app (``itm serve``): they all check captions, rank and search through it.
+It reads the run folder with ``itm.models.saved_run.SavedRun``, predicts through the model's
+``itm.models.scorer.Scorer`` (each image and each caption encoded once, the small head per pair), reads
+images by the rule of ``itm.data.images``, and caches a folder's image features on disk.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import hashlib
 import os
 import tempfile
 import threading
-import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data.images import list_images, preprocess
-from ..errors import CaptionError, DataError, ImageError
-from ..files import finite_number, read_json
+from ..errors import CaptionError, ImageError
+from ..models.saved_run import SavedRun
 
 BATCH = 64
 DECODERS = 2  # images decoded at once, whatever the number of threads asking: bounds memory under load
@@ -97,6 +97,7 @@ class CaptionEncoder:
 
 
 def check_captions(captions) -> list[str]:
+    """One caption or a list -> the list; CaptionError for none, a blank one, or one over MAX_CAPTION_CHARS."""
     if isinstance(captions, str):
         captions = [captions]
     captions = list(captions)
@@ -110,39 +111,6 @@ def check_captions(captions) -> list[str]:
     return captions
 
 
-# ---------------------------------------------------------------- reading a run folder
-
-def load_threshold(run: Path) -> tuple[float, str]:
-    """The run's dev-calibrated threshold (calibration.json), else 0.5; a damaged file is an error."""
-    path = run / "calibration.json"
-    if not path.is_file():
-        return 0.5, "default 0.5 (the run has no calibration.json; 'itm evaluate' writes one)"
-    calibration = read_json(path, "calibration file")
-    if "threshold" not in calibration:
-        raise DataError(f"calibration file {path} has no 'threshold'; run 'itm evaluate --run {run}' to write it again")
-    threshold = finite_number(calibration["threshold"], f"the threshold in {path}", 0.0, 1.0)
-    return threshold, f"dev-calibrated {threshold:.3f} (calibration.json)"
-
-
-def load_model(path: Path):
-    """``model.keras`` with itm's layers and optimizer registered; a damaged file is a DataError."""
-    import keras
-
-    from ..models import classifier, optim  # noqa: F401  (register the custom layers and optimizer)
-
-    try:  # the minilm/scratch text towers' layers, when tensorflow-text is installed
-        from ..models import minilm  # noqa: F401
-    except ImportError:
-        pass
-    if not zipfile.is_zipfile(path):
-        raise DataError(f"{path} is not a saved Keras model (not a .keras zip archive); train the run again")
-    try:
-        return keras.saving.load_model(path)
-    except Exception as e:  # Keras raises many kinds (ValueError, KeyError, TypeError, OSError) for a bad archive
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise DataError(f"cannot load {path} (damaged, or saved by an incompatible version of itm): {first}") from None
-
-
 # ---------------------------------------------------------------- the matcher
 
 class Matcher:
@@ -151,7 +119,7 @@ class Matcher:
     def __init__(self, model: Any, threshold: float = 0.5, threshold_source: str = "default 0.5",
                  captions: CaptionEncoder | None = None, run_dir: str | os.PathLike | None = None,
                  model_key: str = "", trained_on_demo: bool = False):
-        from ..evaluation.predict import Scorer
+        from ..models.scorer import Scorer
 
         self.model = model
         self.scorer = Scorer(model)
@@ -177,30 +145,21 @@ class Matcher:
         ``list[str] -> float32 [n, 384]``."""
         from ..data.demo import is_demo
 
-        run = Path(run_dir)
-        model_path = run / "model.keras"
-        if not model_path.is_file():
-            raise DataError(f"{run} is not a run folder (expected model.keras from 'itm train')")
-        config = {}
-        for name in ("config.json", "metrics.json"):  # config.json since the run started; metrics.json at its end
-            if (run / name).is_file():
-                found = read_json(run / name, "run file")
-                config = found.get("config", found) if name == "metrics.json" else found
-                break
-        threshold, source = load_threshold(run)
-        data_dir = data_dir or config.get("data_dir")
+        run = SavedRun(run_dir)
+        threshold, source = run.threshold()
+        data_dir = data_dir or run.data_dir
         known, where = {}, ""
         if data_dir and Path(data_dir).is_dir():
             from ..data.folder import embeddings_path, load_embeddings
 
             if embeddings_path(data_dir) is not None:
                 known, where = load_embeddings(Path(data_dir)), str(data_dir)
-        model = load_model(model_path)
-        stat = model_path.stat()
-        key = f"{model_path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}"
-        demo = bool(config.get("data_dir")) and is_demo(config["data_dir"])
-        matcher = cls(model, threshold, source, CaptionEncoder(known, where, encoder), run, key, demo)
-        matcher.contrastive = config.get("objective") == "contrastive"
+        model = run.load_model()
+        stat = run.model_path.stat()
+        key = f"{run.model_path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}"
+        demo = bool(run.data_dir) and is_demo(run.data_dir)
+        matcher = cls(model, threshold, source, CaptionEncoder(known, where, encoder), run.path, key, demo)
+        matcher.contrastive = run.config.get("objective") == "contrastive"
         return matcher
 
     @property
@@ -218,7 +177,7 @@ class Matcher:
     # -------------------------------------------------------- encoders
 
     def preprocess(self, images: Sequence[Image]) -> np.ndarray:
-        """Images -> float32 [N,S,S,3] in [0, 1], at most DECODERS decodes at a time across threads."""
+        """Images -> float32 [N,S,S,3], pixels 0..255, at most DECODERS decodes at a time across threads."""
         with self._decoding:
             return preprocess(images, self.image_size, self.max_pixels)
 
@@ -277,27 +236,31 @@ class Matcher:
         """The captions that best fit ``image``, best first: ``[(caption, p_match), ...]``."""
         captions = check_captions(captions)
         p = self.score(image, captions)[0]
-        order = np.argsort(-p, kind="stable")[:top]
-        return [(captions[i], float(p[i])) for i in order]
+        return [(captions[i], float(p[i])) for i in best_first(p, top)]
 
     def search(self, folder: str | os.PathLike, query: str, top: int | None = 10, log: Log = None,
                rerank: int | None = None) -> list[tuple[Path, float]]:
-        """The images of ``folder`` that best fit ``query``, best first: ``[(path, p_match), ...]``.
+        """The images of ``folder`` that best fit ``query``, best first: ``[(path, p_match), ...]``."""
+        index = self.index_folder(folder, log=log)
+        return [(index.paths[i], p) for i, p in self.search_index(index, query, top, rerank)]
+
+    def search_index(self, index: FolderIndex, query: str, top: int | None = 10,
+                     rerank: int | None = None) -> list[tuple[int, float]]:
+        """The images of an indexed folder that best fit ``query``, best first: ``[(number in the index,
+        p_match), ...]``; the one search of the command line and the web app.
 
         Two stages for a run trained contrastively: the ``max(rerank, top)`` images nearest to the query
         by the embedding (``rerank`` default ``DEFAULT_RERANK``), ordered by the head's p(match); else, or
         with ``rerank=0``, the head on every image."""
         from ..evaluation.retrieval import DEFAULT_RERANK, embedding_vectors, two_stage_search
 
-        index = self.index_folder(folder, log=log)
+        text = self.encode_captions([query])  # checks the query, even for an empty folder
         if not index.paths:
             return []
-        text = self.encode_captions([query])
         rerank = (DEFAULT_RERANK if self.contrastive else 0) if rerank is None else rerank
         if rerank <= 0:
             p = self.pairs(index.features, text)[:, 0]
-            order = np.argsort(-p, kind="stable")[:top]
-            return [(index.paths[i], float(p[i])) for i in order]
+            return [(int(i), float(p[i])) for i in best_first(p, top)]
         similarities = embedding_vectors(index.features) @ embedding_vectors(text)[0]
 
         def head(cols):
@@ -305,7 +268,7 @@ class Matcher:
                 return self.scorer.pairs(index.features, text, cols, np.zeros(len(cols), np.int64))[:, 0]
 
         cols, p = two_stage_search(similarities, rerank, head, top)
-        return [(index.paths[i], float(q)) for i, q in zip(cols, p)]
+        return [(int(i), float(q)) for i, q in zip(cols, p)]
 
     def index_folder(self, folder: str | os.PathLike, log: Log = None) -> FolderIndex:
         return FolderIndex.build(self, folder, log=log)
@@ -315,6 +278,11 @@ class Matcher:
         from ..evaluation.metrics import decide
 
         return bool(decide(p, self.threshold))
+
+
+def best_first(p: np.ndarray, top: int | None = None) -> np.ndarray:
+    """The positions of the ``top`` highest scores, highest first; ties in their original order."""
+    return np.argsort(-p, kind="stable")[:top]
 
 
 # ---------------------------------------------------------------- folder feature cache

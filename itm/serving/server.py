@@ -8,8 +8,9 @@ server path.
 
 Limits, each a clear 4xx rather than work: the request body (``--max-upload-mb``, 413), the time to
 receive it (``--read-timeout``, 408), the image's pixel count, read from its header before decoding
-(``--max-image-pixels``, 400), and the captions of a request (at most ``MAX_CAPTIONS``, each at most
-``MAX_CAPTION_CHARS`` characters, 400). Past ``--max-connections`` open connections, 503 at once.
+(``--max-image-pixels``, 400), and the captions of a request (at most ``MAX_CAPTIONS``, 400; each caption
+and query is checked by the ``Matcher``, whose ``CaptionError`` is a 400). Past ``--max-connections``
+open connections, 503 at once. Matching and search are the ``Matcher``'s own: this module only speaks HTTP.
 """
 
 import math
@@ -129,7 +130,7 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
     except ImportError as e:
         raise DataError(f"'itm serve' needs {e.name}: {SERVE_HINT}") from None
 
-    from .. import __version__
+    from ..version import __version__
     from .matcher import FolderIndex
 
     matcher.max_pixels = max_image_pixels
@@ -150,7 +151,7 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
         threshold_source: str
 
     class SearchRequest(BaseModel):
-        query: str = Field(min_length=1, max_length=MAX_CAPTION_CHARS)
+        query: str = Field(min_length=1, description=f"a caption, at most {MAX_CAPTION_CHARS:,} characters")
         top: int = Field(default=8, ge=1, le=100)
 
     class SearchResult(BaseModel):
@@ -198,9 +199,6 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
             raise HTTPException(400, "no caption: send one or more non-empty 'caption' fields")
         if len(captions) > MAX_CAPTIONS:
             raise HTTPException(400, f"too many captions: {len(captions)}, at most {MAX_CAPTIONS} per request")
-        if max(map(len, captions)) > MAX_CAPTION_CHARS:
-            raise HTTPException(400, f"a caption of {max(map(len, captions)):,} characters: at most "
-                                     f"{MAX_CAPTION_CHARS:,} per caption")
         data = image.file.read()
         if not data:
             raise HTTPException(400, "the uploaded image file is empty")
@@ -213,18 +211,10 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
     def search(request: SearchRequest):
         """The images of the served folder that best fit a caption, best first."""
         idx = index()
-        if not request.query.strip():
-            raise HTTPException(400, "the query is empty")
-        if not idx.paths:
-            return {"results": [], "threshold": matcher.threshold, "images": 0}
-        p = matcher.pairs(idx.features, matcher.encode_captions([request.query.strip()]))[:, 0]
-        order = (-p).argsort(kind="stable")[:request.top]
         root = Path(images_dir).resolve()
-        results = []
-        for i in order:
-            name = idx.paths[i].relative_to(root).as_posix()
-            results.append({"image": name, "url": f"/api/images/{int(i)}", "p_match": float(p[i]),
-                            "match": matcher.is_match(p[i])})
+        hits = matcher.search_index(idx, request.query.strip(), request.top)  # a CaptionError is a 400
+        results = [{"image": idx.paths[i].relative_to(root).as_posix(), "url": f"/api/images/{i}", "p_match": p,
+                    "match": matcher.is_match(p)} for i, p in hits]
         return {"results": results, "threshold": matcher.threshold, "images": len(idx.paths)}
 
     @app.get("/api/images/{number}", include_in_schema=True)

@@ -17,16 +17,18 @@ import math
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from ..data.batches import one_hot
-from ..errors import DataError, TrainingDiverged
+from ..errors import ConfigError, DataError, TrainingDiverged
 from ..files import atomic_write, written_as
 from ..log import logger
 from ..evaluation.metrics import binary_metrics, roc_auc
+from ..evaluation.predict import score_split
 from .run_folder import BACKUP_DIR
 HISTORY_COLUMNS = ("loss", "binary_accuracy", "val_loss", "val_binary_accuracy", "val_balanced_accuracy",
                    "val_roc_auc", "learning_rate")
@@ -41,7 +43,7 @@ class DevScores(keras.callbacks.Callback):
         self.is_match = np.array([t.match for t in dev.triples])
 
     def on_epoch_end(self, epoch, logs=None):
-        p = self.scorer.score_split(self.dev, self.embeddings, self.store)
+        p = score_split(self.scorer, self.dev, self.embeddings, self.store)
         y = one_hot(self.dev.triples).astype(np.float64)
         clipped = np.clip(y, 1e-7, 1)  # Keras' KL divergence
         metrics = binary_metrics(self.is_match, p[:, 0])
@@ -161,7 +163,12 @@ class EpochBackup(keras.callbacks.Callback):
             trainer.optimizer.build(trainer.trainable_variables)
         weights = self.dir / state["weights"]
         try:
-            trainer.load_weights(weights)
+            with warnings.catch_warnings():  # Keras warns of each part it cannot fill, then raises
+                warnings.simplefilter("ignore")
+                trainer.load_weights(weights)
+        except (ValueError, KeyError):  # e.g. the backup of a run that itm 0.2 started (its flat model)
+            raise ConfigError(f"the backup in {self.dir} does not fit this model (an interrupted run of an earlier "
+                              "version of itm): pass --overwrite to start the run afresh") from None
         except Exception as e:  # h5py and Keras raise many kinds for weights that do not fit
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise DataError(f"cannot load the backup weights {weights} ({first}): pass --overwrite to start the run "

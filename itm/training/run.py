@@ -24,12 +24,12 @@ from ..data.source import resolve_data_dir
 from ..errors import ConfigError, DataError, TrainingDiverged
 from ..evaluation.evaluate import evaluate_model
 from ..evaluation.plots import plot_history
-from ..evaluation.predict import Scorer
 from ..evaluation.report import write_report
 from ..files import write_json, written_as
 from ..log import logger
-from ..models.classifier import build_model, split_model
+from ..models.classifier import build_model, parts_layers, split_model
 from ..models.optim import create_optimizer
+from ..models.scorer import Scorer
 from ..options import TrainConfig, fast_precision, finish_config  # noqa: F401 (fast_precision: its old home)
 from . import callbacks as cb
 from . import run_folder
@@ -37,7 +37,7 @@ from .model_card import write_model_card
 from .run_lock import RunLock
 from .multiworker import check_tf_config, fit_multiworker
 from .provenance import ENVIRONMENT_FILE, environment
-from .tensorboard import TensorBoardLog
+from ..evaluation.tensorboard import TensorBoardLog
 from .trainer import Trainer
 
 
@@ -72,7 +72,7 @@ def check_memory(pipeline: Pipeline, model, split) -> None:
     available = available_memory()
     if available is None:
         return
-    per_image = 2 * 4 * sum(int(np.prod(layer.output.shape[1:])) for layer in split_model(model)[0].layers
+    per_image = 2 * 4 * sum(int(np.prod(layer.output.shape[1:])) for layer in parts_layers(split_model(model)[0])
                             if layer.output is not None and None not in layer.output.shape[1:])
     need = pipeline.memory_needed(split, per_image)
     if need > available:
@@ -223,14 +223,12 @@ def _train(config: TrainConfig) -> Path:
 def complete_run(config: TrainConfig, data, out: Path) -> Path:
     """A run killed after saving model.keras but before its evaluation was written: evaluate the saved model
     and write the rest (metrics, report; history from the backup where it is left), instead of training again."""
-    from ..serving.matcher import load_model
-
     logger.info(f"{out / 'model.keras'} was saved but the run's evaluation did not finish: completing the run from "
                 "the saved model (not training again)")
     backup = cb.EpochBackup(out)
     state, why = backup.read_state()
     try:
-        model = load_model(out / "model.keras")
+        model = run_folder.SavedRun(out).load_model()
     except DataError as e:
         raise DataError(f"{e}; pass --overwrite to train the run afresh") from None
     seconds = None

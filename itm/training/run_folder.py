@@ -1,4 +1,5 @@
-"""The run folder's policy: what a new, a finished and an interrupted run folder allow.
+"""The run folder: its policy (what a new, a finished and an interrupted run folder allow), and the one
+reader of a run folder (``SavedRun``: its options, its dev-calibrated threshold, its model).
 
 * A folder holding a finished run (``model.keras`` and ``metrics.json``) is refused unless
   ``--overwrite`` is given; then the files a run writes are removed first.
@@ -17,10 +18,10 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
-from ..files import read_json
+from ..evaluation.tensorboard import TENSORBOARD_DIR
+from ..models.saved_run import SavedRun, saved_config  # noqa: F401 (SavedRun: also read from here)
 
 BACKUP_DIR = "backup"  # the epoch-end backup (itm.training.callbacks.EpochBackup)
-TENSORBOARD_DIR = "tensorboard"  # TensorBoard's logs (itm.training.tensorboard)
 
 # What a run writes into its folder (removed by --overwrite; nothing else in the folder is touched).
 RUN_FILES = ("model.keras", "metrics.json", "config.json", "calibration.json", "history.csv", "history.png",
@@ -64,13 +65,6 @@ def check_writable(out: Path) -> None:
     except OSError as e:
         raise DataError(f"cannot write the run folder {out}: no file can be created in {existing} "
                         f"({e.strerror or e}); choose another --output-dir") from None
-
-
-def saved_config(out: Path) -> dict:
-    try:
-        return read_json(out / "config.json", "the interrupted run's config file")
-    except DataError as e:
-        raise DataError(f"{e}: pass --overwrite to start the run afresh, or choose another --output-dir") from None
 
 
 def check_restart(out: Path, config: dict) -> None:

@@ -57,9 +57,9 @@ class Trainer(keras.Model):
         super().__init__(name="trainer")
         self.model = model
         image_encoder, text_encoder, head = split_model(model)
-        if cached_features:  # the images of a batch are the frozen backbone's pooled features
+        if cached_features:  # the images of a batch are the frozen backbone's features: the rest of the encoder
             image_encoder = backbone_split(model)[1]
-        # the parts share the model's layers; a namespace keeps Keras from tracking (and saving) them twice
+        # the model's own parts; a namespace keeps Keras from tracking (and saving) them twice
         self.parts = SimpleNamespace(image=image_encoder, text=text_encoder, head=head)
         self.temperature, self.contrastive_weight = temperature, contrastive_weight
         self.hard_negatives, self.soft_targets = hard_negatives, soft_targets
@@ -75,8 +75,8 @@ class Trainer(keras.Model):
         return [self.loss_tracker, self.accuracy]
 
     def encode_images(self, images, training):
-        if images.dtype == tf.uint8:  # decoded-once pixels, scaled here as preprocess_image scales
-            images = tf.cast(images, tf.float32) / 255.0
+        if images.dtype == tf.uint8:  # decoded-once pixels 0..255: the image encoder scales them itself
+            images = tf.cast(images, tf.float32)
         return self.parts.image(images, training=training)  # (G,D), or (G,N,D) tokens for attention
 
     def loss_and_predictions(self, x, labels, training: bool):

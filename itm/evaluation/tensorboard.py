@@ -13,7 +13,8 @@ from pathlib import Path
 
 import keras
 
-from .run_folder import TENSORBOARD_DIR
+TENSORBOARD_DIR = "tensorboard"  # in every run folder: tensorboard --logdir runs
+
 # Options that say where a run lives rather than what it is: no hparams (each run's own would differ).
 NOT_HPARAMS = ("output_dir", "overwrite")
 # The evaluation's headline metrics, logged as scalars SPLIT/NAME (the report has the rest).

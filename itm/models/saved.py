@@ -1,0 +1,82 @@
+"""A saved classifier (a run's ``model.keras``), loaded with itm's layers registered.
+
+Runs saved by itm 0.2 and before hold the classifier as one flat graph (the image encoder, text encoder
+and head not yet models of their own, and pixels scaled to [0, 1] before the model). Such a model is
+converted as it loads: the three-part classifier is built from the run's options (its config.json) and
+each layer's weights are copied into the layer of the same name. The file itself is left as it is.
+"""
+from __future__ import annotations
+
+import inspect
+import zipfile
+from pathlib import Path
+
+import keras
+
+from ..errors import DataError
+from . import classifier, optim  # noqa: F401  (optim registers the saved optimizer)
+
+MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
+
+
+def _read(path: Path):
+    try:  # the minilm/scratch text towers' layers, when tensorflow-text is installed
+        from . import minilm  # noqa: F401
+    except ImportError:
+        pass
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not a saved Keras model (not a .keras zip archive); train the run again")
+    try:
+        return keras.saving.load_model(path)
+    except Exception as e:  # Keras raises many kinds (ValueError, KeyError, TypeError, OSError) for a bad archive
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise DataError(f"cannot load {path} (damaged, or saved by an incompatible version of itm): {first}") from None
+
+
+def is_flat_layout(model: keras.Model) -> bool:
+    """True for a classifier saved before it was built from an image encoder, a text encoder and a head."""
+    return classifier.IMAGE_ENCODER not in {layer.name for layer in model.layers}
+
+
+def load_model(path, config: dict | None = None) -> keras.Model:
+    """``path`` (a ``model.keras``) as the three-part classifier; a flat one is converted with the help of
+    ``config``, the options its run was trained with. A damaged file is a DataError."""
+    path = Path(path)
+    model = _read(path)
+    if is_flat_layout(model):
+        model = from_flat_layout(model, config or {}, path)
+    return model
+
+
+def from_flat_layout(old: keras.Model, config: dict, what) -> keras.Model:
+    """The three-part classifier with the weights of ``old``, a flat one trained with options ``config``."""
+    retrain = f"{what} was saved by an earlier version of itm in a layout that cannot be converted"
+    wanted = inspect.signature(classifier.build_model).parameters
+    kwargs = {k: config[k] for k in wanted if k in config}
+    if "image_size" not in kwargs:
+        raise DataError(f"{retrain}: its run has no config.json naming its options; train the run again")
+    if kwargs.get("image_weights") == "imagenet":
+        kwargs["image_weights"] = "none"  # the same network; its weights come from the saved model, not a download
+    before = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(config["precision"] if config.get("precision") in MIXED_POLICIES
+                                            else "float32")  # each layer's dtype as it was trained
+    try:
+        new = classifier.build_model(**kwargs)
+    except Exception as e:  # e.g. its pretrained weights or text model are no longer installed
+        raise DataError(f"{retrain} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                        "train the run again") from None
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+    target = {layer.name: layer for layer in classifier.parts_layers(new)}
+    for layer in old.layers:
+        if not layer.weights:
+            continue
+        into = target.get(layer.name)
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if into is None or [tuple(w.shape) for w in into.weights] != shapes:
+            raise DataError(f"{retrain} (its layer {layer.name!r} has no counterpart); train the run again")
+        into.set_weights(layer.get_weights())
+    if new.count_params() != old.count_params():
+        raise DataError(f"{retrain} ({old.count_params():,} parameters, rebuilt {new.count_params():,}); "
+                        "train the run again")
+    return new
