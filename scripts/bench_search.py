@@ -7,7 +7,7 @@ embedding's width (256, the ``pretrained`` preset's projection_dim) are added to
 time, and the memory per image: resident memory grown by the index, ids included, and the saved file's
 bytes); then --queries single caption queries, one after another, each one shortlist of --candidates
 images (``VectorIndex.search``) re-ranked by the ``pretrained`` preset's match head (untrained weights:
-the cost is the same) through ``itm.evaluation.predict.Scorer.pairs``, the path ``itm search`` takes.
+the cost is the same) through ``itm.models.scorer.Scorer.pairs``, the path ``itm search`` takes.
 Latency p50/p95 (wall clock) of shortlist alone and of shortlist + re-ranking, the p50 of the CPU time
 a query took (all threads; less disturbed by other jobs on a shared machine), the shortlist's recall@10
 against exact search, and (up to --exact-up-to) the CPU time of exact numpy search for comparison.
