@@ -204,6 +204,26 @@ def test_a_contrastive_search_keeps_its_vector_index_beside_the_cache(matcher, e
     assert second.encoded == 1 and set(VectorIndex.load(path).ids) == names | {late.name}
     check(second)
     assert any(second.paths[i].name == late.name for i, _ in matcher.search_index(second, captions[0], None))
+    second.vectors.remove([late.name])  # the shortlist is the index's: what it lacks is not found
+    assert all(second.paths[i].name != late.name for i, _ in matcher.search_index(second, captions[0], None))
+
+    import logging
+
+    from itm.log import logger
+
+    path.unlink()
+    path.mkdir()  # a place the index cannot be written: a warning, and the search still works
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        third = matcher.index_folder(folder)
+    finally:
+        logger.removeHandler(handler)
+    assert any("cannot write the search index" in r.getMessage() for r in records), [r.getMessage() for r in records]
+    assert third.vectors is not None and len(third.vectors) == len(third.paths)
+    check(third)
 
 
 def test_threshold_is_the_calibrated_one_else_half(run, tmp_path):
