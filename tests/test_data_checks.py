@@ -64,3 +64,57 @@ def test_bytes_that_are_not_utf8_are_an_encoding_problem_with_file_and_line(tiny
     assert "line that is not UTF-8 (an encoding problem: save the file as UTF-8): 1" in r.stderr
     assert f"{TRAIN}:{line}: byte b'\\xe9' at column" in r.stderr
     assert "caption missing from the embeddings" not in r.stderr
+
+
+def _as_npz(tiny_data, compressed=False):
+    """The fixture's embeddings as the npz (preferred over the pickle): as `itm embed` writes it, or compressed."""
+    import numpy as np
+
+    from itm.data.embed import write_embeddings
+    from itm.data.folder import EMBEDDINGS_NPZ, EMBEDDINGS_PKL, load_embeddings_file
+
+    vectors = load_embeddings_file(tiny_data / EMBEDDINGS_PKL)
+    if compressed:
+        np.savez_compressed(tiny_data / EMBEDDINGS_NPZ, captions=np.array(list(vectors)),
+                            embeddings=np.stack(list(vectors.values())))
+    else:
+        write_embeddings(tiny_data / EMBEDDINGS_NPZ, vectors)
+    return vectors, tiny_data / EMBEDDINGS_NPZ
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_the_npz_read_row_by_row_gives_what_the_whole_read_does(tiny_data, compressed):
+    import numpy as np
+
+    from itm.data.folder import NpzEmbeddings, load_embeddings_file
+
+    vectors, path = _as_npz(tiny_data, compressed)
+    table = load_data_dir(tiny_data).embeddings
+    assert isinstance(table, NpzEmbeddings) != compressed  # a compressed archive is read whole, as before
+    whole = load_embeddings_file(path)
+    assert sorted(table) == sorted(whole) == sorted(vectors) and len(table) == len(vectors)
+    for caption, vector in whole.items():
+        assert table[caption].dtype == np.float32 and np.array_equal(table[caption], vector)
+    table.update({"a new caption": np.ones(384, np.float32)})  # what `itm train` does with extra captions
+    assert "a new caption" in table and table["a new caption"].sum() == 384 and len(table) == len(vectors) + 1
+    with pytest.raises(KeyError):
+        table["never embedded"]
+
+
+def test_the_npz_read_row_by_row_is_checked_as_before(tiny_data, tmp_path):
+    import numpy as np
+
+    from itm.data.embed import write_embeddings
+
+    vectors, path = _as_npz(tiny_data)
+    caption, gone = lines(tiny_data / TRAIN)[0].split("\t")[1], lines(tiny_data / DEV)[0].split("\t")[1]
+    vectors[caption] = np.full(384, np.nan, np.float32)
+    del vectors[gone]
+    write_embeddings(path, vectors)
+    r = check(tiny_data, tmp_path)
+    assert r.returncode != 0 and "embedding with NaN or infinity (in flickr8k.cmp9137.sentence_transformers.npz)" in r.stderr
+    assert f"{TRAIN}:1: {caption!r}" in r.stderr and "caption missing from the embeddings: 1\n" in r.stderr
+    assert f": {gone!r}" in r.stderr
+    path.write_bytes(path.read_bytes()[:-1000])  # truncated: refused, not read short
+    r = check(tiny_data, tmp_path)
+    assert r.returncode != 0 and "cannot load embeddings file" in r.stderr and "Traceback" not in r.stderr

@@ -157,3 +157,17 @@ def test_float_list_from_bytes_is_the_one_built_float_by_float(count):
     fast, slow = _float_list(vectors), tf.train.FloatList(value=vectors)
     assert fast.SerializeToString(deterministic=True) == slow.SerializeToString(deterministic=True)
     assert np.array_equal(np.array(fast.value, np.float32), vectors)
+
+
+def test_shards_from_the_npz_read_row_by_row_are_those_from_the_pickle(tiny_data, tmp_path):
+    """The npz's vectors stay in the file (read a row at a time when asked); the shards are the same bytes."""
+    from itm.data.embed import write_embeddings
+    from itm.data.folder import EMBEDDINGS_NPZ, EMBEDDINGS_PKL, NpzEmbeddings, load_embeddings_file
+
+    write_shards(tiny_data, num_shards=2, out=tmp_path / "from-pkl")
+    write_embeddings(tiny_data / EMBEDDINGS_NPZ, load_embeddings_file(tiny_data / EMBEDDINGS_PKL))
+    assert isinstance(load_data_dir(tiny_data).embeddings, NpzEmbeddings)
+    write_shards(tiny_data, num_shards=2, out=tmp_path / "from-npz")
+    pkl, npz = _tree(tmp_path / "from-pkl"), _tree(tmp_path / "from-npz")
+    assert [n for n in pkl if n.endswith(".tfrecord")] == [n for n in npz if n.endswith(".tfrecord")]
+    assert all(pkl[n] == npz[n] for n in pkl if n.endswith(".tfrecord"))

@@ -13,10 +13,12 @@ Images are checked by the same rule the pipelines and inference decode with (``i
 """
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 import zipfile
 from collections import defaultdict
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -134,25 +136,34 @@ def leaves_folder(name: str) -> bool:
 def check_pairs(loaded: dict, problems: Problems, warn=None) -> None:
     """A pair labelled both match and no-match is an error naming both lines; an exact repeat of a line
     (the same pair and label, in the same or another split file) is a warning with counts, since the course
-    data holds two: each repeat weighs its pair twice, and a repeat across splits lets test see training data."""
-    first: dict[tuple[str, str], tuple[str, Triple]] = {}
-    repeats = []
+    data holds two: each repeat weighs its pair twice, and a repeat across splits lets test see training data.
+
+    Each pair keeps only its first ``Triple``; the split file of an earlier line is looked up for the few
+    examples shown, not stored per line (at a million triples that was 140 MB of place strings)."""
+    def where(t: Triple) -> str:
+        name = next(s.name for s in loaded.values() if any(x is t for x in s.triples))
+        return f"{SPLIT_FILES[name]}:{t.line}"
+
+    conflict = "pair labelled both match and no-match"
+    first: dict[tuple[str, str], Triple] = {}
+    repeats, shown = 0, []
     for split in loaded.values():
         for t in split.triples:
-            where = f"{SPLIT_FILES[split.name]}:{t.line}"
-            seen = first.setdefault((t.image, t.caption), (where, t))
-            if seen[1] is t:
+            seen = first.setdefault((t.image, t.caption), t)
+            if seen is t:
                 continue
-            if seen[1].match != t.match:
-                problems.add("pair labelled both match and no-match",
-                             f"{seen[0]} ({LABELS[not seen[1].match]}) and {where} ({LABELS[not t.match]}): "
-                             f"{t.image} {t.caption[:60]!r}")
+            here = f"{SPLIT_FILES[split.name]}:{t.line}"
+            if seen.match != t.match:
+                problems.add(conflict, f"{where(seen)} ({LABELS[not seen.match]}) and {here} ({LABELS[not t.match]}): "
+                                       f"{t.image} {t.caption[:60]!r}"
+                             if len(problems.examples[conflict]) < MAX_EXAMPLES_PER_PROBLEM else "")
             else:
-                repeats.append(f"{where} repeats {seen[0]}")
+                repeats += 1
+                if len(shown) < MAX_EXAMPLES_PER_PROBLEM:
+                    shown.append(f"{here} repeats {where(seen)}")
     if repeats:
-        shown = "; ".join(repeats[:MAX_EXAMPLES_PER_PROBLEM]) + (f"; ... and {len(repeats) - MAX_EXAMPLES_PER_PROBLEM} more"
-                                                               if len(repeats) > MAX_EXAMPLES_PER_PROBLEM else "")
-        print(f"warning: {len(repeats)} line(s) repeat an earlier line exactly (used as they are): {shown}",
+        more = f"; ... and {repeats - len(shown)} more" if repeats > len(shown) else ""
+        print(f"warning: {repeats} line(s) repeat an earlier line exactly (used as they are): {'; '.join(shown)}{more}",
               file=warn or sys.stderr, flush=True)
 
 
@@ -197,11 +208,16 @@ def load_embeddings_pickle(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def load_embeddings_npz(path: Path) -> dict[str, np.ndarray]:
+def load_embeddings_npz(path: Path, lazy: bool = False):
     """Load ``{caption: vector}`` from an npz holding ``captions`` (str) and ``embeddings`` (float matrix).
 
-    Read with ``allow_pickle=False``: unlike the pickle, this format cannot carry code at all.
+    Read with ``allow_pickle=False``: unlike the pickle, this format cannot carry code at all. ``lazy``
+    (an uncompressed archive, as ``itm embed`` writes) keeps the matrix in the file: see ``NpzEmbeddings``.
     """
+    if lazy:
+        table = NpzEmbeddings.open(path)
+        if table is not None:
+            return table
     try:
         with np.load(path, allow_pickle=False) as z:
             names = set(z.files)
@@ -209,23 +225,121 @@ def load_embeddings_npz(path: Path) -> dict[str, np.ndarray]:
             matrix = z["embeddings"] if "embeddings" in names else None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"cannot load embeddings file {path}: {e}") from None
-    if captions is None or matrix is None:
-        raise DataError(f"embeddings file {path} must hold the arrays 'captions' and 'embeddings', "
-                        f"found: {', '.join(sorted(names)) or 'none'}")
-    if captions.ndim != 1 or captions.dtype.kind != "U":
-        raise DataError(f"embeddings file {path}: 'captions' must be a 1-d string array, "
-                        f"got {captions.dtype} of shape {captions.shape}")
-    if matrix.ndim != 2 or matrix.shape[0] != len(captions) or matrix.dtype.kind not in "fiu":
-        raise DataError(f"embeddings file {path}: 'embeddings' must be a numeric matrix with one row per caption, "
-                        f"got {matrix.dtype} of shape {matrix.shape} for {len(captions)} captions")
+    _check_npz(path, names, captions, matrix)
     matrix = matrix.astype(np.float32, copy=False)
     return {str(c): matrix[i] for i, c in enumerate(captions)}
 
 
-def load_embeddings_file(path) -> dict[str, np.ndarray]:
-    """Load an embeddings file by its suffix: ``.npz`` (safe archive) or anything else as the pickle."""
+def _check_npz(path, names, captions, matrix) -> None:
+    """``captions`` and ``embeddings`` (arrays, or anything with ``ndim``, ``dtype`` and ``shape``) as they must be."""
+    if captions is None or matrix is None:
+        raise DataError(f"embeddings file {path} must hold the arrays 'captions' and 'embeddings', "
+                        f"found: {', '.join(sorted(names)) or 'none'}")
+    if len(captions.shape) != 1 or captions.dtype.kind != "U":
+        raise DataError(f"embeddings file {path}: 'captions' must be a 1-d string array, "
+                        f"got {captions.dtype} of shape {captions.shape}")
+    if len(matrix.shape) != 2 or matrix.shape[0] != captions.shape[0] or matrix.dtype.kind not in "fiu":
+        raise DataError(f"embeddings file {path}: 'embeddings' must be a numeric matrix with one row per caption, "
+                        f"got {matrix.dtype} of shape {matrix.shape} for {captions.shape[0]} captions")
+
+
+class _Member:
+    """Where an uncompressed .npy member of a zip keeps its data: offset, dtype and shape."""
+
+    def __init__(self, offset, dtype, shape):
+        self.offset, self.dtype, self.shape = offset, dtype, shape
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @staticmethod
+    def find(f, z: zipfile.ZipFile, name: str):
+        """The member, or None when it is compressed, Fortran-ordered or holds objects (then read it whole)."""
+        info = z.getinfo(name)
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+        f.seek(info.header_offset)
+        head = f.read(30)
+        if len(head) < 30 or head[:4] != b"PK\x03\x04":
+            return None
+        f.seek(info.header_offset + 30 + int.from_bytes(head[26:28], "little") + int.from_bytes(head[28:30], "little"))
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        return None if fortran or dtype.hasobject else _Member(f.tell(), dtype, shape)
+
+
+class NpzEmbeddings(MutableMapping):
+    """``{caption: float32 vector}`` over an uncompressed npz, reading each vector from the file when asked.
+
+    In memory only a caption -> row dict: at a million triples (400,000 captions) the matrix alone is
+    586 MiB, which ``itm shard`` and the data check held for the whole run. Rows are read with ``pread``
+    rather than through a memory map, whose touched pages would count in the process's resident memory.
+    Vectors set later (``update``) are kept in memory beside the file's."""
+
+    CHUNK = 1 << 16  # captions decoded at a time
+
+    def __init__(self, path: Path, rows: dict[str, int], matrix: _Member):
+        self.path, self._rows, self._matrix, self._added = Path(path), rows, matrix, {}
+        self._file = open(path, "rb")
+        self._row_bytes = int(np.prod(matrix.shape[1:], dtype=np.int64)) * matrix.dtype.itemsize
+
+    @classmethod
+    def open(cls, path: Path):
+        """The table, or None when the archive is compressed or odd (then it is read whole, as before)."""
+        try:
+            with open(path, "rb") as f, zipfile.ZipFile(f) as z:
+                names = {n.removesuffix(".npy") for n in z.namelist()}
+                if not {"captions", "embeddings"} <= names:
+                    return None
+                captions, matrix = _Member.find(f, z, "captions.npy"), _Member.find(f, z, "embeddings.npy")
+                if captions is None or matrix is None:
+                    return None
+                _check_npz(path, names, captions, matrix)
+                end = matrix.offset + int(np.prod(matrix.shape, dtype=np.int64)) * matrix.dtype.itemsize
+                if f.seek(0, 2) < end or captions.offset + captions.shape[0] * captions.dtype.itemsize > matrix.offset:
+                    return None  # truncated or laid out otherwise: the whole read reports it
+                f.seek(captions.offset)
+                rows = {}
+                for start in range(0, captions.shape[0], cls.CHUNK):
+                    count = min(cls.CHUNK, captions.shape[0] - start)
+                    chunk = np.frombuffer(f.read(count * captions.dtype.itemsize), captions.dtype, count)
+                    rows.update(zip(chunk.tolist(), range(start, start + count)))
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            return None
+        return cls(path, rows, matrix)
+
+    def __getitem__(self, caption: str) -> np.ndarray:
+        if caption in self._added:
+            return self._added[caption]
+        i = self._rows[caption]
+        raw = os.pread(self._file.fileno(), self._row_bytes, self._matrix.offset + i * self._row_bytes)
+        return np.frombuffer(raw, self._matrix.dtype).reshape(self._matrix.shape[1:]).astype(np.float32)
+
+    def __setitem__(self, caption: str, vector) -> None:
+        self._added[caption] = vector
+
+    def __delitem__(self, caption: str) -> None:
+        if self._added.pop(caption, None) is None:
+            del self._rows[caption]
+
+    def __contains__(self, caption) -> bool:
+        return caption in self._added or caption in self._rows
+
+    def __iter__(self):
+        yield from self._rows
+        yield from (c for c in self._added if c not in self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows) + sum(c not in self._rows for c in self._added)
+
+
+def load_embeddings_file(path, lazy: bool = False) -> dict[str, np.ndarray]:
+    """Load an embeddings file by its suffix: ``.npz`` (safe archive) or anything else as the pickle.
+    ``lazy``: an npz's vectors stay in the file (``NpzEmbeddings``)."""
     path = Path(path)
-    return load_embeddings_npz(path) if path.suffix == ".npz" else load_embeddings_pickle(path)
+    return load_embeddings_npz(path, lazy) if path.suffix == ".npz" else load_embeddings_pickle(path)
 
 
 def embeddings_path(data_dir) -> Path | None:
@@ -286,7 +400,7 @@ def load_data_dir(data_dir, limit: int | None = None, splits=("train", "dev", "t
     embeddings = {}
     emb_path = embeddings_path(data_dir) if need_embeddings else None
     if emb_path is not None:
-        embeddings = load_embeddings_file(emb_path)
+        embeddings = load_embeddings_file(emb_path, lazy=True)
     elif need_embeddings:
         problems.add("missing embeddings file", f"{data_dir / EMBEDDINGS_NPZ} or {EMBEDDINGS_PKL} "
                                                 f"('itm embed --data-dir {data_dir}' computes it)")
