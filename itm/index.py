@@ -228,7 +228,7 @@ class VectorIndex:
             body = dict(vectors=self._vectors)
         else:
             body = dict(ann=np.frombuffer(self._ann.save(), np.uint8))
-        atomic_write(path, lambda f: np.savez(f, ids=ids, **meta, **body))
+        atomic_write(path, lambda f: np.savez(f, ids=ids, **meta, **body), "the search index")
 
     @classmethod
     def open(cls, path, dim: int, log=None, **settings) -> VectorIndex:

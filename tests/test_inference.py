@@ -162,6 +162,70 @@ def test_rank_and_search_are_sorted_and_consistent(matcher, examples, tiny_data_
     assert third.paths == first.paths
 
 
+def test_a_contrastive_search_keeps_its_vector_index_beside_the_cache(matcher, examples, tiny_data_master,
+                                                                     tmp_path, monkeypatch):
+    """The shortlist comes from the folder's VectorIndex, kept up to date as photos arrive, and the results
+    are those of the exact product over every image (the fixture run stands in for a contrastive one)."""
+    from itm.index import VectorIndex, path_beside
+    from itm.serving.matcher import FolderIndex
+
+    monkeypatch.setenv("ITM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(matcher, "contrastive", True)
+    _, captions = examples
+    folder = tmp_path / "images"
+    shutil.copytree(tiny_data_master / IMAGES, folder)
+    held_out = sorted(folder.glob("*.jpg"))[-1]
+    late = tmp_path / held_out.name
+    shutil.move(held_out, late)
+
+    def exact(index, top, rerank):  # the same FolderIndex without its VectorIndex: the matrix product
+        plain = FolderIndex(index.paths, index.features, [], 0)
+        return matcher.search_index(plain, captions[0], top, rerank)
+
+    def check(index):
+        for top, rerank in ((None, None), (2, 3), (3, 1)):
+            hits = matcher.search_index(index, captions[0], top, rerank)
+            want = exact(index, top, rerank)
+            assert [i for i, _ in hits] == [i for i, _ in want]
+            assert [p for _, p in hits] == pytest.approx([p for _, p in want], abs=1e-6)
+
+    first = matcher.index_folder(folder)
+    saved = [p for p in (tmp_path / "cache" / "search").glob("*.npz") if not p.name.endswith(".index.npz")]
+    path = path_beside(saved[0])
+    assert first.vectors is not None and first.vectors.backend == "exact" and path.is_file()
+    names = {p.name for p in first.paths}
+    assert set(VectorIndex.load(path).ids) == names and late.name not in names
+    check(first)
+    written = path.stat().st_mtime_ns
+    assert matcher.index_folder(folder).vectors is not None and path.stat().st_mtime_ns == written  # unchanged
+
+    shutil.move(late, held_out)  # a new photo: added to the saved index, the others kept
+    second = matcher.index_folder(folder)
+    assert second.encoded == 1 and set(VectorIndex.load(path).ids) == names | {late.name}
+    check(second)
+    assert any(second.paths[i].name == late.name for i, _ in matcher.search_index(second, captions[0], None))
+    second.vectors.remove([late.name])  # the shortlist is the index's: what it lacks is not found
+    assert all(second.paths[i].name != late.name for i, _ in matcher.search_index(second, captions[0], None))
+
+    import logging
+
+    from itm.log import logger
+
+    path.unlink()
+    path.mkdir()  # a place the index cannot be written: a warning, and the search still works
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        third = matcher.index_folder(folder)
+    finally:
+        logger.removeHandler(handler)
+    assert any("cannot write the search index" in r.getMessage() for r in records), [r.getMessage() for r in records]
+    assert third.vectors is not None and len(third.vectors) == len(third.paths)
+    check(third)
+
+
 def test_threshold_is_the_calibrated_one_else_half(run, tmp_path):
     from itm import Matcher
 

@@ -59,8 +59,18 @@ def two_stage_search(similarities: np.ndarray, k: int, pair_scores, top: int | N
     """One query against a collection: ``(indices, p_match)``, best first, of the ``max(k, top)`` candidates
     nearest by embedding, ordered by the head's p(match). ``pair_scores(cols)`` scores candidates ``cols``."""
     sims = np.asarray(similarities, np.float64).ravel()
-    n = len(sims) if top is None else max(int(k), int(top))
-    cols = shortlist(sims[None], n)[0]
+    return rerank_shortlist(shortlist(sims[None], shortlist_size(len(sims), k, top))[0], pair_scores, top)
+
+
+def shortlist_size(n: int, k: int, top: int | None) -> int:
+    """How many candidates the head re-scores: ``max(k, top)``, or all ``n`` when every result is asked for."""
+    return int(n) if top is None else max(int(k), int(top))
+
+
+def rerank_shortlist(cols, pair_scores, top: int | None = None):
+    """The second stage: shortlisted candidates ``cols`` (best first by embedding, from a matrix product or
+    ``itm.index.VectorIndex``) -> ``(indices, p_match)`` of the ``top`` best by the head, ties in shortlist order."""
+    cols = np.asarray(cols, np.int64)
     p = np.asarray(pair_scores(cols), np.float64) if len(cols) else np.zeros(0)
     order = np.argsort(-p, kind="stable")[:top]
     return cols[order], p[order]

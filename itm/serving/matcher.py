@@ -252,7 +252,8 @@ class Matcher:
         Two stages for a run trained contrastively: the ``max(rerank, top)`` images nearest to the query
         by the embedding (``rerank`` default ``DEFAULT_RERANK``), ordered by the head's p(match); else, or
         with ``rerank=0``, the head on every image."""
-        from ..evaluation.retrieval import DEFAULT_RERANK, embedding_vectors, two_stage_search
+        from ..evaluation.retrieval import (DEFAULT_RERANK, embedding_vectors, rerank_shortlist, shortlist_size,
+                                            two_stage_search)
 
         text = self.encode_captions([query])  # checks the query, even for an empty folder
         if not index.paths:
@@ -261,13 +262,17 @@ class Matcher:
         if rerank <= 0:
             p = self.pairs(index.features, text)[:, 0]
             return [(int(i), float(p[i])) for i in best_first(p, top)]
-        similarities = embedding_vectors(index.features) @ embedding_vectors(text)[0]
 
         def head(cols):
             with self._lock:
                 return self.scorer.pairs(index.features, text, cols, np.zeros(len(cols), np.int64))[:, 0]
 
-        cols, p = two_stage_search(similarities, rerank, head, top)
+        if index.vectors is not None:  # the folder's VectorIndex gives the shortlist (exact below EXACT_BELOW)
+            ids, _ = index.vectors.search(embedding_vectors(text), shortlist_size(len(index.paths), rerank, top))
+            cols, p = rerank_shortlist([index.rows[i] for i in ids[0] if i is not None], head, top)
+        else:
+            similarities = embedding_vectors(index.features) @ embedding_vectors(text)[0]
+            cols, p = two_stage_search(similarities, rerank, head, top)
         return [(int(i), float(q)) for i, q in zip(cols, p)]
 
     def index_folder(self, folder: str | os.PathLike, log: Log = None) -> FolderIndex:
@@ -299,10 +304,15 @@ def cache_root(matcher: Matcher) -> Path:
 class FolderIndex:
     """A folder's image features, cached in one file per (folder, model) (``itm.data.features.FeatureFile``):
     an image is encoded again only when its path, modification time or size changed, so a second query costs
-    one text encoding."""
+    one text encoding. For a run trained contrastively it also keeps ``vectors``, an ``itm.index.VectorIndex``
+    of the images' embedding saved beside the feature cache (``rows``: id -> number in the index), which
+    gives ``Matcher.search_index`` its shortlist; else ``vectors`` is None."""
 
-    def __init__(self, paths: list[Path], features: np.ndarray, skipped: list[str], encoded: int):
+    def __init__(self, paths: list[Path], features: np.ndarray, skipped: list[str], encoded: int,
+                 vectors=None, names: list[str] | None = None):
         self.paths, self.features, self.skipped, self.encoded = paths, features, skipped, encoded
+        self.vectors = vectors
+        self.rows = {name: i for i, name in enumerate(names or [])}
 
     @classmethod
     def build(cls, matcher: Matcher, folder, log=None) -> FolderIndex:
@@ -337,4 +347,31 @@ class FolderIndex:
                     else np.zeros((0,), np.float32))
         if todo:
             store.save([(names[i], stamps[i]) for i in keep])
-        return cls([files[i] for i in keep], features, skipped, len(todo) - len(skipped))
+        kept = [names[i] for i in keep]
+        vectors = folder_vectors(store.path, kept, features, log) if matcher.contrastive and keep else None
+        return cls([files[i] for i in keep], features, skipped, len(todo) - len(skipped), vectors, kept)
+
+
+def folder_vectors(feature_file: Path, names: list[str], features: np.ndarray, log=None):
+    """The folder's embedding index beside its feature cache, brought up to date (new photos added, removed
+    ones dropped, unchanged ones kept) and saved only when it changed; a place that cannot be written costs
+    a warning, as the feature cache does. None (search falls back to the exact product) if it cannot be built."""
+    from ..errors import DataError
+    from ..evaluation.retrieval import embedding_vectors
+    from ..index import VectorIndex, path_beside
+    from ..log import logger
+
+    path = path_beside(feature_file)
+    vectors = embedding_vectors(features)
+    try:
+        index = VectorIndex.open(path, dim=vectors.shape[1], log=log)
+        change = index.sync(names, vectors)
+    except DataError as e:  # e.g. an all-zero embedding cannot be compared by direction
+        logger.warning(f"warning: no search index for {feature_file.name}: {e} (searching exactly)")
+        return None
+    if change["added"] or change["replaced"] or change["removed"] or not path.is_file():
+        try:
+            index.save(path)
+        except DataError as e:
+            logger.warning(f"warning: {e} (carrying on without saving the search index)")
+    return index

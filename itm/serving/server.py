@@ -120,25 +120,20 @@ def check_limits(port: int, max_upload_mb: float, max_image_pixels: int, read_ti
     return max_bytes
 
 
-def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 2**20),
-               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, read_timeout: float = DEFAULT_READ_TIMEOUT):
-    """The ASGI app for ``matcher``; ``images_dir`` enables ``/api/search`` over that folder."""
+def _fastapi():
+    """FastAPI and pydantic, from the serve extra (imported only when a server is made)."""
     try:
-        from fastapi import FastAPI, File, Form, HTTPException, UploadFile
-        from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-        from pydantic import BaseModel, Field
+        import fastapi
+        import fastapi.responses
+        import pydantic
     except ImportError as e:
         raise DataError(f"'itm serve' needs {e.name}: {SERVE_HINT}") from None
+    return fastapi, fastapi.responses, pydantic
 
-    from ..version import __version__
-    from .matcher import FolderIndex
 
-    matcher.max_pixels = max_image_pixels
-    app = FastAPI(title="itm", version=__version__,
-                  description="Image-text matching: does this caption fit this image? p(match) from a trained run.")
-    # The folder is indexed (image features cached on disk) once, at start: every search is then one
-    # caption encoding plus the small head over the cached features.
-    state = {"index": matcher.index_folder(images_dir, log=progress) if images_dir is not None else None}
+def _api_models(pydantic):
+    """The JSON API's request and response bodies (what /docs shows)."""
+    BaseModel, Field = pydantic.BaseModel, pydantic.Field
 
     class MatchResult(BaseModel):
         caption: str
@@ -165,18 +160,29 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
         threshold: float
         images: int
 
-    def index() -> FolderIndex:
-        if state["index"] is None:
-            raise HTTPException(404, "image search is off: start the server with --images DIR")
-        return state["index"]
+    return MatchResponse, SearchRequest, SearchResponse
+
+
+def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 2**20),
+               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, read_timeout: float = DEFAULT_READ_TIMEOUT):
+    """The ASGI app for ``matcher``: the page, /healthz, /api/match and, with ``images_dir``, /api/search
+    over that folder; wrapped in the body limits."""
+    fastapi, responses, pydantic = _fastapi()
+    from ..version import __version__
+
+    matcher.max_pixels = max_image_pixels
+    app = fastapi.FastAPI(title="itm", version=__version__,
+                          description="Image-text matching: does this caption fit this image? p(match) from a "
+                                      "trained run.")
+    models = _api_models(pydantic)
 
     @app.exception_handler(DataError)
     async def data_error(request, exc):  # unreadable image, caption that cannot be embedded, ...
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        return responses.JSONResponse({"detail": str(exc)}, status_code=400)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.get("/", response_class=responses.HTMLResponse, include_in_schema=False)
     def page():
-        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+        return responses.HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
     @app.get("/healthz")
     def healthz():
@@ -188,9 +194,18 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
                 "max_captions": MAX_CAPTIONS, "max_caption_chars": MAX_CAPTION_CHARS,
                 "notes": matcher.notes}  # what a reader of the scores should know (e.g. demo training data)
 
+    _add_match_api(app, fastapi, matcher, models[0])
+    _add_search_api(app, fastapi, responses, matcher, images_dir, *models[1:])
+    return BodyLimit(app, max_upload_bytes, read_timeout)
+
+
+def _add_match_api(app, fastapi, matcher, MatchResponse) -> None:
+    File, Form, HTTPException, UploadFile = fastapi.File, fastapi.Form, fastapi.HTTPException, fastapi.UploadFile
+
     @app.post("/api/match", response_model=MatchResponse)
-    def match(image: UploadFile | None = File(None, description="the image file (JPEG, PNG, GIF, BMP, WebP, ...)"),
-              caption: list[str] = Form(default_factory=list, description="one or more captions (repeat the field)")):
+    def match(image: UploadFile | None = File(None, description="the image file (JPEG, PNG, GIF, BMP, WebP, ...)"),  # noqa: B008
+              caption: list[str] = Form(default_factory=list,  # noqa: B008 (FastAPI's way of declaring a form field)
+                                        description="one or more captions (repeat the field)")):
         """p(match) of one uploaded image with each caption."""
         if image is None:
             raise HTTPException(400, "no image: send the image file in the multipart field 'image'")
@@ -206,6 +221,18 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
         return {"results": [{"caption": c, "p_match": float(q), "match": matcher.is_match(q)}
                             for c, q in zip(captions, p)],
                 "threshold": matcher.threshold, "threshold_source": matcher.threshold_source}
+
+
+def _add_search_api(app, fastapi, responses, matcher, images_dir, SearchRequest, SearchResponse) -> None:
+    HTTPException = fastapi.HTTPException
+    # The folder is indexed (image features cached on disk) once, at start: every search is then one
+    # caption encoding plus the small head over the cached features.
+    folder = matcher.index_folder(images_dir, log=progress) if images_dir is not None else None
+
+    def index():
+        if folder is None:
+            raise HTTPException(404, "image search is off: start the server with --images DIR")
+        return folder
 
     @app.post("/api/search", response_model=SearchResponse)
     def search(request: SearchRequest):
@@ -223,9 +250,7 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
         idx = index()
         if not 0 <= number < len(idx.paths):
             raise HTTPException(404, "no such image")
-        return FileResponse(idx.paths[number])
-
-    return BodyLimit(app, max_upload_bytes, read_timeout)
+        return responses.FileResponse(idx.paths[number])
 
 
 def serve(run, data_dir=None, images=None, host: str = "127.0.0.1", port: int = 8000,
