@@ -198,7 +198,8 @@ class VectorIndex:
         if self._ann is None:
             rows, found = _exact_top(self._vectors, queries, k)
         else:
-            self._ann.expansion_search = max(min(self.expansion_search, len(self)), 2 * k)  # wider for a long shortlist; capped: usearch missed points with ef above the size
+            # wider for a long shortlist; capped at the size (above it usearch sometimes missed points)
+            self._ann.expansion_search = max(min(self.expansion_search, len(self)), 2 * k)
             matches = self._ann.search(queries, k, threads=0)
             # one query gives Matches (only what it found), several give BatchMatches (k per row, and counts)
             counts = np.atleast_1d(getattr(matches, "counts", len(matches.keys)))
