@@ -88,7 +88,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 from itm.models.classifier import build_model
 from itm.models.optim import create_optimizer
 rng = np.random.default_rng(0)
-x = {"image_input": rng.random((64, 32, 32, 3), dtype=np.float32),
+x = {"image_input": 255 * rng.random((64, 32, 32, 3), dtype=np.float32),
      "text_embedding": rng.normal(0, 0.05, (64, 384)).astype(np.float32)}
 y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 64)]
 results = []
