@@ -64,7 +64,7 @@ def saved_models(tmp_path_factory):
         keras.utils.set_random_seed(0)
         model = build_model(**config.model_kwargs())
         model.compile(optimizer=create_optimizer(1e-3, 10, 1), loss=keras.losses.KLDivergence())
-        x = {"image_input": rng.uniform(0, 1, (2, SIZE, SIZE, 3)).astype("float32")}
+        x = {"image_input": rng.uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")}
         if "caption" in model.input:
             x["caption"] = np.array(CAPTIONS)
         else:

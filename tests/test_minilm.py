@@ -143,7 +143,7 @@ def test_a_trained_minilm_classifier_scores_new_captions_in_a_fresh_process_with
     model = small_classifier(lambda text: minilm_text_tower(text, 0.1))
     model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="kl_divergence")
     rng = np.random.default_rng(0)
-    images = rng.random((4, 32, 32, 3), dtype=np.float32)
+    images = 255 * rng.random((4, 32, 32, 3), dtype=np.float32)  # pixels 0..255, as the model takes
     # strings reach Keras as tf.string tensors (tf.data, as the pipeline feeds them): numpy str arrays do not
     train = tf.data.Dataset.from_tensor_slices(({"image_input": images, "caption": ["a dog runs .", "a red car",
                                                  "two girls", "snow"]}, np.eye(2, dtype=np.float32)[[0, 1, 0, 1]]))
