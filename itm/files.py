@@ -1,6 +1,7 @@
 """Small file helpers shared by every layer: atomic writes, checked JSON, the cache folder."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -115,3 +116,12 @@ def finite_number(value, what: str, low: float | None = None, high: float | None
     if (low is not None and value < low) or (high is not None and value > high):
         raise DataError(f"{what} must lie in [{low}, {high}], not {value!r}")
     return float(value)
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """The file's sha256, read in blocks (a backup's weights, a split file, an embeddings file)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

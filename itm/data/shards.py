@@ -18,7 +18,6 @@ shards that no longer match their folder are refused instead of silently trainin
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..files import atomic_write
+from ..files import atomic_write, sha256_file
 from ..log import logger
 from .batches import group_by_image
 from .folder import EMBEDDING_DIM, SPLIT_FILES, Split, embeddings_path, load_data_dir
@@ -55,19 +54,11 @@ def shard_name(split: str, i: int, n: int) -> str:
     return f"{split}-{i:05d}-of-{n:05d}.tfrecord"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _sources(data_dir: Path, splits) -> dict:
     """What the shards were made from: the split files' and the embeddings file's sha256."""
     emb = embeddings_path(data_dir)
-    out = {SPLIT_FILES[s]: _sha256(data_dir / SPLIT_FILES[s]) for s in splits}
-    out[emb.name] = _sha256(emb)
+    out = {SPLIT_FILES[s]: sha256_file(data_dir / SPLIT_FILES[s]) for s in splits}
+    out[emb.name] = sha256_file(emb)
     return out
 
 
@@ -219,7 +210,7 @@ def read_index(shards_dir, splits=("train", "dev"), data_dir=None) -> dict:
         names += [emb.name] if emb is not None else []
         for name in names:
             recorded = index.get("sources", {}).get(name)
-            if recorded is None or recorded != _sha256(data_dir / name):
+            if recorded is None or recorded != sha256_file(data_dir / name):
                 problems.append(f"{data_dir / name} has changed since the shards were written")
     if problems:
         raise DataError(f"the shards in {shards_dir} cannot be used: {'; '.join(problems)}; {redo}")

@@ -10,7 +10,6 @@ optimizer steps as an uninterrupted one, and the history of every epoch.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -25,7 +24,7 @@ import numpy as np
 
 from ..data.batches import one_hot
 from ..errors import ConfigError, DataError, TrainingDiverged
-from ..files import atomic_write, written_as
+from ..files import atomic_write, sha256_file, written_as
 from ..log import logger
 from ..evaluation.metrics import binary_metrics, roc_auc
 from ..evaluation.predict import score_split
@@ -136,7 +135,7 @@ class EpochBackup(keras.callbacks.Callback):
         weights = self.dir / state["weights"]
         if not weights.is_file():
             return state, f"its weights {weights} are missing"
-        if "sha256" in state and file_digest(weights) != state["sha256"]:
+        if "sha256" in state and sha256_file(weights) != state["sha256"]:
             return state, f"its weights {weights} are damaged (their checksum does not match)"
         return state, ""
 
@@ -192,7 +191,7 @@ class EpochBackup(keras.callbacks.Callback):
         name = f"epoch{epoch + 1}.weights.h5"
         with written_as(self.dir / name, "the epoch backup") as tmp:
             self.model.save_weights(tmp)
-        state = json.dumps({"epoch": epoch + 1, "weights": name, "sha256": file_digest(self.dir / name),
+        state = json.dumps({"epoch": epoch + 1, "weights": name, "sha256": sha256_file(self.dir / name),
                             "history": self.history, "train_seconds": self.train_seconds})
         atomic_write(self.state, lambda f: f.write(state.encode()), "the epoch backup's state")
         for old in self.dir.glob("epoch*.weights.h5"):
@@ -202,13 +201,6 @@ class EpochBackup(keras.callbacks.Callback):
     def finish(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_history_csv(history: dict[str, list[float]], path: Path) -> None:

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..files import sha256_file
+
 ENVIRONMENT_FILE = "environment.json"
 # The encoder of every precomputed caption embedding itm reads (course data, itm prepare/embed, the demo);
 # a new caption must be embedded by the same model (itm.models.minilm, in TensorFlow).
@@ -39,14 +41,6 @@ def git_commit(path=None) -> dict | None:
     if head.returncode != 0:
         return None
     return {"commit": head.stdout.strip(), "changed_files": len(status.stdout.splitlines())}
-
-
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def data_fingerprint(data_dir) -> dict:
