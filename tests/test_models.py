@@ -5,6 +5,7 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import NO_MINILM_MODEL, NO_TEXT_EXTRA, run_cli
 from itm.models.classifier import FUSION_HEADS, OUTPUT_NAME, build_model, parts_layers, split_model
@@ -115,6 +116,8 @@ def test_backbone_weights_from_a_file_and_frozen(tmp_path):
 @pytest.mark.parametrize("extra", [
     ["--objective", "contrastive", "--fusion", "interaction", "--image-tower", "cnn-bn", "--batch-size", "8",
      "--learning-rate", "1e-3", "--hard-negatives", "--soft-targets", "0.1"],
+    ["--objective", "contrastive", "--fusion", "interaction", "--image-tower", "cnn-bn", "--batch-size", "8",
+     "--learning-rate", "1e-3", "--hard-negatives", "--head-negatives", "2", "--temperature", "0.035"],
     ["--pipeline", "cached", "--negatives", "redraw", "--fusion", "mlp", "--batch-size", "16",
      "--learning-rate", "1e-3"],
 ])
@@ -131,6 +134,31 @@ def test_objectives_lower_the_loss(extra, tiny_data, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["n"] == 24
     assert header == ["epoch", "loss", "binary_accuracy", "val_loss", "val_binary_accuracy", "val_balanced_accuracy",
                       "val_roc_auc", "learning_rate"]  # the same columns for every objective
+
+
+def test_sampled_pairs_hold_the_positives_and_draw_hard_negatives_by_similarity():
+    from itm.training.trainer import sampled_pairs
+
+    b, n = 6, 3
+    # image i is most like caption (i + 1) % b, by far; the diagonal (the positives) is highest of all
+    logits = np.full((b, b), -20.0, np.float32)
+    logits[np.arange(b), (np.arange(b) + 1) % b] = 20.0
+    logits[np.arange(b), np.arange(b)] = 50.0
+    images, texts, match = (np.asarray(t) for t in sampled_pairs(tf.constant(logits), n, hard=True))
+    assert len(images) == len(texts) == len(match) == b + 2 * b * n
+    np.testing.assert_array_equal(match[:b], 1)
+    np.testing.assert_array_equal(match[b:], 0)
+    np.testing.assert_array_equal(images[:b], np.arange(b))
+    np.testing.assert_array_equal(texts[:b], np.arange(b))
+    negatives = list(zip(images[b:], texts[b:]))
+    assert all(i != t for i, t in negatives)  # never a positive among the negatives
+    # each image's captions, then each caption's images: the confusable one, every time
+    assert all(t == (i + 1) % b for i, t in negatives[:b * n])
+    assert all(t == (i + 1) % b for i, t in negatives[b * n:])
+    # uniform draws: still no positive, and more than one partner per image over the batch
+    images, texts, _ = (np.asarray(t) for t in sampled_pairs(tf.constant(logits), 20, hard=False))
+    assert all(i != t for i, t in zip(images[b:], texts[b:]))
+    assert len(set(texts[b:b + 20])) > 1
 
 
 def test_info_nce_one_hot_is_clips_loss():

@@ -19,6 +19,7 @@ CHECKS = [
     (dict(xla=True, pipeline="grouped"), "--xla compiles Keras' step for fixed shapes"),
     (dict(soft_targets=0.1), "--soft-targets shapes the contrastive objective's InfoNCE targets"),
     (dict(hard_negatives=True), "--hard-negatives draws from the contrastive objective's batch"),
+    (dict(head_negatives=2), "--head-negatives samples the contrastive objective's batch"),
     (dict(pipeline="grouped", objective="contrastive"), "--pipeline grouped is for the kl objective"),
     (dict(pipeline="shards", objective="contrastive"), "--pipeline shards is for the kl objective"),
     (dict(pipeline="shards", limit=10), "--limit takes the first N triples"),
@@ -118,7 +119,7 @@ def test_the_command_line_is_derived_from_the_options():
         parser.parse_args(["--learning-rate", "inf"])
 
 
-@pytest.mark.parametrize("preset, extra", [("faithful", {}), ("best-cpu", {}), ("pretrained", {}),
+@pytest.mark.parametrize("preset, extra", [("faithful", {}), ("best-cpu", {}), ("pretrained", {}), ("retrieval", {}),
                                            ("faithful", {"fast": True, "limit": 40})])
 def test_a_run_is_rerun_from_its_config_json(preset, extra, tmp_path):
     import json

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import NO_SERVE_EXTRA, run_cli
+from conftest import NO_SERVE_EXTRA, TINY_IMAGE, run_cli
 
-from serving_helpers import MAX_UPLOAD_MB, server, trained_run
+from serving_helpers import MAX_UPLOAD_MB, Server, server, trained_run
 
 pytest.importorskip("fastapi", reason=NO_SERVE_EXTRA)
 IMAGES = "flickr8k-resised"
@@ -196,3 +196,45 @@ def test_binds_to_loopback_only(live):
     for address in others:
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://{address}:{live.port}/healthz", timeout=5)
+
+
+@pytest.mark.slow
+def test_search_over_a_contrastive_run_takes_the_embedding_shortlist(tiny_data_master, tmp_path, monkeypatch):
+    """/api/search on a run trained contrastively: the folder's VectorIndex (kept beside the server's feature
+    cache) shortlists by the embedding and the head re-ranks: the results of ``Matcher.search``, whose
+    order differs from the head's over every image."""
+    from itm import Matcher
+
+    out = tmp_path / "run"
+    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data_master), "--epochs", "2", "--seed", "0",
+                 "--image-size", str(TINY_IMAGE), "--objective", "contrastive", "--fusion", "interaction",
+                 "--pipeline", "cached", "--batch-size", "8", "--learning-rate", "1e-3", "--output-dir", str(out)])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    matcher = Matcher.load(out)
+    assert matcher.contrastive
+    monkeypatch.setenv("ITM_CACHE_DIR", str(tmp_path / "here"))
+    images = tiny_data_master / IMAGES
+    query = (tiny_data_master / "flickr8k.DevImages.txt").read_text().splitlines()[0].split("\t")[1]
+    cache = tmp_path / "served"
+    cache.mkdir()
+    live = Server(out, images, cache)
+    try:
+        for top in (5, 30):
+            got = httpx.post(live.url + "/api/search", json={"query": query, "top": top}, timeout=60)
+            assert got.status_code == 200, got.text
+            hits = matcher.search(images, query, top=top)
+            assert [x["image"] for x in got.json()["results"]] == [p.name for p, _ in hits]
+            np.testing.assert_allclose([x["p_match"] for x in got.json()["results"]], [p for _, p in hits], atol=1e-5)
+    finally:
+        live.stop()
+    assert list((cache / "search").glob("*.index.npz")), "the server kept no vector index beside its feature cache"
+    # two stages: the embedding's 5 nearest images (the index's ranks), ordered by the head's p(match)
+    from itm.evaluation.retrieval import embedding_vectors
+
+    index = matcher.index_folder(images)
+    assert len(index.paths) > 10
+    ids, _ = index.vectors.search(embedding_vectors(matcher.encode_captions([query])), 5)
+    nearest = {index.paths[index.rows[i]].name for i in ids[0]}
+    hits = matcher.search(images, query, top=5, rerank=5)
+    assert {p.name for p, _ in hits} == nearest
+    assert [p for _, p in hits] == sorted((p for _, p in hits), reverse=True)

@@ -106,6 +106,7 @@ def build_trainer(config: TrainConfig, strategy, steps: int):
             model = build_model(**config.model_kwargs())
             trainer = Trainer(model, temperature=config.temperature, contrastive_weight=config.contrastive_weight,
                               hard_negatives=config.hard_negatives, soft_targets=config.soft_targets,
+                              head_negatives=config.head_negatives,
                               cached_features=config.cache_features)
     finally:
         keras.mixed_precision.set_global_policy("float32")

@@ -8,8 +8,8 @@
 * grouped ``({"images", "owner", "text_embedding"}, labels)``: the image encoder once per image, the
   fusion head once per triple (image ``owner[t]`` with caption t); the same loss per triple;
 * grouped with ``"positive_text"`` (the contrastive objective): the same, plus InfoNCE over the
-  batch's B images and one matching caption each, and the head on all B x B pairs, both classes
-  weighted equally.
+  batch's B images and one matching caption each, and the head on all B x B pairs (with
+  ``head_negatives`` n: on the B positives and 2Bn sampled negatives), both classes weighted equally.
 
 The loss per pair is Keras' KL divergence throughout (the original's). ``binary_accuracy`` counts the
 batch's triples. The model that is saved is the plain classifier, ``trainer.model``.
@@ -49,11 +49,29 @@ def info_nce(logits, targets):
                   + tf.reduce_mean(cross_entropy(targets, tf.transpose(logits), from_logits=True)))
 
 
+def sampled_pairs(logits, n: int, hard: bool):
+    """(image rows, caption rows, match) of the pairs the head trains on in a batch of B images and their B
+    captions: the B positives, then for each image n captions of other images, then for each caption n
+    other images. ``hard``: drawn with the probability of their (no-gradient) similarity ``logits`` (ALBEF's
+    hard negatives), else uniformly; never the positive itself."""
+    b = tf.shape(logits)[0]
+    sim = tf.stop_gradient(tf.cast(logits, tf.float32)) if hard else tf.zeros_like(logits, tf.float32)
+    sim -= 1e4 * tf.eye(b)
+    rows = tf.range(b, dtype=tf.int64)
+    other_captions = tf.reshape(tf.random.categorical(sim, n), [-1])  # image repeat(rows, n) with these
+    other_images = tf.reshape(tf.random.categorical(tf.transpose(sim), n), [-1])  # caption repeat(rows, n)
+    image_rows = tf.concat([rows, tf.repeat(rows, n), other_images], 0)
+    text_rows = tf.concat([rows, other_captions, tf.repeat(rows, n)], 0)
+    match = tf.concat([tf.ones([b]), tf.zeros([2 * b * n])], 0)
+    return image_rows, text_rows, match
+
+
 class Trainer(keras.Model):
     """``model`` (the ITM classifier) with its objective's training step."""
 
     def __init__(self, model: keras.Model, temperature: float = 0.07, contrastive_weight: float = 1.0,
-                 hard_negatives: bool = False, soft_targets: float = 0.0, cached_features: bool = False):
+                 hard_negatives: bool = False, soft_targets: float = 0.0, cached_features: bool = False,
+                 head_negatives: int = 0):
         super().__init__(name="trainer")
         self.model = model
         image_encoder, text_encoder, head = split_model(model)
@@ -62,7 +80,7 @@ class Trainer(keras.Model):
         # the model's own parts; a namespace keeps Keras from tracking (and saving) them twice
         self.parts = SimpleNamespace(image=image_encoder, text=text_encoder, head=head)
         self.temperature, self.contrastive_weight = temperature, contrastive_weight
-        self.hard_negatives, self.soft_targets = hard_negatives, soft_targets
+        self.hard_negatives, self.soft_targets, self.head_negatives = hard_negatives, soft_targets, head_negatives
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy = keras.metrics.BinaryAccuracy(name="binary_accuracy")
         self.built = True  # its only weights are the (built) model's
@@ -102,6 +120,8 @@ class Trainer(keras.Model):
         logits = tf.matmul(tf.math.l2_normalize(vi, -1), tf.math.l2_normalize(ti, -1),
                            transpose_b=True) / self.temperature  # (B,B)
         nce = info_nce(logits, contrastive_targets(positive_text, self.soft_targets))
+        if self.head_negatives:
+            return self.sampled_head_loss(zi, zt, logits, training) + self.contrastive_weight * nce
         # image i with caption j at row i*B + j; the positives (i == j) weigh as much as the B*B-B others
         p = tf.cast(self.parts.head([tf.repeat(zi, b, axis=0), tf.tile(zt, [b] + [1] * (len(zt.shape) - 1))],
                                     training=training), tf.float32)  # (B*B,2)
@@ -120,6 +140,16 @@ class Trainer(keras.Model):
                               tf.random.categorical(tf.transpose(sim), 1)[:, 0] * b64 + rows], axis=0)
             head_loss += 0.5 * (tf.reduce_mean(tf.gather(kl, rows * (b64 + 1))) + tf.reduce_mean(tf.gather(kl, hard)))
         return head_loss + self.contrastive_weight * nce
+
+    def sampled_head_loss(self, zi, zt, logits, training: bool):
+        """The head on ``sampled_pairs`` of the batch, not on all B x B pairs: its cost grows as B, not B^2,
+        so the InfoNCE batch can be large. Both classes weigh the same."""
+        image_rows, text_rows, match = sampled_pairs(logits, self.head_negatives, self.hard_negatives)
+        p = tf.cast(self.parts.head([tf.gather(zi, image_rows), tf.gather(zt, text_rows)], training=training),
+                    tf.float32)  # (B + 2Bn, 2)
+        kl = keras.losses.kl_divergence(tf.stack([match, 1.0 - match], axis=-1), p)
+        weights = match * tf.cast(2 * self.head_negatives, tf.float32) + (1.0 - match)
+        return tf.reduce_sum(weights * kl) / tf.reduce_sum(weights)
 
     def train_step(self, data):
         x, labels = data
