@@ -67,6 +67,25 @@ def test_retrieval_ranks_by_hand():
     assert r["R@1"] == 0.5 and r["R@2"] == 1.0 and r["median_rank"] == 1.5
 
 
+def test_retrieval_ties_never_make_hits_and_go_by_the_tie_break():
+    # a head saturated at 1.0 for every candidate: no order at all, so no hits (not R@1 = 1)
+    saturated = np.ones((3, 5))
+    relevant = np.eye(3, 5, dtype=bool)
+    assert retrieval_metrics(saturated, relevant)["R@1"] == 0.0
+    assert retrieval_metrics(saturated, relevant)["median_rank"] == 5.0
+    # the tie broken by the embedding's cosine: query 0's true caption has the highest cosine, query 1's the
+    # lowest, query 2's the second highest
+    cosine = np.array([[0.9, 0.1, 0.2, 0.3, 0.4],
+                       [0.5, 0.0, 0.6, 0.7, 0.8],
+                       [0.1, 0.2, 0.5, 0.6, 0.3]])
+    r = retrieval_metrics(saturated, relevant, ks=(1, 2), tie_break=cosine)
+    assert (r["R@1"], r["R@2"]) == (pytest.approx(1 / 3), pytest.approx(2 / 3))
+    # a score above the ties still wins, whatever the tie-break says
+    scores = saturated.copy()
+    scores[1, 1] = 2.0
+    assert retrieval_metrics(scores, relevant, ks=(1,), tie_break=cosine)["R@1"] == pytest.approx(2 / 3)
+
+
 @pytest.mark.slow
 def test_evaluate_and_compare_commands(tiny_data, tmp_path):
     run = tmp_path / "run"

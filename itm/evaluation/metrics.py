@@ -109,19 +109,25 @@ def bootstrap_ci(is_match, p_match, threshold: float = 0.5, n_resamples: int = 1
     return {k: [float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))] for k, v in stats.items()}
 
 
-def retrieval_metrics(scores: np.ndarray, relevant: np.ndarray, ks=(1, 5, 10)) -> dict:
+def retrieval_metrics(scores: np.ndarray, relevant: np.ndarray, ks=(1, 5, 10), tie_break: np.ndarray | None = None) -> dict:
     """Recall@K and median rank of the first relevant candidate, for each query row of ``scores``.
 
     ``scores[q, c]`` is the model's p(match) of query q with candidate c; ``relevant[q, c]`` is True
     where c is a true match of q. Queries without any relevant candidate are left out.
+
+    Equal scores are ordered by ``tie_break`` (e.g. the embedding's cosine, as a search orders the head's
+    saturated p(match) of 1.0); what is still tied counts against the model, so that ties never make hits.
     """
     scores = np.asarray(scores, dtype=np.float64)
     relevant = np.asarray(relevant, dtype=bool)
+    tie = np.zeros_like(scores) if tie_break is None else np.asarray(tie_break, dtype=np.float64)
     keep = relevant.any(axis=1)
-    scores, relevant = scores[keep], relevant[keep]
-    best_relevant = np.where(relevant, scores, -np.inf).max(axis=1)
-    # Rank of the best relevant candidate: 1 + candidates scored strictly higher.
-    ranks = 1 + (scores > best_relevant[:, None]).sum(axis=1)
+    scores, relevant, tie = scores[keep], relevant[keep], tie[keep]
+    # the best relevant candidate, by score and then tie_break; its rank is 1 + the candidates ahead of it
+    best = np.where(relevant, scores, -np.inf).max(axis=1)[:, None]
+    best_tie = np.where(relevant & (scores == best), tie, -np.inf).max(axis=1)[:, None]
+    ahead = (scores > best) | ((scores == best) & ((tie > best_tie) | ((tie == best_tie) & ~relevant)))
+    ranks = 1 + ahead.sum(axis=1)
     out = {f"R@{k}": float(np.mean(ranks <= k)) for k in ks}
     out["median_rank"] = float(np.median(ranks)) if len(ranks) else float("nan")
     out["queries"] = int(len(ranks))

@@ -93,16 +93,18 @@ def retrieval_report(scorer, image_features, text_features, relevant: np.ndarray
                             "text_to_image": retrieval_metrics(sims.T, relevant.T)}}
     first = time.perf_counter()
     stages["embedding"]["seconds"] = first - start
+    # the head's p(match) saturates (1.0 for several candidates): its ties go by the cosine, as a search's do
     stages["reranked"] = {
-        "image_to_text": retrieval_metrics(reranked_scores(sims, rerank, head), relevant),
-        "text_to_image": retrieval_metrics(reranked_scores(sims.T, rerank, lambda t, i: head(i, t)), relevant.T),
+        "image_to_text": retrieval_metrics(reranked_scores(sims, rerank, head), relevant, tie_break=sims),
+        "text_to_image": retrieval_metrics(reranked_scores(sims.T, rerank, lambda t, i: head(i, t)), relevant.T,
+                                           tie_break=sims.T),
         "seconds": time.perf_counter() - first,
     }
     if sims.size <= HEAD_ALL_PAIRS_MAX:
         begin = time.perf_counter()
         scores = scorer.all_pairs(image_features, text_features)
-        stages["head"] = {"image_to_text": retrieval_metrics(scores, relevant),
-                          "text_to_image": retrieval_metrics(scores.T, relevant.T),
+        stages["head"] = {"image_to_text": retrieval_metrics(scores, relevant, tie_break=sims),
+                          "text_to_image": retrieval_metrics(scores.T, relevant.T, tie_break=sims.T),
                           "seconds": time.perf_counter() - begin}
     return {"images": int(sims.shape[0]), "captions": int(sims.shape[1]), "rerank": int(rerank),
             "image_to_text": stages["reranked"]["image_to_text"], "text_to_image": stages["reranked"]["text_to_image"],

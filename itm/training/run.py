@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ..data.batches import positives_per_image
 from ..data.extra_captions import load_extra_captions
 from ..data.folder import load_data_dir
 from ..data.pipelines import Pipeline, pipeline_for
@@ -166,6 +167,13 @@ def _train(config: TrainConfig) -> Path:
     if extra:
         extra, vectors = extra
         data.embeddings.update(vectors)
+    images = len(positives_per_image(data.splits["train"]))
+    if config.objective == "contrastive" and config.strategy == "default" and 1 < images < config.batch_size:
+        # e.g. the retrieval preset's 256 on the 240 photos of the demo data: one batch of them all, not an error
+        logger.warning(f"note: the train split has {images} images with a match, fewer than a batch of "
+                       f"{config.batch_size}: training on batches of {images} (--batch-size {images})")
+        config = replace(config, batch_size=images)
+        pipeline = pipeline_for(config)
     if run_folder.is_trained(Path(out)) and config.strategy != "multiworker":
         return complete_run(config, data, Path(out))
 
