@@ -136,6 +136,20 @@ def test_objectives_lower_the_loss(extra, tiny_data, tmp_path):
                       "val_roc_auc", "learning_rate"]  # the same columns for every objective
 
 
+@pytest.mark.slow
+def test_a_contrastive_batch_larger_than_the_photos_takes_them_all(tiny_data, tmp_path):
+    """The retrieval preset's 256 on a small folder: one batch of every photo, said in a note, recorded."""
+    out = tmp_path / "run"
+    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "1", "--image-size", str(SIZE),
+                 "--seed", "0", "--objective", "contrastive", "--fusion", "interaction", "--image-tower", "cnn-bn",
+                 "--batch-size", "256", "--head-negatives", "2", "--output-dir", str(out)])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    photos = len({line.split("\t")[0] for line in (tiny_data / "flickr8k.TrainImages.txt").read_text().splitlines()
+                  if line.split("\t")[2].strip() == "match"})
+    assert f"fewer than a batch of 256: training on batches of {photos}" in r.stdout + r.stderr
+    assert json.loads((out / "config.json").read_text())["batch_size"] == photos
+
+
 def test_sampled_pairs_hold_the_positives_and_draw_hard_negatives_by_similarity():
     from itm.training.trainer import sampled_pairs
 
