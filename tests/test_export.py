@@ -246,3 +246,27 @@ def test_a_run_with_the_text_encoder_inside_exports_to_both_formats(tmp_path):
     p_lite = interpreter.get_signature_runner()(pixels=np.stack([pixels] * 2),
                                                 token_ids=encoder.tokenize(tf.constant(captions)).numpy())["p_match"]
     np.testing.assert_allclose(p_lite, p_saved, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_a_run_trained_with_augmentation_exports(tmp_path):
+    """--augment puts random layers (idle at inference) in the image encoder; their seed state must reach the
+    SavedModel (best-cpu and retrieval runs failed to export with a KeyError before)."""
+    import keras
+    import tensorflow as tf
+
+    import itm
+    from itm.models.classifier import build_model
+    from itm.serving.export import export_savedmodel
+
+    run = tmp_path / "run"
+    run.mkdir()
+    keras.utils.set_random_seed(0)
+    build_model(image_size=32, image_tower="cnn-bn", fusion="interaction", augment=True).save(run / "model.keras")
+    (run / "config.json").write_text(json.dumps({"preset": "best-cpu", "image_size": 32, "augment": True}))
+    saved = export_savedmodel(run, tmp_path / "savedmodel")
+    image = tf.io.encode_jpeg(tf.cast(tf.random.uniform((40, 50, 3), 0, 255, seed=1), tf.uint8)).numpy()
+    captions = ["a dog runs on the grass", "two people"]
+    p_saved = tf.saved_model.load(str(saved)).signatures["serving_default"](
+        image=tf.constant([image] * 2), caption=tf.constant(captions))["p_match"].numpy()
+    np.testing.assert_allclose(p_saved, itm.load(run).score(image, captions)[0], atol=1e-4)

@@ -94,11 +94,16 @@ def build_module(run_dir, with_caption_encoder: bool = True, for_litert: bool = 
         module.from_embedding = from_embedding
     if from_ids is not None:
         module.from_ids = from_ids
+    parts = [image_encoder, text_encoder, head]
     if for_litert:
         # LiteRT's converter freezes only the tf.Variables it finds tracked, not those inside Keras 3's variables:
         # track them too (as keras.export does). Not for the SavedModel itself, which would then hold each twice.
-        parts = [image_encoder, text_encoder, head]
         module.tf_variables = list({id(v.value): v.value for p in parts for v in p.variables}.values())
+    else:
+        # The random layers of --augment (idle at inference) hold a seed state that the traced functions
+        # capture; a SavedModel must reach it, and tf.Module does not see it through the Keras parts.
+        weights = {id(w) for p in parts for w in p.weights}
+        module.random_states = [v.value for p in parts for v in p.variables if id(v) not in weights]
     module.threshold = tf.Variable(threshold, dtype=tf.float32, trainable=False, name="threshold")
     module.config = run.config
     module.threshold_source = threshold_source
