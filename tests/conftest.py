@@ -41,3 +41,12 @@ def run_cli(args, cwd=ROOT, env=None, timeout=600):
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def run_clis(many_args, **kwargs) -> list:
+    """``run_cli`` for independent commands, two at a time (the machines here have 2 cores; each command
+    spends seconds starting TensorFlow), in the order given."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda args: run_cli(args, **kwargs), many_args))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import run_cli, run_clis
 from serving_helpers import trained_run
 
 IMAGES = "flickr8k-resised"
@@ -244,7 +244,18 @@ def test_threshold_is_the_calibrated_one_else_half(run, tmp_path):
 def test_predict_rank_search_commands(run, examples, matcher, encoder, tmp_path):
     image, captions = examples
     args = ["-m", "itm", "predict", "--run", str(run), "--image", str(image)]
-    r = run_cli(args + sum((["--caption", c] for c in captions[:2]), []))
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("hello")
+    capfile = tmp_path / "captions.txt"
+    capfile.write_text("\n".join(captions) + "\n\n")
+    plain, as_json, not_an_image, new_caption, ranked = run_clis([
+        args + sum((["--caption", c] for c in captions[:2]), []),
+        args + ["--caption", captions[0], "--json"],
+        ["-m", "itm", "predict", "--run", str(run), "--image", str(bad), "--caption", captions[0]],
+        args + ["--caption", "a purple giraffe"],
+        ["-m", "itm", "rank", "--run", str(run), "--image", str(image), "--captions", str(capfile), "--top", "2"]])
+
+    r = plain
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[0].startswith("Threshold: dev-calibrated")
@@ -254,28 +265,22 @@ def test_predict_rank_search_commands(run, examples, matcher, encoder, tmp_path)
         word = "Match" if q > matcher.threshold else "No-Match"
         assert line == f'Caption: "{c}"  Prediction: {word}  p(match)={q:.2f}  Image: {image}'
 
-    r = run_cli(args + ["--caption", captions[0], "--json"])
+    r = as_json
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["results"][0]["p_match"] == pytest.approx(float(p[0]), abs=1e-6)
     assert out["threshold"] == pytest.approx(matcher.threshold)
 
-    bad = tmp_path / "bad.jpg"
-    bad.write_text("hello")
-    r = run_cli(["-m", "itm", "predict", "--run", str(run), "--image", str(bad), "--caption", captions[0]])
+    r = not_an_image
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: ") and "not an image" in r.stderr
-    r = run_cli(args + ["--caption", "a purple giraffe"])
+    r = new_caption
     if encoder is None:
         assert r.returncode == 2 and "error: cannot embed 1 caption" in r.stderr and "Traceback" not in r.stderr
     else:
         assert r.returncode == 0 and 'Caption: "a purple giraffe"' in r.stdout, r.stderr
         assert f"note: 1 caption(s) were not in the run's data folder and were embedded by {encoder.backend}" in r.stderr
 
-
-    capfile = tmp_path / "captions.txt"
-    capfile.write_text("\n".join(captions) + "\n\n")
-    r = run_cli(["-m", "itm", "rank", "--run", str(run), "--image", str(image), "--captions", str(capfile),
-                 "--top", "2"])
+    r = ranked
     assert r.returncode == 0, r.stderr
     best = [c for c, _ in matcher.rank(image, captions, top=2)]
     shown = [line.split('"')[1] for line in r.stdout.splitlines()[1:]]

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from conftest import NO_SERVE_EXTRA, run_cli
+from conftest import NO_SERVE_EXTRA, run_cli, run_clis
 
 from serving_helpers import Server, trained_run
 
@@ -189,21 +189,24 @@ def test_predict_and_rank_with_careless_inputs_answer_in_one_line(run, pair, tin
         "30,000 x 30,000 PNG": (_png(30_000, 30_000, tmp_path / "huge.png"), "too large"),
         "URL": ("https://example.com/dog.jpg", "is a URL"),
     }
-    for name, (path, message) in bad_images.items():
-        for command in (["predict", "--caption", caption], ["rank", "--captions", str(tmp_path / "one.txt")]):
-            r = run_cli(["-m", "itm", command[0], "--run", str(run), "--image", str(path), *command[1:]], timeout=300)
-            errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-            assert r.returncode == 2 and len(errors) == 1 and message in errors[0], (name, command[0], r.stderr[-2000:])
-            assert "Traceback" not in r.stderr
-    r = run_cli(["-m", "itm", "predict", "--run", str(run), "--image", str(image), "--caption", ""])
-    assert r.returncode == 2 and "error: give at least one caption" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli(["-m", "itm", "rank", "--run", str(run), "--image", str(image), "--captions", str(tmp_path / "blank.txt")])
-    assert r.returncode == 2 and "holds no captions" in r.stderr and "Traceback" not in r.stderr
+    cases = [(name, message, command[0], ["-m", "itm", command[0], "--run", str(run), "--image", str(path), *command[1:]])
+             for name, (path, message) in bad_images.items()
+             for command in (["predict", "--caption", caption], ["rank", "--captions", str(tmp_path / "one.txt")])]
+    cases += [("empty caption", "error: give at least one caption", "predict",
+               ["-m", "itm", "predict", "--run", str(run), "--image", str(image), "--caption", ""]),
+              ("blank captions file", "holds no captions", "rank",
+               ["-m", "itm", "rank", "--run", str(run), "--image", str(image), "--captions", str(tmp_path / "blank.txt")])]
+    for (name, message, command, _), r in zip(cases, run_clis([args for *_, args in cases], timeout=300)):
+        errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        assert r.returncode == 2 and len(errors) == 1 and message in errors[0], (name, command, r.stderr[-2000:])
+        assert "Traceback" not in r.stderr
     # 10,000 captions: one answer line each from predict, the top ones from rank
-    r = run_cli(["-m", "itm", "rank", "--run", str(run), "--image", str(image), "--captions", str(tmp_path / "many.txt"),
-                 "--top", "3"], timeout=600)
-    assert r.returncode == 0 and len([x for x in r.stdout.splitlines() if "p(match)=" in x]) == 3, r.stderr[-2000:]
-    r = run_cli(["-m", "itm", "predict", "--run", str(run), "--image", str(image),
-                 *[a for c in many for a in ("--caption", c)]], timeout=600)
+    ranked, r = run_clis([
+        ["-m", "itm", "rank", "--run", str(run), "--image", str(image), "--captions", str(tmp_path / "many.txt"),
+         "--top", "3"],
+        ["-m", "itm", "predict", "--run", str(run), "--image", str(image), *[a for c in many for a in ("--caption", c)]]],
+        timeout=600)
+    assert ranked.returncode == 0, ranked.stderr[-2000:]
+    assert len([x for x in ranked.stdout.splitlines() if "p(match)=" in x]) == 3
     assert r.returncode == 0, r.stderr[-2000:]
     assert len([x for x in r.stdout.splitlines() if x.startswith("Caption: ")]) == 10_000
