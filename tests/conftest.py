@@ -1,6 +1,9 @@
+import contextlib
+import io
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -33,6 +36,30 @@ def tiny_data_master(tmp_path_factory):
 def tiny_data(tiny_data_master, tmp_path):
     """A private copy of the tiny fixture, free for a test to break."""
     return Path(shutil.copytree(tiny_data_master, tmp_path / "data"))
+
+
+@dataclass
+class CliResult:
+    """What a command answered: its exit status and what it printed (as subprocess.run's result names them)."""
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def itm_cli(*args, train_script: bool = False) -> CliResult:
+    """``itm ARGS`` (or ``python ITM_Classifier.py ARGS`` with ``train_script``) run in this process, its
+    output captured: the same parser, checks and exit status as the command line, without starting
+    TensorFlow again. A fresh process (``run_cli``) is for what needs one: import-only loading, signals,
+    locks between processes, multi-worker training, the wheel."""
+    from itm.cli import itm_classifier_main, main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = (itm_classifier_main if train_script else main)([str(a) for a in args])
+        except SystemExit as e:  # argparse: --help, --version, a usage error
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    return CliResult(code, out.getvalue(), err.getvalue())
 
 
 def run_cli(args, cwd=ROOT, env=None, timeout=600):
