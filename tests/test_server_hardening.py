@@ -54,7 +54,7 @@ def test_a_photo_swapped_for_a_symlink_removed_or_replaced_is_a_404(served, fold
     r = _search(client, folder_captions[0])
     assert r.status_code == 200, r.text
     hits = r.json()["results"]
-    assert len(hits) >= 4
+    assert len(hits) >= 5
     first, second, third, fourth = hits[:4]
     got = client.get(first["url"])
     assert got.status_code == 200 and got.content == (images / first["image"]).read_bytes()
@@ -74,6 +74,16 @@ def test_a_photo_swapped_for_a_symlink_removed_or_replaced_is_a_404(served, fold
         assert b"root:" not in r.content and "no longer the one indexed" in r.json()["detail"]
     os.utime(images / fourth["image"])  # touched: no longer the file indexed (modification time)
     assert client.get(fourth["url"]).status_code == 404
+    # another file renamed over a photo, of the same size and with its modification time: another inode
+    fifth = hits[4]
+    target = images / fifth["image"]
+    before = target.stat()
+    other = tmp_path / "other.jpg"
+    other.write_bytes(bytes(reversed(target.read_bytes())))
+    os.utime(other, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(other, target)
+    assert target.stat().st_size == before.st_size and target.stat().st_mtime_ns == before.st_mtime_ns
+    assert client.get(fifth["url"]).status_code == 404
     # a symlink to another file inside the folder is not the file indexed either
     (images / first["image"]).unlink()
     (images / first["image"]).symlink_to(inside)

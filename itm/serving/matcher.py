@@ -373,22 +373,24 @@ class FolderIndex:
     gives ``Matcher.search_index`` its shortlist; else ``vectors`` is None."""
 
     def __init__(self, paths: list[Path], features: np.ndarray, skipped: list[str], encoded: int,
-                 vectors=None, names: list[str] | None = None, stamps: list[tuple[int, int]] | None = None):
+                 vectors=None, names: list[str] | None = None, identities: list[tuple] | None = None):
         self.paths, self.features, self.skipped, self.encoded = paths, features, skipped, encoded
-        self.stamps = stamps or [(-1, -1)] * len(paths)  # (modification time, size) of each file as indexed
+        # (device, inode, modification time, size) of each file as indexed: what a server checks before serving it
+        self.identities = identities or [None] * len(paths)
         self.vectors = vectors
         self.rows = {name: i for i, name in enumerate(names or [])}
 
     @classmethod
     def build(cls, matcher: Matcher, folder, log=None) -> FolderIndex:
-        from ..data.features import FeatureFile, stamp
+        from ..data.features import FeatureFile
 
         folder = Path(folder).resolve()
         files = list_images(folder)
         key = hashlib.sha256(f"{folder}|{matcher.model_key}".encode()).hexdigest()[:24]
         store = FeatureFile(cache_root(matcher) / f"{key}.npz", matcher.model_key)
         names = [str(path.relative_to(folder)) for path in files]
-        stamps = [stamp(path) for path in files]
+        stats = [path.stat() for path in files]
+        stamps = [(st.st_mtime_ns, st.st_size) for st in stats]
         todo = [i for i in range(len(files)) if store.get(names[i], stamps[i]) is None]
         skipped = []
         if todo and log:
@@ -415,7 +417,12 @@ class FolderIndex:
         kept = [names[i] for i in keep]
         vectors = folder_vectors(store.path, kept, features, log) if matcher.contrastive and keep else None
         return cls([files[i] for i in keep], features, skipped, len(todo) - len(skipped), vectors, kept,
-                   [stamps[i] for i in keep])
+                   [identity(stats[i]) for i in keep])
+
+
+def identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What makes a file the one indexed: device, inode, modification time and size."""
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def folder_vectors(feature_file: Path, names: list[str], features: np.ndarray, log=None):

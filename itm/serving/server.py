@@ -17,7 +17,7 @@ path (``public``).
 
 ``--images DIR`` is indexed once, at start: a photo added later is not searched until the server starts
 again; one removed or changed since is answered 404; only a file that still resolves inside DIR and is the
-file indexed (same size and modification time) is ever served.
+file indexed (same device, inode, size and modification time) is ever served.
 """
 
 import math
@@ -306,16 +306,19 @@ def _add_search_api(app, fastapi, responses, matcher, images_dir, SearchRequest,
         idx = index()
         if not 0 <= number < len(idx.paths):
             raise HTTPException(404, "no such image")
-        data = indexed_file(idx.paths[number], Path(images_dir).resolve(), idx.stamps[number])
+        data = indexed_file(idx.paths[number], Path(images_dir).resolve(), idx.identities[number])
         if data is None:
             raise HTTPException(404, "that image is no longer the one indexed (removed or changed since the "
                                      "server started)")
         return responses.Response(data, media_type=_media_type(idx.paths[number]))
 
 
-def indexed_file(path: Path, root: Path, stamp: tuple[int, int]) -> bytes | None:
-    """The bytes of ``path`` if it still resolves inside ``root`` to a regular file of the indexed ``stamp``
-    (modification time, size), read through the one descriptor that was checked; else None."""
+def indexed_file(path: Path, root: Path, indexed: tuple | None) -> bytes | None:
+    """The bytes of ``path`` if it still resolves inside ``root`` to the regular file indexed (``indexed``:
+    ``matcher.identity``, device, inode, modification time and size), read through the one descriptor that
+    was checked; else None."""
+    from .matcher import identity
+
     real = Path(os.path.realpath(path))
     if not real.is_relative_to(root):
         return None
@@ -325,7 +328,7 @@ def indexed_file(path: Path, root: Path, stamp: tuple[int, int]) -> bytes | None
         return None
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode) or (st.st_mtime_ns, st.st_size) != tuple(stamp):
+        if not stat.S_ISREG(st.st_mode) or identity(st) != indexed:
             return None
         return f.read(st.st_size + 1)[: st.st_size]
 
