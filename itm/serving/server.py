@@ -8,23 +8,34 @@ server path.
 
 Limits, each a clear 4xx rather than work: the request body (``--max-upload-mb``, 413), the time to
 receive it (``--read-timeout``, 408), the image's pixel count, read from its header before decoding
-(``--max-image-pixels``, 400), and the captions of a request (at most ``MAX_CAPTIONS``, 400; each caption
-and query is checked by the ``Matcher``, whose ``CaptionError`` is a 400). Past ``--max-connections``
-open connections, 503 at once. Matching and search are the ``Matcher``'s own: this module only speaks HTTP.
+(``--max-image-pixels``, 400), the captions of a request (at most ``MAX_CAPTIONS``, 400), and of those the
+ones the sentence encoder must embed afresh (at most ``MAX_NEW_CAPTIONS``, 413: the costly part); each
+caption and query is checked by the ``Matcher``, whose ``CaptionError`` is a 400, as is text that is not
+valid Unicode or a number that is not finite. Past ``--max-connections`` open connections, 503 at once.
+Matching and search are the ``Matcher``'s own: this module only speaks HTTP. No answer carries a server
+path (``public``).
+
+``--images DIR`` is indexed once, at start: a photo added later is not searched until the server starts
+again; one removed or changed since is answered 404; only a file that still resolves inside DIR and is the
+file indexed (same device, inode, size and modification time) is ever served.
 """
 
 import math
+import os
+import re
+import stat
 from pathlib import Path
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, ModelOutputError
 from ..log import logger, progress
-from .matcher import MAX_CAPTION_CHARS
+from .matcher import MAX_CAPTION_CHARS, visible
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 10.0
 MAX_UPLOAD_MB = 1024.0
 DEFAULT_MAX_IMAGE_PIXELS = 16_000_000  # a 4000 x 4000 photo: 48 MB once decoded
 MAX_CAPTIONS = 100
+MAX_NEW_CAPTIONS = 8  # captions a request may send to the sentence encoder (not in the run's data folder)
 DEFAULT_READ_TIMEOUT = 30.0  # seconds for a request's whole body
 DEFAULT_MAX_CONNECTIONS = 100  # open connections and requests together; more get 503 at once, none wait unbounded
 SERVE_HINT = "pip install '.[serve]'  (fastapi, uvicorn, python-multipart)"
@@ -140,10 +151,15 @@ def _api_models(pydantic):
         p_match: float = Field(description="the model's probability that the caption fits the image")
         match: bool = Field(description="p_match > threshold")
 
+    def notes_field():
+        return Field(default_factory=list, description="what a reader of this answer should know, e.g. how many of "
+                                                       "its captions were not in the run's data folder")
+
     class MatchResponse(BaseModel):
         results: list[MatchResult]
         threshold: float
         threshold_source: str
+        notes: list[str] = notes_field()
 
     class SearchRequest(BaseModel):
         query: str = Field(min_length=1, description=f"a caption, at most {MAX_CAPTION_CHARS:,} characters")
@@ -159,6 +175,7 @@ def _api_models(pydantic):
         results: list[SearchResult]
         threshold: float
         images: int
+        notes: list[str] = notes_field()
 
     return MatchResponse, SearchRequest, SearchResponse
 
@@ -176,9 +193,32 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
                                       "trained run.")
     models = _api_models(pydantic)
 
+    hidden = _server_paths(matcher, images_dir)
+
     @app.exception_handler(DataError)
     async def data_error(request, exc):  # unreadable image, caption that cannot be embedded, ...
-        return responses.JSONResponse({"detail": str(exc)}, status_code=400)
+        return responses.JSONResponse({"detail": public(str(exc), hidden)}, status_code=400)
+
+    @app.exception_handler(ModelOutputError)
+    async def model_error(request, exc):  # the run's fault, not the client's: a 500 that says so, never a null
+        logger.warning(f"error: {exc}")
+        return responses.JSONResponse({"detail": public(str(exc), hidden)}, status_code=500)
+
+    @app.exception_handler(fastapi.exceptions.RequestValidationError)
+    async def invalid(request, exc):
+        """FastAPI's 422, without echoing the input (which may be NaN or a lone surrogate, neither of which
+        JSON can carry back: the default handler failed with a 500); a non-finite number or text that is not
+        valid Unicode is a 400."""
+        errors = exc.errors()
+        if any(_not_finite(e.get("input")) for e in errors):
+            return responses.JSONResponse({"detail": "numbers in a request must be finite (NaN and Infinity are "
+                                                     "not numbers JSON allows)"}, status_code=400)
+        if any(e.get("type") == "string_unicode" for e in errors):
+            return responses.JSONResponse({"detail": "text in a request must be valid Unicode (it holds a lone "
+                                                     "surrogate such as \\ud800)"}, status_code=400)
+        detail = [{"loc": [_text(x) for x in e.get("loc", ())], "msg": _text(e.get("msg", "")),
+                   "type": _text(e.get("type", ""))} for e in errors]
+        return responses.JSONResponse({"detail": detail}, status_code=422)
 
     @app.get("/", response_class=responses.HTMLResponse, include_in_schema=False)
     def page():
@@ -192,7 +232,8 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
                 "threshold_source": matcher.threshold_source, "search": images_dir is not None,
                 "max_upload_bytes": max_upload_bytes, "max_image_pixels": max_image_pixels,
                 "max_captions": MAX_CAPTIONS, "max_caption_chars": MAX_CAPTION_CHARS,
-                "notes": matcher.notes}  # what a reader of the scores should know (e.g. demo training data)
+                "max_new_captions": MAX_NEW_CAPTIONS,
+                "notes": matcher.run_notes}  # what a reader of any score should know (e.g. demo training data)
 
     _add_match_api(app, fastapi, matcher, models[0])
     _add_search_api(app, fastapi, responses, matcher, images_dir, *models[1:])
@@ -200,6 +241,8 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
 
 
 def _add_match_api(app, fastapi, matcher, MatchResponse) -> None:
+    from .matcher import check_captions
+
     File, Form, HTTPException, UploadFile = fastapi.File, fastapi.Form, fastapi.HTTPException, fastapi.UploadFile
 
     @app.post("/api/match", response_model=MatchResponse)
@@ -209,18 +252,27 @@ def _add_match_api(app, fastapi, matcher, MatchResponse) -> None:
         """p(match) of one uploaded image with each caption."""
         if image is None:
             raise HTTPException(400, "no image: send the image file in the multipart field 'image'")
-        captions = [c.strip() for c in caption if c.strip()]
+        captions = [c.strip() for c in caption if visible(c)]
         if not captions:
             raise HTTPException(400, "no caption: send one or more non-empty 'caption' fields")
         if len(captions) > MAX_CAPTIONS:
             raise HTTPException(400, f"too many captions: {len(captions)}, at most {MAX_CAPTIONS} per request")
+        check_captions(captions)  # length and text, before the cost is counted
+        check_cost(matcher, captions)
         data = image.file.read()
         if not data:
             raise HTTPException(400, "the uploaded image file is empty")
         p = matcher.score(data, captions)[0]
         return {"results": [{"caption": c, "p_match": float(q), "match": matcher.is_match(q)}
                             for c, q in zip(captions, p)],
-                "threshold": matcher.threshold, "threshold_source": matcher.threshold_source}
+                "threshold": matcher.threshold, "threshold_source": matcher.threshold_source,
+                "notes": matcher.caption_notes(captions)}
+
+    def check_cost(matcher, captions):
+        new = matcher.to_embed(captions)
+        if new > MAX_NEW_CAPTIONS:
+            raise HTTPException(413, f"{new} captions not in the run's data folder would need embedding; at most "
+                                     f"{MAX_NEW_CAPTIONS} per request (send the rest in further requests)")
 
 
 def _add_search_api(app, fastapi, responses, matcher, images_dir, SearchRequest, SearchResponse) -> None:
@@ -239,18 +291,87 @@ def _add_search_api(app, fastapi, responses, matcher, images_dir, SearchRequest,
         """The images of the served folder that best fit a caption, best first."""
         idx = index()
         root = Path(images_dir).resolve()
-        hits = matcher.search_index(idx, request.query.strip(), request.top)  # a CaptionError is a 400
+        query = request.query.strip()
+        hits = matcher.search_index(idx, query, request.top)  # a CaptionError is a 400
         results = [{"image": idx.paths[i].relative_to(root).as_posix(), "url": f"/api/images/{i}", "p_match": p,
                     "match": matcher.is_match(p)} for i, p in hits]
-        return {"results": results, "threshold": matcher.threshold, "images": len(idx.paths)}
+        return {"results": results, "threshold": matcher.threshold, "images": len(idx.paths),
+                "notes": matcher.caption_notes([query])}
 
     @app.get("/api/images/{number}", include_in_schema=True)
     def image_file(number: int):
-        """An image of the served folder by its number in the index (never by a client-given path)."""
+        """An image of the served folder by its number in the index (never by a client-given path): 404 for
+        a file removed since, one that now resolves outside the folder, or one that is no longer the file
+        indexed (another size or modification time)."""
         idx = index()
         if not 0 <= number < len(idx.paths):
             raise HTTPException(404, "no such image")
-        return responses.FileResponse(idx.paths[number])
+        data = indexed_file(idx.paths[number], Path(images_dir).resolve(), idx.identities[number])
+        if data is None:
+            raise HTTPException(404, "that image is no longer the one indexed (removed or changed since the "
+                                     "server started)")
+        return responses.Response(data, media_type=_media_type(idx.paths[number]))
+
+
+def indexed_file(path: Path, root: Path, indexed: tuple | None) -> bytes | None:
+    """The bytes of ``path`` if it still resolves inside ``root`` to the regular file indexed (``indexed``:
+    ``matcher.identity``, device, inode, modification time and size), read through the one descriptor that
+    was checked; else None."""
+    from .matcher import identity
+
+    real = Path(os.path.realpath(path))
+    if not real.is_relative_to(root):
+        return None
+    try:
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:  # gone, a symlink swapped in since realpath, a fifo, no permission
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or identity(st) != indexed:
+            return None
+        return f.read(st.st_size + 1)[: st.st_size]
+
+
+def _media_type(path: Path) -> str:
+    import mimetypes
+
+    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+def _server_paths(matcher, images_dir) -> list[tuple[str, str]]:
+    """(path, what to call it) for each folder of this server an error message might name, longest first."""
+    from .matcher import cache_root
+
+    named = [(matcher.captions.source, "the run's data folder"), (matcher.run_dir, "the run folder"),
+             (images_dir, "the served folder"), (cache_root(matcher), "the server's cache"),
+             (Path.home(), "~")]
+    out = {}
+    for path, name in named:
+        if path:
+            for p in {str(path), str(Path(path).resolve()), str(Path(path).absolute())}:
+                out.setdefault(p.rstrip("/") or "/", name)
+    return sorted(((p, n) for p, n in out.items() if len(p) > 1), key=lambda pn: -len(pn[0]))
+
+
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(?:[\w.@+~-]+/)+[\w.@+~-]*")
+
+
+def public(message: str, paths: list[tuple[str, str]]) -> str:
+    """``message`` without server paths: this server's folders by name, any other absolute path as
+    '<server path>'."""
+    for path, name in paths:
+        message = message.replace(path, name)
+    return ABSOLUTE_PATH.sub("<server path>", message)
+
+
+def _not_finite(value) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _text(value) -> str:
+    """``value`` as text JSON can carry (a lone surrogate becomes U+FFFD)."""
+    return str(value).encode("utf-8", "replace").decode("utf-8")
 
 
 def serve(run, data_dir=None, images=None, host: str = "127.0.0.1", port: int = 8000,
@@ -271,7 +392,7 @@ def serve(run, data_dir=None, images=None, host: str = "127.0.0.1", port: int = 
     app = create_app(matcher, images, max_bytes, max_image_pixels, read_timeout)
     if host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning(f"warning: serving on {host}, reachable from other machines; the app has no authentication")
-    for note in matcher.notes:
+    for note in matcher.run_notes:
         logger.warning(f"note: {note}")
     print(f"itm serve: http://{host}:{port}/  (threshold: {matcher.threshold_source})", flush=True)
     # limit_concurrency: past it uvicorn answers 503 at once; timeout_keep_alive: an idle connection is closed
