@@ -321,6 +321,9 @@ def add_export(sub) -> None:
     p.add_argument("--format", choices=EXPORT_FORMATS, default="savedmodel", help="default: %(default)s")
     p.add_argument("--quantize", action="store_true",
                    help="litert: dynamic-range quantisation (int8 weights, about 4x smaller)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier export at --output (a .tflite file, or the files of an earlier SavedModel "
+                        "export); anything else there is refused")
 
 
 def add_serve(sub) -> None:
