@@ -160,7 +160,8 @@ class TrainConfig:
                                         "bundled demo dataset)", text_value, group="run", metavar="DIR")
     output_dir: str | None = option(None, "where the run is written (default: runs/<preset>-<date>-<time>)", text_value,
                                     group="run", metavar="DIR")
-    overwrite: bool = option(False, "replace a finished run in --output-dir (otherwise refused)", group="run")
+    overwrite: bool = option(False, "replace a finished run in --output-dir (otherwise refused): only the files that run "
+                                      "wrote are removed; a folder itm did not write is refused even so", group="run")
     preset: str = option("faithful", "named recipe: 'faithful' is the original CMP9137 baseline; 'best-cpu' the "
                                      "strongest from-scratch recipe for 2 CPU cores; 'pretrained' a frozen ImageNet "
                                      "MobileNetV2 (offline weights) on cached features; 'retrieval' the same tuned "
