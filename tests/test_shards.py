@@ -26,7 +26,7 @@ def test_every_triple_written_once_and_rerun_gives_the_same_bytes(tiny_data, tmp
     out = write_shards(tiny_data, num_shards=3)
     assert out == tiny_data / "shards"
     assert sorted(p.name for p in out.iterdir()) == [
-        "dev-00000-of-00001.tfrecord", INDEX_FILE, "test-00000-of-00001.tfrecord",
+        ".itm-folder.json", "dev-00000-of-00001.tfrecord", INDEX_FILE, "test-00000-of-00001.tfrecord",
         "train-00000-of-00003.tfrecord", "train-00001-of-00003.tfrecord", "train-00002-of-00003.tfrecord"]
     data = load_data_dir(tiny_data)
     index = read_index(out, splits=("train", "dev", "test"), data_dir=tiny_data)

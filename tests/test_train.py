@@ -234,7 +234,10 @@ def _train(tiny_data, out, *extra):
 def test_a_finished_run_is_not_overwritten_unless_asked(tiny_data, tmp_path):
     out = tmp_path / "run"
     assert _train(tiny_data, out).returncode == 0
-    (out / "metrics-dev.json").write_text("{}")  # an earlier evaluation's file
+    from itm.training.run_folder import record
+
+    record(out, "metrics-dev.json")  # an earlier evaluation's file, recorded as itm records what it writes
+    (out / "metrics-dev.json").write_text("{}")
     before = (out / "model.keras").read_bytes()
     r = _train(tiny_data, out)
     assert r.returncode == 2 and "holds a finished run: pass --overwrite" in r.stderr and "Traceback" not in r.stderr

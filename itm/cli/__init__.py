@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -31,9 +32,9 @@ def dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespace
     except ItmError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM where the command treats it so (Interrupted)
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+        return 128 + getattr(e, "signum", signal.SIGINT)
     except OSError as e:  # a write the disk refused where no caller named it (figures, tables)
         import errno
 

@@ -7,7 +7,10 @@ commands (compare, prepare, ood-split) never load TensorFlow. Everything else is
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from argparse import Namespace
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..data.embed import embed_data_dir
@@ -34,15 +37,48 @@ def train_config(args: Namespace) -> TrainConfig:
     return resolve_config(preset, **given)
 
 
+class Interrupted(KeyboardInterrupt):
+    """A stop asked for by a signal other than Ctrl-C (SIGTERM: a scheduler, ``kill``, a container's stop): said
+    and handled as Ctrl-C is, with the exit status 128 + its number."""
+    def __init__(self, signum: int, message: str = ""):
+        super().__init__(message)
+        self.signum = signum
+
+
+@contextmanager
+def terminate_as_interrupt():
+    """While training, SIGTERM stops the run as Ctrl-C does (the run lock released, the last finished epoch's
+    backup kept, 'interrupted' said) instead of ending the process without a word."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Interrupted(signum)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_train(args: Namespace) -> int:
     from ..training.run import train
 
-    train(train_config(args))
+    config = train_config(args)
+    try:
+        with terminate_as_interrupt():
+            train(config)
+    except KeyboardInterrupt as e:
+        again = Interrupted(getattr(e, "signum", signal.SIGINT), "run the same command again to resume the run "
+                            "from its last finished epoch")
+        raise again from None
     return 0
 
 
 def run_evaluate(args: Namespace) -> int:
-    from ..evaluation.evaluate import evaluate_model
+    from ..evaluation.evaluate import evaluate_model, evaluation_name
+    from ..training import run_folder
 
     run = SavedRun(args.run, finished=True)
     config = run.config
@@ -50,6 +86,8 @@ def run_evaluate(args: Namespace) -> int:
         raise DataError(f"{run.path} does not name the run's data folder (its config is damaged)")
     raw_text = config.get("text_tower", "precomputed") != "precomputed"
     own = not args.data_dir or Path(args.data_dir).resolve() == Path(run.data_dir).resolve()
+    if args.name is not None and own:
+        raise ConfigError("--name names another --data-dir's files; the run's own splits keep their names")
     if own:
         if not Path(config["data_dir"]).is_dir():
             raise DataError(f"the run's data folder {config['data_dir']} is not on this machine (the run folder was "
@@ -61,13 +99,16 @@ def run_evaluate(args: Namespace) -> int:
         if args.split == "all":
             raise ConfigError("--split all is for the run's own data folder; score another folder's test split")
         threshold, source = run.threshold()
-        splits, tag = (args.split,), args.name or Path(args.data_dir).resolve().name
+        splits, tag = (args.split,), evaluation_name(run.path, args.data_dir, args.name)
         data = load_data_dir(args.data_dir, splits=splits, need_embeddings=not raw_text)
         logger.info(f"Scoring {args.data_dir} ({args.split} split) as '{tag}', threshold {source}")
     evaluate_model(run.load_model(), data, run.path, splits=splits, seed=config.get("seed") or 0,
                    with_retrieval=not args.no_retrieval, threshold=threshold, tag=tag, rerank=args.rerank)
+    run_folder.record(run.path, "report.md")
     print(f"Report: {write_report(run.path, (tag,) if tag else splits)}")
-    print(f"Model card: {write_model_card(run.path)}")
+    card = write_model_card(run.path)
+    if card is not None:
+        print(f"Model card: {card}")
     return 0
 
 
@@ -196,7 +237,7 @@ def run_serve(args: Namespace) -> int:
 def run_export(args) -> int:
     from ..serving.export import export
 
-    out = export(args.run, args.output, fmt=args.format, quantize=args.quantize)
+    out = export(args.run, args.output, fmt=args.format, quantize=args.quantize, overwrite=args.overwrite)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.is_dir() else out.stat().st_size
     print(f"Exported {args.run} to {out} ({args.format}{', quantized' if args.quantize else ''}, "
           f"{size / 2**20:.1f} MiB)")

@@ -163,8 +163,9 @@ def add_evaluate(sub) -> None:
                                       "from 'itm ood-split') is scored at the run's dev-calibrated threshold, its files "
                                       "named after it (metrics-NAME.json, ...)")
     p.add_argument("--split", choices=["dev", "test", "all"], default="test", help="default: %(default)s")
-    p.add_argument("--name", help="with another --data-dir: the name of its files in the run folder "
-                                  "(default: the folder's name)")
+    p.add_argument("--name", help="with another --data-dir: the name of its files in the run folder, 1 to 64 "
+                                  "letters, digits, '.', '_', '-', not train, dev or test (default: the folder's "
+                                  "name, made unique; never the run's own metrics-test.json)")
     p.add_argument("--no-retrieval", action="store_true", help="skip the image-text retrieval scores")
     p.add_argument("--rerank", type=nonnegative_int, default=DEFAULT_RERANK, metavar="K",
                    help="retrieval: the match head re-ranks each query's K nearest candidates by the contrastive "
@@ -321,6 +322,9 @@ def add_export(sub) -> None:
     p.add_argument("--format", choices=EXPORT_FORMATS, default="savedmodel", help="default: %(default)s")
     p.add_argument("--quantize", action="store_true",
                    help="litert: dynamic-range quantisation (int8 weights, about 4x smaller)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier export at --output (a .tflite file, or the files of an earlier SavedModel "
+                        "export); anything else there is refused")
 
 
 def add_serve(sub) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import output_folder
 from ..errors import DataError
 from ..files import cache_dir, cause, default_mode
 from ..log import logger
@@ -90,9 +91,11 @@ def load_caption_embeddings() -> dict[str, np.ndarray]:
 
 
 def generate(out_dir, sizes: dict | None = None, seed: int = 0, image_size: int = 224) -> Path:
-    """Write a demo dataset to ``out_dir`` (created); the same arguments give the same files."""
+    """Write a demo dataset to ``out_dir`` (created); the same arguments give the same files. Only into a new
+    or empty folder, or an earlier demo folder (its ``ITM-DEMO.txt``): never a user's folder."""
     sizes = {**DEFAULT_SIZES, **(sizes or {})}
     out = Path(out_dir)
+    output_folder.check(out, DEMO, "--out")
     (out / IMAGES_SUBDIR).mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     combos = [(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS]
@@ -118,6 +121,9 @@ def generate(out_dir, sizes: dict | None = None, seed: int = 0, image_size: int 
 
 def is_demo(data_dir) -> bool:
     return (Path(data_dir) / MARKER).is_file()
+
+
+DEMO = output_folder.Kind("demo", "the demo data generator", "a demo data folder", legacy=is_demo)
 
 
 def ensure_demo_data() -> Path:

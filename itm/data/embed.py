@@ -94,6 +94,11 @@ def embed_data_dir(data_dir, out=None, encode: Encoder | None = None, model: str
         raise DataError(f"--out {out}: the name must end in .npz (safe numpy archive) or .pkl (the original's pickle)")
     captions = split_captions(data_dir)
     existing = load_embeddings_file(out) if out.is_file() else {}
+    dropped = len(set(existing) - set(captions))
+    if dropped and out.resolve() != (data_dir / EMBEDDINGS_NPZ).resolve():
+        # another folder's file (e.g. the course's): rewriting it for these splits would lose its other vectors
+        raise DataError(f"--out {out} holds {dropped} embeddings of captions that are not in {data_dir}'s splits; "
+                        "rewriting it would drop them: choose another --out")
     reused = {c: existing[c] for c in captions if c in existing}
     new = [c for c in captions if c not in existing]
     print(f"{len(captions)} distinct captions in {data_dir}: {len(reused)} already in {out.name}, "

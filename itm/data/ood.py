@@ -26,6 +26,7 @@ import random
 import shutil
 from pathlib import Path
 
+from .. import output_folder
 from ..log import logger
 from ..errors import DataError
 from .embed import embed_data_dir, write_embeddings
@@ -37,6 +38,10 @@ from .prepare import draw_negatives, read_captions, resolve_images, write_split_
 DEFAULT_PHOTOS = 600
 PROTOCOL_PHOTOS = 1000  # the size of Flickr8k's standard retrieval test set
 DEFAULT_NEGATIVES = 2
+# What it writes: an evaluation folder (--out) and a training folder (--train-out), each only into a new or
+# empty folder or its own earlier output of the same kind (itm.output_folder).
+EVALUATION = output_folder.Kind("ood-split", "itm ood-split", "an evaluation folder")
+TRAINING = output_folder.Kind("ood-split-train", "itm ood-split --train-out", "a training folder")
 
 
 def _log(message: str) -> None:
@@ -82,6 +87,12 @@ def ood_split(captions_file, images_dir, out, photos: int | None = None, negativ
     if (train_out is None) != (course is None):
         raise DataError("--train-out and --course go together: the training folder is the course folder's splits "
                         "plus the photos left over")
+    output_folder.check_apart({"--out": out, "--train-out": train_out},
+                              [("--images", images_dir), ("--captions", captions_file), ("--course", course),
+                               *(("--exclude", folder) for folder in exclude)])
+    output_folder.check(out, EVALUATION, "--out")
+    if train_out is not None:
+        output_folder.check(train_out, TRAINING, "--train-out")
     problems = Problems()
     captions = resolve_images(read_captions("flickr8k", captions_file, problems), images_dir, problems)
     excluded = set()
@@ -99,6 +110,8 @@ def ood_split(captions_file, images_dir, out, photos: int | None = None, negativ
     else:
         match = {i: [rng.choice(captions[i])] for i in chosen}
         no_match = draw_negatives(chosen, captions, negatives, rng, problems)
+    output_folder.claim(out, EVALUATION, "--out")
+    output_folder.record(out, EVALUATION, IMAGES_SUBDIR, SPLIT_FILES["test"], EMBEDDINGS_NPZ)
     (out / IMAGES_SUBDIR).mkdir(parents=True, exist_ok=True)
     for name in chosen:
         _link_or_copy(images_dir / name, out / IMAGES_SUBDIR / name)
@@ -114,6 +127,8 @@ def ood_split(captions_file, images_dir, out, photos: int | None = None, negativ
         course, train_out = Path(course), Path(train_out)
         rest = sorted(set(candidates) - set(chosen))
         data = load_data_dir(course, need_embeddings=False)
+        output_folder.claim(train_out, TRAINING, "--train-out")
+        output_folder.record(train_out, TRAINING, IMAGES_SUBDIR, *SPLIT_FILES.values(), TOKEN_FILE, EMBEDDINGS_NPZ)
         (train_out / IMAGES_SUBDIR).mkdir(parents=True, exist_ok=True)
         for split in data.splits.values():
             for name in {t.image for t in split.triples}:

@@ -17,12 +17,13 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .. import output_folder
 from ..log import logger
 from ..errors import DataError, MissingExtra
 from ..files import atomic_write
 from ..models.encoders import require_sentence_transformers
 from .embed import DEFAULT_BATCH_SIZE, embed_data_dir
-from .folder import IMAGES_SUBDIR, SPLIT_FILES, Problems
+from .folder import EMBEDDINGS_NPZ, IMAGES_SUBDIR, SPLIT_FILES, Problems
 from .shards import write_shards
 
 DATASETS = ("flickr8k", "flickr30k", "coco")
@@ -31,6 +32,8 @@ DEV_TEST_FRACTION = 1 / 8  # Flickr8k's official 6000/1000/1000
 MIN_IMAGES_PER_SPLIT = 2   # an image's no-match captions come from other images of its split
 JPEG_QUALITY = 95
 DEFAULT_NEGATIVES = 5      # as many no-match as match lines for a 5-caption image
+# It writes only into a new or empty folder, or its own earlier output (itm.output_folder).
+PREPARED = output_folder.Kind("prepare", "itm prepare", "a data folder")
 _TOKEN_LINE = re.compile(r"^(?P<image>[^\t#]+)#(?P<n>\d+)(?P<sep>\t| +)(?P<caption>.*)$")
 _NUMBERED_SUFFIX = re.compile(r"^(?P<base>.+\.(?:jpe?g|png))\.\d+$", re.IGNORECASE)
 
@@ -376,6 +379,10 @@ def prepare(dataset: str, captions_file, images_dir, out, seed: int = 0, negativ
         raise DataError(f"--images {images_dir} is the output's own image folder; choose another --out")
     if negatives < 1:
         raise DataError(f"--negatives must be at least 1, got {negatives}")
+    output_folder.check_apart({"--out": out}, [("--images", images_dir), ("--captions", captions_file),
+                                               *(("--splits", name) for name in (splits or "").split(",") if name)])
+    output_folder.claim(out, PREPARED, "--out")
+    output_folder.record(out, PREPARED, IMAGES_SUBDIR, *SPLIT_FILES.values(), EMBEDDINGS_NPZ)
 
     problems = Problems()
     try:

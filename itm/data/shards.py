@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import output_folder
 from ..errors import DataError
 from ..files import atomic_write, sha256_file
 from ..log import logger
@@ -110,6 +111,7 @@ def _write_split(split: Split, embeddings, out: Path, n: int) -> dict:
         _log(f"  {split.name}: {n} shards asked for {len(order)} images; writing {len(order)} (one image each)")
         n = len(order)
     names = [shard_name(split.name, i, n) for i in range(n)]
+    output_folder.record(out, SHARDS, *names)
     _log(f"writing the {split.name} split ({len(order)} images, {len(split.triples)} triples) into {n} shard(s) "
          f"in {out}")
     start, written, report_every = time.perf_counter(), 0, max(1, n // 10)
@@ -129,11 +131,28 @@ def _write_split(split: Split, embeddings, out: Path, n: int) -> dict:
         if (i + 1) % report_every == 0 or i + 1 == n:
             _log(f"  {split.name}: {i + 1}/{n} shards, {written / 2**20:.1f} MiB "
                  f"({time.perf_counter() - start:.1f} s)")
-    for old in out.iterdir():  # shards of this split from an earlier write with another count
+    ours = output_folder.recorded(out)
+    for old in out.iterdir():  # shards of this split from an earlier write with another count (itm's only)
         m = _SHARD_NAME.match(old.name)
-        if m and m["split"] == split.name and old.name not in names:
+        if m and m["split"] == split.name and old.name not in names and old.name in ours:
             old.unlink()
     return {"shards": n, "images": len(order), "triples": len(split.triples), "bytes": written}
+
+
+def _legacy_shards(folder: Path) -> bool:
+    """A shards folder written before the folder record: itm's index, and its shard files."""
+    try:
+        index = json.loads((folder / INDEX_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(index, dict) and index.get("format") == FORMAT and isinstance(index.get("splits"), dict) \
+        and all(_SHARD_NAME.match(p.name) or p.name in (INDEX_FILE, output_folder.MARKER) or p.name.startswith(".")
+                for p in folder.iterdir())
+
+
+# It writes only into a new or empty folder, or its own earlier shards (itm.output_folder).
+SHARDS = output_folder.Kind("shards", "itm shard", "a shards folder", legacy=_legacy_shards,
+                            known=(INDEX_FILE, "*-of-*.tfrecord"))
 
 
 def write_shards(data_dir, num_shards: int | None = None, out=None, splits=("train", "dev", "test")) -> Path:
@@ -147,9 +166,15 @@ def write_shards(data_dir, num_shards: int | None = None, out=None, splits=("tra
     out = Path(out) if out else data_dir / SHARDS_SUBDIR
     if num_shards is not None and num_shards < 1:
         raise DataError(f"--shards must be at least 1, got {num_shards}")
+    if output_folder.inside(out, data_dir) and Path(out).resolve() != (data_dir / SHARDS_SUBDIR).resolve() \
+            or output_folder.inside(data_dir, out):
+        raise DataError(f"--out {out} is, holds or lies inside the data folder {data_dir}: shards go into a folder "
+                        f"of their own ({data_dir / SHARDS_SUBDIR} by default); choose another --out")
+    output_folder.check(out, SHARDS, "--out")
     data = load_data_dir(data_dir, splits=splits)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        output_folder.claim(out, SHARDS, "--out")
+        output_folder.record(out, SHARDS, INDEX_FILE)
         (out / INDEX_FILE).unlink(missing_ok=True)  # written again last: no index, no complete set of shards
     except OSError as e:
         raise DataError(f"cannot write shards into {out}: {e}") from None

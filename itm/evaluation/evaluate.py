@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import random
+import re
 import time
 from pathlib import Path
 
@@ -14,10 +16,12 @@ import numpy as np
 
 from ..data.batches import group_by_image, one_hot
 from ..data.folder import DataDir, Split
+from ..errors import ConfigError
 from ..files import write_json
+from ..training import run_folder
 from . import plots
 from ..models.scorer import Scorer
-from .tensorboard import log_evaluation
+from .tensorboard import TENSORBOARD_DIR, log_evaluation
 from .metrics import average_precision, best_threshold, binary_metrics, bootstrap_ci, roc_auc
 from .predict import caption_features, score_split, split_image_features
 from .retrieval import DEFAULT_RERANK, retrieval_report
@@ -74,6 +78,72 @@ ONE_CLASS_NOTE = ("{name}: only {label} lines ({n}): accuracy, ROC-AUC and the o
                   "classes, so they are left out; retrieval is what this split can show")
 
 
+FIGURES = ("roc-pr", "confusion", "scores", "samples")
+
+
+def predictions_name(name: str) -> str:
+    return "predictions.tsv" if name == "test" else f"predictions-{name}.tsv"
+
+
+def split_files(name: str) -> list[str]:
+    """What scoring a split (or another folder) called ``name`` writes into the run folder."""
+    return [f"metrics-{name}.json", predictions_name(name), *(f"{figure}-{name}.png" for figure in FIGURES)]
+
+
+OWN_SPLITS = ("train", "dev", "test")  # the run's own splits: never the name of another folder's files
+MAX_NAME = 64
+NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_name(name: str) -> str:
+    """``--name``: a file-name part of its own (no separators), of at most MAX_NAME characters, that is not
+    one of the run's own splits."""
+    if not NAME_CHARS.fullmatch(name) or len(name) > MAX_NAME:
+        raise ConfigError(f"--name {name[:80]!r}{'...' if len(name) > 80 else ''}: use 1 to {MAX_NAME} letters, "
+                          "digits, '.', '_' or '-' (starting with a letter or digit; no path separators)")
+    if name in OWN_SPLITS:
+        raise ConfigError(f"--name {name} is the name of the run's own {name} split: choose another --name")
+    return name
+
+
+def _scored_folder(run_dir: Path, name: str) -> str | None:
+    """The data folder that the run's evaluation ``name`` scored ('' when its metrics do not say; None: no
+    such evaluation)."""
+    path = run_dir / f"metrics-{name}.json"
+    if not path.exists():
+        return None
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8")).get("data_dir") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def evaluation_name(run_dir, data_dir, name: str | None = None) -> str:
+    """The name of another folder's evaluation files in the run folder (metrics-NAME.json, ...): ``--name``
+    (checked; refused when the run holds an evaluation of another folder under it), else the folder's name
+    made a file name and made unique, so scoring another folder never replaces the run's own split metrics
+    nor another folder's."""
+    run_dir, folder = Path(run_dir), str(Path(data_dir).resolve())
+    if name is not None:
+        check_name(name)
+        scored = _scored_folder(run_dir, name)
+        if scored is not None and scored != folder:
+            raise ConfigError(f"--name {name}: {run_dir} already holds the evaluation of "
+                              f"{scored or 'another folder'} under that name: choose another --name")
+        return name
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(folder).name).strip(".-_")[:MAX_NAME - 4] or "data"
+    if base in OWN_SPLITS:  # e.g. ~/other/test: named after its parent too
+        base = (re.sub(r"[^A-Za-z0-9._-]+", "-", Path(folder).parent.name).strip(".-_")[:MAX_NAME // 2]
+                or "other") + f"-{base}"
+    for i in range(1, 1000):
+        candidate = base if i == 1 else f"{base}-{i}"
+        if candidate in OWN_SPLITS:
+            continue
+        if _scored_folder(run_dir, candidate) in (None, folder):
+            return candidate
+    raise ConfigError(f"{run_dir} holds 999 evaluations named after {base}: give --name")
+
+
 def keras_evaluation(labels: np.ndarray, probs: np.ndarray) -> dict:
     """What the original's ``model.evaluate`` reported (its loss and binary accuracy), from the predictions."""
     import keras
@@ -100,6 +170,7 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
         probs["dev"] = score_split(scorer, data.splits["dev"], data.embeddings)
         dev_match = np.array([t.match for t in data.splits["dev"].triples])
         threshold = best_threshold(dev_match, probs["dev"][:, 0])
+        run_folder.record(out_dir, "calibration.json")
         write_json(out_dir / "calibration.json", {"threshold": threshold, "chosen_on": "dev",
                                                   "criterion": "max balanced accuracy"})
     results = {}
@@ -110,8 +181,11 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
             probs[split_name] = score_split(scorer, split, data.embeddings)
         p = probs[split_name]
         is_match = np.array([t.match for t in split.triples])
+        run_folder.record(out_dir, *split_files(name), TENSORBOARD_DIR)
+        source = {"data_dir": str(Path(data.path).resolve()), "data_split": split_name}
         if is_match.all() or not is_match.any():
-            results[name] = one_class_split(scorer, split, data.embeddings, p, name, threshold, out_dir, rerank)
+            results[name] = one_class_split(scorer, split, data.embeddings, p, name, threshold, out_dir, rerank,
+                                            source)
             continue
         if original_printout:
             print(f"TESTING classifier model on the {split_name} split "
@@ -123,7 +197,7 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
         tf_eval = keras_evaluation(one_hot(split.triples), p)
         print(f"Tensorflow test method: Loss: {tf_eval['loss']}; ACCURACY: {tf_eval['binary_accuracy']}")
 
-        metrics = {"split": name, **split_metrics(is_match, p[:, 0], threshold, seed=seed)}
+        metrics = {"split": name, **source, **split_metrics(is_match, p[:, 0], threshold, seed=seed)}
         metrics["accuracy"] = accuracy
         metrics["dev_threshold"] = threshold
         metrics["tf_evaluate"] = tf_eval
@@ -131,8 +205,8 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
             metrics["retrieval"] = retrieval(scorer, split, data.embeddings, rerank)
         print(summary_line(metrics))
 
-        write_predictions(out_dir / ("predictions.tsv" if name == "test" else f"predictions-{name}.tsv"), split, p)
-        figures = {figure: out_dir / f"{figure}-{name}.png" for figure in ("roc-pr", "confusion", "scores", "samples")}
+        write_predictions(out_dir / predictions_name(name), split, p)
+        figures = {figure: out_dir / f"{figure}-{name}.png" for figure in FIGURES}
         plots.plot_roc_pr(is_match, p[:, 0], figures["roc-pr"])
         # The figures show the decisions at the threshold that predict, the web page and the report use.
         plots.plot_confusion(metrics["at_dev_threshold"]["confusion"], figures["confusion"], threshold)
@@ -145,17 +219,17 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
 
 
 def one_class_split(scorer: Scorer, split: Split, embeddings, p: np.ndarray, name: str, threshold: float,
-                    out_dir: Path, rerank: int) -> dict:
+                    out_dir: Path, rerank: int, source: dict) -> dict:
     """A split of match lines only (or no-match only): the note, and retrieval, which needs no negatives."""
     label = "match" if split.triples[0].match else "no-match"
     note = ONE_CLASS_NOTE.format(name=name, label=label, n=len(split.triples))
     print(f"note: {note}")
-    metrics = {"split": name, "n": len(split.triples), "one_class": label, "note": note, "dev_threshold": threshold,
+    metrics = {"split": name, **source, "n": len(split.triples), "one_class": label, "note": note, "dev_threshold": threshold,
                "mean_p_match": float(np.mean(p[:, 0])),
                "share_above_dev_threshold": float(np.mean(p[:, 0] > threshold))}
     metrics["retrieval"] = retrieval(scorer, split, embeddings, rerank)
     print(summary_line(metrics))
-    write_predictions(out_dir / ("predictions.tsv" if name == "test" else f"predictions-{name}.tsv"), split, p)
+    write_predictions(out_dir / predictions_name(name), split, p)
     write_json(out_dir / f"metrics-{name}.json", metrics)
     return metrics
 

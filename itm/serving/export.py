@@ -28,7 +28,9 @@ import json
 import tempfile
 from pathlib import Path
 
+from .. import output_folder
 from ..errors import ConfigError, DataError, MissingExtra
+from ..models.saved_run import SavedRun
 
 FORMATS = ("savedmodel", "litert")
 EMBEDDING_DIM = 384
@@ -177,15 +179,46 @@ def _signatures(module) -> dict:
     return {sig: getattr(module, attr) for sig, attr in names.items() if hasattr(module, attr)}
 
 
-def export_savedmodel(run_dir, output) -> Path:
-    """Write the SavedModel into ``output`` (a new or empty folder); returns it."""
+SAVEDMODEL_NAMES = ("saved_model.pb", "fingerprint.pb", "variables", "assets")  # what tf.saved_model.save writes
+
+
+def _is_export(folder: Path) -> bool:
+    """A SavedModel folder that itm export wrote before the folder record: its graph and its threshold asset."""
+    return (folder / "saved_model.pb").is_file() and (folder / "assets" / "threshold.json").is_file()
+
+
+# A SavedModel goes only into a new or empty folder, or replaces an earlier export with --overwrite.
+EXPORT = output_folder.Kind("export", "itm export", "a SavedModel export", legacy=_is_export, known=SAVEDMODEL_NAMES)
+TFLITE_ID = b"TFL3"  # a LiteRT flatbuffer's file identifier, at bytes 4..8
+
+
+def _is_tflite(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(8)[4:8] == TFLITE_ID
+    except OSError:
+        return False
+
+
+def _check_apart(run_dir, out: Path) -> None:
+    SavedRun(run_dir)  # not a run folder: said first
+    output_folder.check_apart({"--output": out}, {"--run": run_dir})
+
+
+def export_savedmodel(run_dir, output, overwrite: bool = False) -> Path:
+    """Write the SavedModel into ``output`` (a new or empty folder, or with ``overwrite`` an earlier export,
+    of which only what the export wrote is replaced); returns it."""
     import tensorflow as tf
 
     out = Path(output)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--output {out} exists and is not an empty folder: choose a new one "
-                          "(TensorFlow Serving wants MODEL/1, MODEL/2, ... one folder per version)")
+    if output_folder.check(out, EXPORT, "--output", "--overwrite") and not overwrite:
+        raise ConfigError(f"--output {out} holds an earlier export: pass --overwrite to replace it, or choose a new "
+                          "folder (TensorFlow Serving wants MODEL/1, MODEL/2, ... one folder per version)")
+    _check_apart(run_dir, out)
     module = build_module(run_dir)
+    output_folder.claim(out, EXPORT, "--output")
+    output_folder.clear(out, EXPORT)
+    output_folder.record(out, EXPORT, *SAVEDMODEL_NAMES)
     with tempfile.TemporaryDirectory() as tmp:
         threshold = Path(tmp) / "threshold.json"
         threshold.write_text(json.dumps({"threshold": float(module.threshold.numpy()),
@@ -198,13 +231,16 @@ def export_savedmodel(run_dir, output) -> Path:
     return out
 
 
-def export_litert(run_dir, output, quantize: bool = False) -> Path:
-    """Write the ``.tflite`` model to ``output`` (a file); ``quantize``: dynamic-range int8 weights."""
+def export_litert(run_dir, output, quantize: bool = False, overwrite: bool = False) -> Path:
+    """Write the ``.tflite`` model to ``output`` (a new file, or with ``overwrite`` an earlier LiteRT model);
+    ``quantize``: dynamic-range int8 weights."""
     import tensorflow as tf
 
     out = Path(output)
     if out.is_dir():
         raise ConfigError(f"--output {out} is a folder; for --format litert give a file name such as model.tflite")
+    output_folder.check_new_file(out, "--output", overwrite, _is_tflite, "a LiteRT model (.tflite)")
+    _check_apart(run_dir, out)
     module = build_module(run_dir, with_caption_encoder=False, for_litert=True)
     if module.litert is None:
         raise ConfigError("this run's text tower (scratch) cannot be exported to LiteRT")
@@ -227,10 +263,12 @@ def _convert(converter, quantize: bool) -> bytes:
     return converter.convert()
 
 
-def export(run_dir, output, fmt: str = "savedmodel", quantize: bool = False) -> Path:
+def export(run_dir, output, fmt: str = "savedmodel", quantize: bool = False, overwrite: bool = False) -> Path:
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     if quantize and fmt != "litert":
         raise ConfigError("--quantize is for --format litert")
-    return export_litert(run_dir, output, quantize) if fmt == "litert" else export_savedmodel(run_dir, output)
+    if fmt == "litert":
+        return export_litert(run_dir, output, quantize, overwrite=overwrite)
+    return export_savedmodel(run_dir, output, overwrite=overwrite)
 

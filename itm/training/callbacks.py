@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import math
-import shutil
 import sys
 import time
 import warnings
@@ -28,7 +27,7 @@ from ..files import atomic_write, sha256_file, written_as
 from ..log import logger
 from ..evaluation.metrics import binary_metrics, roc_auc
 from ..evaluation.predict import score_split
-from .run_folder import BACKUP_DIR
+from .run_folder import BACKUP_DIR, BACKUP_FILES
 HISTORY_COLUMNS = ("loss", "binary_accuracy", "val_loss", "val_binary_accuracy", "val_balanced_accuracy",
                    "val_roc_auc", "learning_rate")
 
@@ -154,7 +153,7 @@ class EpochBackup(keras.callbacks.Callback):
             lost = f"{state['epoch']} finished epoch(s)" if state else "an unknown number of finished epochs"
             print(f"warning: the backup in {self.dir} cannot be used: {why}. Starting afresh from epoch 1: "
                   f"{lost} lost", file=sys.stderr, flush=True)
-            shutil.rmtree(self.dir, ignore_errors=True)
+            self.finish()
             return 0
         if state is None:
             return 0
@@ -199,7 +198,14 @@ class EpochBackup(keras.callbacks.Callback):
                 old.unlink()
 
     def finish(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """Remove the backup's own files (its state, weights, and temporary files), then the folder if empty."""
+        for pattern in BACKUP_FILES:
+            for path in self.dir.glob(pattern):
+                path.unlink(missing_ok=True)
+        try:
+            self.dir.rmdir()
+        except OSError:
+            pass
 
 
 

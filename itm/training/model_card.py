@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .. import output_folder
+from ..log import logger
 from .provenance import ENVIRONMENT_FILE
 
 CARD = "README.md"
+TITLE = "# Model card: "  # its first line, by which a card of a run of before the folder record is known
 FAITHFUL_NOTE = ("the original CMP9137 ITM_Classifier: a 3-stage CNN on raw pixels and the precomputed "
                  "all-MiniLM-L6-v2 caption embedding, both projected, concatenated, softmax match/no-match")
 
@@ -73,8 +76,9 @@ def data_lines(env: dict, config: dict) -> list[str]:
     return lines
 
 
-def write_model_card(run_dir) -> Path:
-    """Write (or rewrite) ``run_dir/README.md`` from the run's files; returns its path."""
+def write_model_card(run_dir) -> Path | None:
+    """Write (or rewrite) ``run_dir/README.md`` from the run's files; returns its path (None: a README.md
+    that is not itm's is in the way, and is left as it is)."""
     run = Path(run_dir)
     config = _read(run / "config.json") or _read(run / "metrics.json").get("config", {})
     env = _read(run / ENVIRONMENT_FILE)
@@ -82,7 +86,7 @@ def write_model_card(run_dir) -> Path:
     calibration = _read(run / "calibration.json")
     preset = config.get("preset", "?")
     params = base.get("parameters")
-    lines = [f"# Model card: {run.name}", "",
+    lines = [f"{TITLE}{run.name}", "",
              "An image-text matching classifier trained with itm: given a photo and "
              "a caption it answers match or no-match, with a probability p(match).", "", "## The model", ""]
     lines.append(f"Preset `{preset}`" + (f" ({FAITHFUL_NOTE})" if preset == "faithful" else "") + ": image tower "
@@ -145,5 +149,22 @@ def write_model_card(run_dir) -> Path:
                       f" with {git['changed_files']} changed file(s)" if git.get("changed_files") else "")
                       if git else "") + f"; command `{env.get('command')}` (`{ENVIRONMENT_FILE}`)."]
     path = run / CARD
+    if not _ours(run, path):
+        logger.warning(f"note: {path} is not a model card that itm wrote: left as it is (no model card written)")
+        return None
+    from .run_folder import record  # here: run_folder reads this module's TITLE
+
+    record(run, CARD)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _ours(run: Path, path: Path) -> bool:
+    """A README.md that itm may (re)write: absent, recorded as itm's, or a model card (a run of before the
+    folder record); never a user's own README in a run folder that itm adopted."""
+    if not path.exists() or CARD in output_folder.recorded(run):
+        return True
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").startswith(TITLE)
+    except OSError:
+        return False

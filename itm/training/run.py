@@ -131,8 +131,9 @@ def resolve_run(config: TrainConfig) -> tuple[TrainConfig, Path, bool]:
     precision) and check it against an interrupted run's; returns the finished config, the run folder and
     whether it resumes an interrupted run."""
     out = Path(config.output_dir) if config.output_dir else run_folder.default_output_dir(config.preset)
-    resuming = run_folder.open_run_folder(out, config.overwrite)
     data_dir, origin = resolve_data_dir(config.data_dir)
+    run_folder.check_not_in_data(out, data_dir)
+    resuming = run_folder.open_run_folder(out, config.overwrite)
     logger.info(origin)
     saved = run_folder.saved_config(out) if resuming else {}
     config, how = finish_config(config, data_dir, out, saved_seed=saved.get("seed"))
@@ -149,7 +150,7 @@ def train(config: TrainConfig) -> Path:
     into it is refused (``itm.training.run_lock``)."""
     out = Path(config.output_dir) if config.output_dir else run_folder.default_output_dir(config.preset)
     config = replace(config, output_dir=str(out))
-    run_folder.check_writable(out)
+    run_folder.check_output_dir(out)  # before the lock file goes in: a user's folder is refused untouched
     with RunLock(out):
         return _train(config)
 
@@ -181,6 +182,7 @@ def _train(config: TrainConfig) -> Path:
     chief = strategy.extended.should_checkpoint  # False only on a multi-worker cluster's other workers
     steps = pipeline.steps_per_epoch(data.splits["train"], strategy.num_replicas_in_sync)
     if chief:
+        run_folder.record_run(Path(out))
         write_json(Path(out) / "config.json", config.to_dict(), "the run's config")
         write_json(Path(out) / ENVIRONMENT_FILE, environment(config.to_dict(), data), "the run's environment")
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")  # tf.data shuffles itself
@@ -234,6 +236,7 @@ def complete_run(config: TrainConfig, data, out: Path) -> Path:
     and write the rest (metrics, report; history from the backup where it is left), instead of training again."""
     logger.info(f"{out / 'model.keras'} was saved but the run's evaluation did not finish: completing the run from "
                 "the saved model (not training again)")
+    run_folder.record_run(out)
     backup = cb.EpochBackup(out)
     state, why = backup.read_state()
     try:

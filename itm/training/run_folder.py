@@ -1,8 +1,12 @@
 """The run folder: its policy (what a new, a finished and an interrupted run folder allow), and the one
 reader of a run folder (``SavedRun``: its options, its dev-calibrated threshold, its model).
 
+* A run writes only into a new or empty folder, or one of its own (``itm.output_folder``: the folder's
+  record, ``.itm-folder.json``, names every file the run wrote; a run folder of before the record is known
+  by its ``config.json`` and ``model.keras``, or an interrupted run's ``backup/state.json``). Any other
+  folder is refused, ``--overwrite`` or not; so is one inside the data folder the run reads.
 * A folder holding a finished run (``model.keras`` and ``metrics.json``) is refused unless
-  ``--overwrite`` is given; then the files a run writes are removed first.
+  ``--overwrite`` is given; then the files the earlier run recorded are removed first, nothing else.
 * A folder holding an interrupted run (``backup/state.json``) resumes it, but only with the options it
   was started with: any difference is refused before anything is written. One whose model.keras was
   saved but whose evaluation did not finish is completed from that model, not trained again.
@@ -12,18 +16,23 @@ reader of a run folder (``SavedRun``: its options, its dev-calibrated threshold,
 """
 from __future__ import annotations
 
-import shutil
+import json
 import tempfile
 from datetime import datetime
 from pathlib import Path
 
+from .. import output_folder
 from ..errors import ConfigError, DataError
 from ..evaluation.tensorboard import TENSORBOARD_DIR
 from ..models.saved_run import SavedRun, saved_config  # noqa: F401 (SavedRun: also read from here)
+from .model_card import TITLE
+from .run_lock import LOCK_NAME
 
 BACKUP_DIR = "backup"  # the epoch-end backup (itm.training.callbacks.EpochBackup)
+BACKUP_FILES = ("state.json", "epoch*.weights.h5", ".tmp-*")  # what it writes there (nothing else is removed)
 
-# What a run writes into its folder (removed by --overwrite; nothing else in the folder is touched).
+# What a run writes into its folder: recorded as it starts (its evaluations record theirs), removed by
+# --overwrite; the names a run folder of before the record is taken to hold (README.md: a model card only).
 RUN_FILES = ("model.keras", "metrics.json", "config.json", "calibration.json", "history.csv", "history.png",
              "predictions.tsv", "report.md", "environment.json", "README.md")
 RUN_PATTERNS = ("metrics-*.json", "predictions-*.tsv", "roc-pr-*.png", "scores-*.png", "confusion-*.png",
@@ -48,6 +57,39 @@ def is_trained(out: Path) -> bool:
 def is_interrupted(out: Path) -> bool:
     """A run to resume (its backup) or to complete (its model saved, not yet evaluated)."""
     return (out / BACKUP_DIR / "state.json").is_file() or is_trained(out)
+
+
+def _itm_json(path: Path, keys) -> bool:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(value, dict) and all(k in value for k in keys)
+
+
+def is_legacy_run(out: Path) -> bool:
+    """A run folder written before the folder record: a model and the options itm records beside it, or an
+    interrupted run's backup state."""
+    return ((out / "model.keras").is_file() and (_itm_json(out / "config.json", ("preset", "data_dir", "seed"))
+                                                 or _itm_json(out / "metrics.json", ("config", "parameters")))
+            or _itm_json(out / BACKUP_DIR / "state.json", ("epoch", "weights", "history")))
+
+
+def _legacy_names(out: Path) -> tuple[str, ...]:
+    """What a legacy run folder holds of a run's names; its README.md only when it is a model card."""
+    is_card = not (out / "README.md").exists() or _is_card(out / "README.md")
+    return tuple(n for n in RUN_FILES if n != "README.md" or is_card) + RUN_PATTERNS + (BACKUP_DIR, TENSORBOARD_DIR)
+
+
+def _is_card(path: Path) -> bool:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").startswith(TITLE)
+    except OSError:
+        return False
+
+
+RUN = output_folder.Kind("run", "itm train", "a run", legacy=is_legacy_run, known=_legacy_names,
+                         contents={BACKUP_DIR: BACKUP_FILES})
 
 
 def check_writable(out: Path) -> None:
@@ -78,24 +120,42 @@ def check_restart(out: Path, config: dict) -> None:
                           "or choose another --output-dir")
 
 
-def clear(out: Path) -> None:
-    """Remove what an earlier run wrote into ``out`` (for --overwrite)."""
-    if not out.is_dir():
-        return
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-    for pattern in RUN_PATTERNS:
-        for path in out.glob(pattern):
-            path.unlink()
-    shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
-    shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)
+def check_output_dir(out: Path) -> bool:
+    """Refuse a folder a run may not write (``itm.output_folder``), before anything is written into it;
+    True when it holds a run (finished, interrupted, or started)."""
+    check_writable(out)
+    return output_folder.check(out, RUN, "--output-dir", "--overwrite", ignore=(LOCK_NAME,))
+
+
+def check_not_in_data(out: Path, data_dir: Path) -> None:
+    """A run never writes into the data folder it reads."""
+    if output_folder.inside(out, data_dir):
+        where = "is" if Path(out).resolve() == Path(data_dir).resolve() else "lies inside"
+        raise ConfigError(f"--output-dir {out} {where} the data folder {data_dir}: a run never writes into the data "
+                          "it reads; choose another --output-dir")
+
+
+def record(out: Path, *names: str) -> None:
+    """Record names the run is about to write into ``out`` (removed by a later --overwrite)."""
+    output_folder.record(out, RUN, *names)
+
+
+def record_run(out: Path) -> None:
+    """Record what a run writes, before it writes it: its files, backup and TensorBoard log; README.md only
+    where no other README is in the way (a user's own README in an adopted folder is never recorded)."""
+    names = [n for n in RUN_FILES if n != "README.md"] + [BACKUP_DIR, TENSORBOARD_DIR]
+    readme = out / "README.md"
+    if not readme.exists() or "README.md" in output_folder.recorded(out) or _is_card(readme):
+        names.append("README.md")
+    record(out, *names)
 
 
 def open_run_folder(out: Path, overwrite: bool) -> bool:
     """Apply the policy to ``out``; True when it holds an interrupted run to resume."""
-    check_writable(out)
+    own = check_output_dir(out)
     if overwrite:
-        clear(out)
+        if own:
+            output_folder.clear(out, RUN)
         return False
     if is_finished(out):
         raise ConfigError(f"{out} holds a finished run: pass --overwrite to replace it, or choose another "
