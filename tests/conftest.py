@@ -46,15 +46,32 @@ class CliResult:
     stderr: str
 
 
-def itm_cli(*args, train_script: bool = False) -> CliResult:
+@contextlib.contextmanager
+def _environment(env: dict | None):
+    """``os.environ`` with ``env``'s variables set (as ``run_cli``'s ``env`` sets them), put back after."""
+    saved = {name: os.environ.get(name) for name in env or {}}
+    os.environ.update(env or {})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def itm_cli(*args, train_script: bool = False, env: dict | None = None, cwd=None) -> CliResult:
     """``itm ARGS`` (or ``python ITM_Classifier.py ARGS`` with ``train_script``) run in this process, its
     output captured: the same parser, checks and exit status as the command line, without starting
-    TensorFlow again. A fresh process (``run_cli``) is for what needs one: import-only loading, signals,
-    locks between processes, multi-worker training, the wheel."""
+    TensorFlow again. ``env`` adds environment variables and ``cwd`` is the working folder, for the call
+    only (as ``run_cli`` takes them). A fresh process (``run_cli``) is for what needs one: import-only
+    loading, signals, locks between processes, multi-worker training, the wheel."""
     from itm.cli import itm_classifier_main, main
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with _environment(env), contextlib.chdir(cwd or os.getcwd()), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = (itm_classifier_main if train_script else main)([str(a) for a in args])
         except SystemExit as e:  # argparse: --help, --version, a usage error

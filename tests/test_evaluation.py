@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from conftest import ROOT, TINY_IMAGE, run_cli
+from conftest import ROOT, TINY_IMAGE, itm_cli, run_cli
 from itm.evaluation.metrics import (average_precision, best_threshold, binary_metrics, bootstrap_ci, retrieval_metrics,
                          roc_auc)
 
@@ -115,5 +115,5 @@ def test_evaluate_and_compare_commands(tiny_data, tmp_path):
 
 
 def test_evaluate_rejects_a_folder_that_is_not_a_run(tmp_path):
-    r = run_cli(["-m", "itm", "evaluate", "--run", str(tmp_path)], cwd=ROOT)
+    r = itm_cli("evaluate", "--run", tmp_path, cwd=ROOT)
     assert r.returncode == 2 and "is not a run folder" in r.stderr and "Traceback" not in r.stderr

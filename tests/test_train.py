@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import NO_COURSE_DATA, ROOT, SHARED, TINY_IMAGE, run_cli
+from conftest import NO_COURSE_DATA, ROOT, SHARED, TINY_IMAGE, itm_cli, run_cli
 from itm.data.batches import file_triples, model_inputs
 from itm.data.folder import load_data_dir
 from itm.data.demo import DEMO_VERSION
@@ -175,7 +175,7 @@ def test_quiet_prints_the_result_lines_only(tiny_data, tmp_path):
 
 
 def test_itm_train_is_the_same_command(tiny_data, tmp_path):
-    r = run_cli(["-m", "itm", "train", "--help"])
+    r = itm_cli("train", "--help")
     assert r.returncode == 0 and "--data-dir" in r.stdout and "--limit" in r.stdout and "faithful" in r.stdout
 
 
@@ -198,14 +198,14 @@ def test_demo_is_used_when_no_data_is_configured(tmp_path):
     (["--learning-rate", "abc"], "is not a number"),
 ])
 def test_user_mistakes_get_a_clear_error(args, message, tmp_path):
-    r = run_cli([str(ROOT / "ITM_Classifier.py"), *args], cwd=tmp_path)
+    r = itm_cli(*args, train_script=True, cwd=tmp_path)
     assert r.returncode == 2 and message in r.stderr
     assert "Traceback" not in r.stderr
 
 
 def test_bad_data_folder_fails_before_training(tiny_data, tmp_path):
     (tiny_data / "flickr8k.TestImages.txt").write_text("img.jpg\tcaption\tperhaps\n")
-    r = run_cli([str(ROOT / "ITM_Classifier.py"), "--data-dir", str(tiny_data), "--output-dir", str(tmp_path / "o")])
+    r = itm_cli("--data-dir", tiny_data, "--output-dir", tmp_path / "o", train_script=True)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "label other than match/no-match: 1" in r.stderr and "flickr8k.TestImages.txt:1" in r.stderr
     assert "TRAINING" not in r.stdout and "Traceback" not in r.stderr
@@ -226,8 +226,8 @@ def test_real_data_one_epoch(tmp_path):
 # ---------------------------------------------------------------- the run folder's policy
 
 def _train(tiny_data, out, *extra):
-    return run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "1", "--image-size", "32",
-                    "--limit", "24", "--seed", "1", "--output-dir", str(out), *extra])
+    return itm_cli("train", "--data-dir", tiny_data, "--epochs", "1", "--image-size", "32", "--limit", "24", "--seed", "1",
+                   "--output-dir", out, *extra)
 
 
 @pytest.mark.slow
@@ -269,7 +269,7 @@ def test_an_interrupted_run_resumes_only_with_its_own_options(tiny_data, tmp_pat
 def test_an_output_dir_that_cannot_hold_a_run_is_refused_before_the_data_check(where, message, tiny_data, tmp_path):
     (tmp_path / "f").write_text("x")
     out = {"file": tmp_path / "f", "inside": tmp_path / "f" / "run", "proc": "/proc/itm-run"}[where]
-    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data / "absent"), "--output-dir", str(out)])
+    r = itm_cli("train", "--data-dir", tiny_data / "absent", "--output-dir", out)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
     assert "does not exist" not in r.stderr  # refused before the data folder was looked at
 
