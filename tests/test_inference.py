@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli, run_clis
+from conftest import itm_cli, run_cli, run_clis
 from serving_helpers import trained_run
 
 IMAGES = "flickr8k-resised"
@@ -43,7 +43,9 @@ def examples(tiny_data_master):
     return tiny_data_master / IMAGES / image, [match, *other]
 
 
+@pytest.mark.fresh_process
 def test_import_itm_stays_light():
+    """Fresh process: what ``import itm`` alone imports in a bare interpreter."""
     r = run_cli(["-c", "import sys, itm; assert 'tensorflow' not in sys.modules, 'tf imported';"
                        "assert itm.Matcher.__name__ == 'Matcher'; print('ok')"])
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
@@ -378,6 +380,6 @@ def test_a_run_of_itm_0_2_loads_converted_with_its_scores_and_without_config_is_
         SavedRun(run).load_model()
     image = tmp_path / "x.png"
     Image.fromarray(expected["pixels"][0]).save(image)
-    r = run_cli(["-m", "itm", "predict", "--run", str(run), "--image", str(image), "--caption", "a red circle"])
+    r = itm_cli("predict", "--run", run, "--image", image, "--caption", "a red circle")
     assert r.returncode == 2 and "train the run again" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

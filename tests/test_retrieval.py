@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import TINY_IMAGE, run_cli
+from conftest import TINY_IMAGE, itm_cli, run_cli
 from test_pretrained import photos_and_captions  # noqa: F401 (a fixture)
 
 
@@ -84,8 +84,8 @@ def test_ood_split_protocol_holds_every_caption_as_a_match_and_contains_the_pair
 
 def test_ood_split_protocol_from_the_command_line_defaults_to_1000_photos(photos_and_captions, tmp_path):  # noqa: F811
     folder, token, _ = photos_and_captions
-    r = run_cli(["-m", "itm", "ood-split", "--protocol", "--captions", str(token), "--images", str(folder), "--out",
-                 str(tmp_path / "o"), "--no-embed"])
+    r = itm_cli("ood-split", "--protocol", "--captions", token, "--images", folder, "--out", tmp_path / "o",
+                "--no-embed")
     assert r.returncode == 2 and "fewer than --photos 1000" in r.stderr and "Traceback" not in r.stderr
 
 

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, itm_cli, run_cli
 
 
 def _iterations(model_path):
@@ -211,8 +211,8 @@ def test_two_workers_train_as_one_on_the_same_global_batches(tiny_data, tmp_path
 
 @pytest.mark.parametrize("tf_config", ["", "{not json"], ids=["missing", "malformed"])
 def test_multiworker_without_a_usable_tf_config_is_a_clean_error(tf_config, tiny_data, tmp_path):
-    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "1", "--image-size", "32",
-                 "--strategy", "multiworker", "--output-dir", str(tmp_path / "run")], env={"TF_CONFIG": tf_config})
+    r = itm_cli("train", "--data-dir", tiny_data, "--epochs", "1", "--image-size", "32", "--strategy", "multiworker",
+                "--output-dir", tmp_path / "run", env={"TF_CONFIG": tf_config})
     assert r.returncode == 2, r.stdout + r.stderr
     assert "error:" in r.stderr and "TF_CONFIG" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "run").exists()

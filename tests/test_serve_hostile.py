@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from conftest import NO_SERVE_EXTRA, run_cli, run_clis
+from conftest import NO_SERVE_EXTRA, itm_cli, run_clis
 
 from serving_helpers import Server, trained_run
 
@@ -157,7 +157,7 @@ def test_malformed_requests_each_get_a_4xx_and_no_traceback(live, pair):
 
 def test_read_timeout_and_connections_are_checked_at_start_up(run):
     for option, message in ((["--read-timeout", "0"], "--read-timeout"), (["--max-connections", "0"], "--max-connections")):
-        r = run_cli(["-m", "itm", "serve", "--run", str(run), *option], timeout=60)
+        r = itm_cli("serve", "--run", run, *option)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
