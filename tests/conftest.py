@@ -48,6 +48,16 @@ def tiny_data_master(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("tiny") / "data", sizes=TINY_SIZES, seed=3, image_size=TINY_IMAGE)
 
 
+@pytest.fixture(scope="session")
+def faithful_run(tiny_data_master, tmp_path_factory):
+    """One tiny faithful run for the whole session (``itm train`` in this process: 1 epoch at 64 px, seed 0,
+    on ``tiny_data_master``; with calibration.json). Read it; a test that changes a run copies it first
+    (``shutil.copytree(faithful_run, tmp_path / "run")``)."""
+    from serving_helpers import trained_run
+
+    return trained_run(tiny_data_master, tmp_path_factory)
+
+
 @pytest.fixture
 def tiny_data(tiny_data_master, tmp_path):
     """A private copy of the tiny fixture, free for a test to break."""
