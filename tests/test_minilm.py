@@ -193,6 +193,7 @@ def test_fine_tuning_moves_the_encoder_weights():
 
 
 @needs_model
+@pytest.mark.slow  # a 30,522-row embedding trained with Adam: over a minute here
 def test_the_scratch_tower_learns_from_zero_over_the_same_wordpieces():
     model = small_classifier(lambda text: scratch_text_tower(text, 0.1, hidden_size=16, num_layers=1, num_heads=2))
     scratch = model.get_layer("scratch")

@@ -40,9 +40,9 @@ def test_float16_grouped_steps_go_through_the_loss_scaler(extra, tiny_data, tmp_
     import itm.models.optim  # noqa: F401
 
     out = tmp_path / "run"
-    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "2", "--image-size", "32",
-                 "--image-tower", "cnn-bn", "--fusion", "interaction", "--learning-rate", "1e-3", "--seed", "0",
-                 "--output-dir", str(out), *extra, "--precision", "mixed_float16"])
+    r = itm_cli("train", "--data-dir", str(tiny_data), "--epochs", "2", "--image-size", "32",
+                "--image-tower", "cnn-bn", "--fusion", "interaction", "--learning-rate", "1e-3", "--seed", "0",
+                "--output-dir", str(out), *extra, "--precision", "mixed_float16")
     assert r.returncode == 0, r.stdout + r.stderr
     history = (out / "history.csv").read_text().splitlines()
     header, last = history[0].split(","), history[-1].split(",")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import NO_SERVE_EXTRA, TINY_IMAGE, itm_cli, run_cli
+from conftest import NO_SERVE_EXTRA, TINY_IMAGE, itm_cli
 
 from serving_helpers import MAX_UPLOAD_MB, Server, server, trained_run
 
@@ -206,9 +206,9 @@ def test_search_over_a_contrastive_run_takes_the_embedding_shortlist(tiny_data_m
     from itm import Matcher
 
     out = tmp_path / "run"
-    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data_master), "--epochs", "2", "--seed", "0",
-                 "--image-size", str(TINY_IMAGE), "--objective", "contrastive", "--fusion", "interaction",
-                 "--pipeline", "cached", "--batch-size", "8", "--learning-rate", "1e-3", "--output-dir", str(out)])
+    r = itm_cli("train", "--data-dir", str(tiny_data_master), "--epochs", "2", "--seed", "0",
+                "--image-size", str(TINY_IMAGE), "--objective", "contrastive", "--fusion", "interaction",
+                "--pipeline", "cached", "--batch-size", "8", "--learning-rate", "1e-3", "--output-dir", str(out))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     matcher = Matcher.load(out)
     assert matcher.contrastive
