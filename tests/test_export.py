@@ -71,8 +71,8 @@ def test_a_moved_run_without_its_data_scores_new_captions(moved_run, tmp_path):
     out = json.loads(r.stdout)
     assert [x["caption"] for x in out["results"]] == NEW_CAPTIONS
     assert any("were not in the run's data folder" in n for n in out["notes"])
-    # Without the TensorFlow encoder (tensorflow-text made unimportable), a new caption gets one line naming
-    # what to install; a caption of the data folder would need no encoder, but the data folder is gone.
+    # Without the TensorFlow encoder (tensorflow-text made unimportable, in a fresh process), a new caption gets
+    # one line naming what to install; a caption of the data folder would need no encoder, but the data folder is gone.
     blocked = tmp_path / "blocked"
     (blocked / "tensorflow_text").mkdir(parents=True)
     (blocked / "tensorflow_text" / "__init__.py").write_text("raise ImportError('No module named tensorflow_text')\n")

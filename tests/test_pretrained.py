@@ -18,6 +18,7 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "KERAS_HOME": "/nonexistent-keras-home", "no_p
 @needs_weights
 @pytest.mark.slow
 def test_a_tiny_pretrained_run_trains_saves_loads_and_predicts_offline(tiny_data, tmp_path):
+    """Fresh processes: offline means KERAS_HOME and the proxies set before Keras is imported."""
     env = {**OFFLINE, "ITM_CACHE_DIR": str(tmp_path / "cache")}
     args = ["-m", "itm", "train", "--preset", "pretrained", "--data-dir", str(tiny_data), "--image-size", "64",
             "--batch-size", "8", "--epochs", "2", "--seed", "0"]
