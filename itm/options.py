@@ -343,7 +343,8 @@ def fast_precision() -> str:
     if tf.config.list_physical_devices("GPU"):
         return "mixed_float16"
     try:
-        flags = open("/proc/cpuinfo").read()
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
     except OSError:
         return "float32"
     return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"

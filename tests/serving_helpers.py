@@ -1,5 +1,5 @@
-"""Shared by the inference, serve and browser tests: one tiny trained run and one live server per
-test session (each is a real ``itm`` subprocess; training and TensorFlow start-up are the slow part)."""
+"""Shared by the inference, serve and browser tests: one tiny trained run (``itm train`` in this process)
+and one live server (a real ``itm serve`` subprocess) per test session."""
 from __future__ import annotations
 
 import atexit
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import ROOT, TINY_IMAGE, run_cli
+from conftest import ROOT, TINY_IMAGE, itm_cli
 
 MAX_UPLOAD_MB = 1
 _cache: dict = {}
@@ -22,8 +22,8 @@ def trained_run(tiny_data_master: Path, tmp_path_factory) -> Path:
     """``itm train`` on the tiny demo data, once: 1 epoch at 64 px; it writes calibration.json too."""
     if "run" not in _cache:
         out = tmp_path_factory.mktemp("serve-run") / "run"
-        r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data_master), "--epochs", "1", "--seed", "0",
-                     "--image-size", str(TINY_IMAGE), "--output-dir", str(out)])
+        r = itm_cli("train", "--data-dir", tiny_data_master, "--epochs", "1", "--seed", "0", "--image-size", TINY_IMAGE,
+                    "--output-dir", out)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         _cache["run"] = out
     return _cache["run"]

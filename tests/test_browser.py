@@ -18,8 +18,8 @@ IMAGES = "flickr8k-resised"
 CHROMIUM = os.environ.get("ITM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-pytestmark = pytest.mark.skipif(not CHROMIUM or not Path(CHROMIUM).exists(),
-                                reason=NO_CHROMIUM)
+pytestmark = [pytest.mark.skipif(not CHROMIUM or not Path(CHROMIUM).exists(), reason=NO_CHROMIUM),
+              pytest.mark.slow]  # a browser: opt-in (pytest --run-slow)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ a pair labelled both ways, repeated lines, bytes that are not UTF-8. Each throug
 at the check (before TensorFlow is loaded) with one message naming file and line."""
 import pytest
 
-from conftest import run_cli
+from conftest import itm_cli
 from itm.data.folder import SPLIT_FILES, load_data_dir
 
 TRAIN, DEV = SPLIT_FILES["train"], SPLIT_FILES["dev"]
@@ -21,7 +21,7 @@ def append(path, text: bytes) -> int:
 
 
 def check(tiny_data, tmp_path):
-    return run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--output-dir", str(tmp_path / "run")])
+    return itm_cli("train", "--data-dir", tiny_data, "--output-dir", tmp_path / "run")
 
 
 @pytest.mark.parametrize("name", ["../../x.jpg", "/etc/passwd", "a/../../../x.jpg", "..\\..\\x.jpg", "~/x.jpg"])

@@ -10,7 +10,7 @@ import pickle
 import numpy as np
 import pytest
 
-from conftest import NO_COURSE_DATA, NO_SENTENCE_TRANSFORMERS, ROOT, SHARED, run_cli
+from conftest import NO_COURSE_DATA, NO_SENTENCE_TRANSFORMERS, ROOT, SHARED, itm_cli
 from itm.data.folder import (EMBEDDINGS_NPZ, EMBEDDINGS_PKL, SPLIT_FILES, load_embeddings_file,
                              load_embeddings_npz, load_embeddings_pickle)
 from itm.errors import DataError
@@ -20,7 +20,6 @@ needs_st = pytest.mark.skipif(importlib.util.find_spec("sentence_transformers") 
                               reason=NO_SENTENCE_TRANSFORMERS)
 needs_pil = pytest.mark.skipif(importlib.util.find_spec("PIL") is None,
                                reason="the tiny data fixture draws JPEGs with Pillow")
-EMBED = ["-m", "itm", "embed"]  # the command line imports no TensorFlow until a command needs it
 
 
 def hash_vector(caption: str, dim: int = 384) -> np.ndarray:
@@ -144,7 +143,7 @@ def test_loader_reads_npz_and_prefers_it(tiny_data):
 
 
 def test_cli_rejects_other_suffixes(folder):
-    result = run_cli([*EMBED, "--data-dir", str(folder), "--out", str(folder / "e.txt")], timeout=120)
+    result = itm_cli("embed", "--data-dir", folder, "--out", folder / "e.txt")
     assert result.returncode == 2 and "must end in .npz" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -154,7 +153,7 @@ def test_cli_without_sentence_transformers_says_what_to_install(folder):
         pytest.skip("sentence-transformers is installed here")
     except ImportError:
         pass
-    result = run_cli([*EMBED, "--data-dir", str(folder), "--backend", "sentence-transformers"], timeout=120)
+    result = itm_cli("embed", "--data-dir", folder, "--backend", "sentence-transformers")
     assert result.returncode == 2 and "pip install '.[embed]'" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and not (folder / EMBEDDINGS_NPZ).exists()
 
@@ -170,8 +169,7 @@ def test_cli_reproduces_the_committed_demo_vectors(tmp_path):
         captions, reference = list(z["captions"][:40]), z["embeddings"][:40]
     folder = make_folder(tmp_path / "d", {"train": captions[:30], "dev": captions[30:35], "test": captions[35:]})
     out = tmp_path / "demo.pkl"
-    result = run_cli([*EMBED, "--data-dir", str(folder), "--out", str(out), "--batch-size", "8"],
-                     env={"HF_HUB_OFFLINE": "1"}, timeout=300)
+    result = itm_cli("embed", "--data-dir", folder, "--out", out, "--batch-size", "8", env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
     assert "embedded 40/40" in result.stderr
     got = load_embeddings_file(out)

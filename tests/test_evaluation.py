@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from conftest import ROOT, TINY_IMAGE, run_cli
+from conftest import ROOT, itm_cli
 from itm.evaluation.metrics import (average_precision, best_threshold, binary_metrics, bootstrap_ci, retrieval_metrics,
                          roc_auc)
 
@@ -86,13 +86,12 @@ def test_retrieval_ties_never_make_hits_and_go_by_the_tie_break():
     assert retrieval_metrics(scores, relevant, ks=(1,), tie_break=cosine)["R@1"] == pytest.approx(2 / 3)
 
 
-@pytest.mark.slow
-def test_evaluate_and_compare_commands(tiny_data, tmp_path):
-    run = tmp_path / "run"
-    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "1", "--image-size", str(TINY_IMAGE),
-                 "--seed", "3", "--output-dir", str(run)])
-    assert r.returncode == 0, r.stdout + r.stderr
-    r = run_cli(["-m", "itm", "evaluate", "--run", str(run), "--split", "all"])
+def test_evaluate_and_compare_commands(faithful_run, tmp_path):
+    """On a copy of the session's trained run (``faithful_run``: ``itm train``, 1 epoch at 64 px)."""
+    import shutil
+
+    run = shutil.copytree(faithful_run, tmp_path / "run", ignore=shutil.ignore_patterns("search-cache"))
+    r = itm_cli("evaluate", "--run", run, "--split", "all")
     assert r.returncode == 0, r.stdout + r.stderr
     for split, n in (("dev", 24), ("test", 24)):
         m = json.loads((run / f"metrics-{split}.json").read_text())
@@ -110,10 +109,10 @@ def test_evaluate_and_compare_commands(tiny_data, tmp_path):
     assert 0.0 <= threshold <= 1.0
     report = (run / "report.md").read_text()
     assert "## dev split" in report and "## test split" in report and "![ROC and precision-recall](roc-pr-test.png)" in report
-    r = run_cli(["-m", "itm", "compare", str(run), str(run)])
+    r = itm_cli("compare", run, run)
     assert r.returncode == 0 and r.stdout.count(str(run)) == 2 and "balanced acc" in r.stdout
 
 
 def test_evaluate_rejects_a_folder_that_is_not_a_run(tmp_path):
-    r = run_cli(["-m", "itm", "evaluate", "--run", str(tmp_path)], cwd=ROOT)
+    r = itm_cli("evaluate", "--run", tmp_path, cwd=ROOT)
     assert r.returncode == 2 and "is not a run folder" in r.stderr and "Traceback" not in r.stderr

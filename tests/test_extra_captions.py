@@ -1,7 +1,7 @@
 """--extra-captions: more matching captions for the training images only, from a Flickr8k.token.txt."""
 import pytest
 
-from conftest import NO_MINILM_MODEL, NO_TEXT_EXTRA, run_cli
+from conftest import NO_MINILM_MODEL, NO_TEXT_EXTRA, itm_cli
 from itm.data.folder import load_data_dir
 from itm.errors import DataError
 
@@ -49,7 +49,7 @@ def test_a_file_with_nothing_new_is_a_clear_error(tiny_data, tmp_path):
     assert resolve("auto", tiny_data) is None  # the fixture has no Flickr8k.token.txt: nothing to add
     with pytest.raises(DataError, match="no such file"):
         resolve(str(tmp_path / "missing.txt"), tiny_data)
-    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--extra-captions", "auto"])
+    r = itm_cli("train", "--data-dir", tiny_data, "--extra-captions", "auto")
     assert r.returncode == 2 and "--objective contrastive" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -65,9 +65,9 @@ def test_contrastive_training_embeds_and_uses_them(tiny_data, tmp_path):
     data = load_data_dir(tiny_data)
     new = _token_file(data, tiny_data / "Flickr8k.token.txt")
     cache = tmp_path / "cache"
-    args = ["-m", "itm", "train", "--data-dir", str(tiny_data), "--preset", "best-cpu", "--extra-captions", "auto",
-            "--batch-size", "8", "--epochs", "2", "--image-size", str(SIZE), "--seed", "0"]
-    r = run_cli([*args, "--output-dir", str(tmp_path / "run")], env={"ITM_CACHE_DIR": str(cache)})
+    args = ["train", "--data-dir", tiny_data, "--preset", "best-cpu", "--extra-captions", "auto",
+            "--batch-size", "8", "--epochs", "2", "--image-size", SIZE, "--seed", "0"]
+    r = itm_cli(*args, "--output-dir", tmp_path / "run", env={"ITM_CACHE_DIR": str(cache)})
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"Extra captions: {len(new)} more matching captions for {len(new)} training images" in r.stdout
     [cached] = cache.glob("extra-captions-*.npz")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli, run_clis
+from conftest import itm_cli, run_cli
 from serving_helpers import trained_run
 
 IMAGES = "flickr8k-resised"
@@ -43,7 +43,9 @@ def examples(tiny_data_master):
     return tiny_data_master / IMAGES / image, [match, *other]
 
 
+@pytest.mark.fresh_process
 def test_import_itm_stays_light():
+    """Fresh process: what ``import itm`` alone imports in a bare interpreter."""
     r = run_cli(["-c", "import sys, itm; assert 'tensorflow' not in sys.modules, 'tf imported';"
                        "assert itm.Matcher.__name__ == 'Matcher'; print('ok')"])
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
@@ -240,20 +242,18 @@ def test_threshold_is_the_calibrated_one_else_half(run, tmp_path):
     assert m.threshold == 0.5 and "no calibration.json" in m.threshold_source
 
 
-@pytest.mark.slow
 def test_predict_rank_search_commands(run, examples, matcher, encoder, tmp_path):
     image, captions = examples
-    args = ["-m", "itm", "predict", "--run", str(run), "--image", str(image)]
+    args = ["predict", "--run", run, "--image", image]
     bad = tmp_path / "bad.jpg"
     bad.write_text("hello")
     capfile = tmp_path / "captions.txt"
     capfile.write_text("\n".join(captions) + "\n\n")
-    plain, as_json, not_an_image, new_caption, ranked = run_clis([
-        args + sum((["--caption", c] for c in captions[:2]), []),
-        args + ["--caption", captions[0], "--json"],
-        ["-m", "itm", "predict", "--run", str(run), "--image", str(bad), "--caption", captions[0]],
-        args + ["--caption", "a purple giraffe"],
-        ["-m", "itm", "rank", "--run", str(run), "--image", str(image), "--captions", str(capfile), "--top", "2"]])
+    plain = itm_cli(*args, *sum((["--caption", c] for c in captions[:2]), []))
+    as_json = itm_cli(*args, "--caption", captions[0], "--json")
+    not_an_image = itm_cli("predict", "--run", run, "--image", bad, "--caption", captions[0])
+    new_caption = itm_cli(*args, "--caption", "a purple giraffe")
+    ranked = itm_cli("rank", "--run", run, "--image", image, "--captions", capfile, "--top", "2")
 
     r = plain
     assert r.returncode == 0, r.stderr
@@ -287,9 +287,8 @@ def test_predict_rank_search_commands(run, examples, matcher, encoder, tmp_path)
     assert shown == best
 
     env = {"ITM_CACHE_DIR": str(tmp_path / "cache")}
-    search = ["-m", "itm", "search", "--run", str(run), "--images", str(image.parent), "--query", captions[0],
-              "--top", "3"]
-    first, second = run_cli(search, env=env), run_cli(search, env=env)
+    search = ["search", "--run", run, "--images", image.parent, "--query", captions[0], "--top", "3"]
+    first, second = itm_cli(*search, env=env), itm_cli(*search, env=env)
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     assert "0 newly encoded" not in first.stdout and "0 newly encoded" in second.stdout
     assert first.stdout.splitlines()[1:] == second.stdout.splitlines()[1:]
@@ -338,15 +337,14 @@ def test_a_model_archive_without_its_config_is_a_clear_error(run, tmp_path):
         Matcher.load(bad)
 
 
-@pytest.mark.slow
 def test_tampered_run_folders_give_one_line_errors_from_the_commands(run, examples, tmp_path):
     image, captions = examples
     bad = _copy_run(run, tmp_path)
     (bad / "calibration.json").write_text('{"threshold": NaN}')
-    r = run_cli(["-m", "itm", "predict", "--run", str(bad), "--image", str(image), "--caption", captions[0]])
+    r = itm_cli("predict", "--run", bad, "--image", image, "--caption", captions[0])
     assert r.returncode == 2 and "Traceback" not in r.stderr and "NaN is not a number JSON allows" in r.stderr
     (bad / "metrics.json").write_text("{broken")
-    r = run_cli(["-m", "itm", "evaluate", "--run", str(bad)])
+    r = itm_cli("evaluate", "--run", bad)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "metrics file" in r.stderr
 
 
@@ -378,6 +376,6 @@ def test_a_run_of_itm_0_2_loads_converted_with_its_scores_and_without_config_is_
         SavedRun(run).load_model()
     image = tmp_path / "x.png"
     Image.fromarray(expected["pixels"][0]).save(image)
-    r = run_cli(["-m", "itm", "predict", "--run", str(run), "--image", str(image), "--caption", "a red circle"])
+    r = itm_cli("predict", "--run", run, "--image", image, "--caption", "a red circle")
     assert r.returncode == 2 and "train the run again" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

@@ -101,8 +101,10 @@ def test_without_import_itm_the_custom_layers_are_unknown(saved_models):
     assert r.returncode != 0 and "FusedBatchNormalization" in r.stderr
 
 
+@pytest.mark.fresh_process
 def test_import_itm_does_not_import_keras():
-    """The command line starts at once: ``import itm`` defers registration until Keras is imported."""
+    """The command line starts at once: ``import itm`` defers registration until Keras is imported (fresh
+    process: what a bare interpreter imports)."""
     r = run_cli(["-c", "import sys, itm; print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))"])
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"

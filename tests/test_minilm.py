@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import NO_COURSE_DATA, NO_MINILM_MODEL, NO_SENTENCE_TRANSFORMERS, NO_TEXT_EXTRA, ROOT, SHARED, run_cli
+from conftest import NO_COURSE_DATA, NO_MINILM_MODEL, NO_SENTENCE_TRANSFORMERS, NO_TEXT_EXTRA, ROOT, SHARED, itm_cli
 from itm.errors import DataError
 
 pytest.importorskip("tensorflow_text", reason=NO_TEXT_EXTRA)
@@ -137,6 +137,7 @@ def small_classifier(text_features):
 
 
 @needs_model
+@pytest.mark.fresh_process
 def test_a_trained_minilm_classifier_scores_new_captions_in_a_fresh_process_without_torch(tmp_path):
     """Done-when of issue 7: trained with the minilm tower, saved, loaded where torch cannot be imported,
     it scores an image against new captions given as plain strings."""
@@ -192,6 +193,7 @@ def test_fine_tuning_moves_the_encoder_weights():
 
 
 @needs_model
+@pytest.mark.slow  # a 30,522-row embedding trained with Adam: over a minute here
 def test_the_scratch_tower_learns_from_zero_over_the_same_wordpieces():
     model = small_classifier(lambda text: scratch_text_tower(text, 0.1, hidden_size=16, num_layers=1, num_heads=2))
     scratch = model.get_layer("scratch")
@@ -210,7 +212,7 @@ def test_itm_embed_backend_tf_writes_the_encoders_vectors(tiny_data, encoder):
     from itm.data.folder import load_embeddings_file
 
     out = tiny_data / "tf.npz"
-    done = run_cli(["-m", "itm", "embed", "--data-dir", str(tiny_data), "--out", str(out), "--backend", "tf"])
+    done = itm_cli("embed", "--data-dir", tiny_data, "--out", out, "--backend", "tf")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tf)" in done.stderr  # the log names the backend
     vectors = load_embeddings_file(out)

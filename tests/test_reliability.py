@@ -13,13 +13,18 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, itm_cli, run_cli
 
 TRAIN = ["-m", "itm", "train", "--image-size", "32", "--limit", "24", "--seed", "1"]
 
 
 def train_args(data, out, *extra):
     return [*TRAIN, "--data-dir", str(data), "--output-dir", str(out), *extra]
+
+
+def train(data, out, *extra):
+    """``itm train`` in this process (``itm_cli``), with the arguments ``train_args`` gives a subprocess."""
+    return itm_cli(*train_args(data, out, *extra)[2:])
 
 
 def start(args, **popen):
@@ -53,12 +58,15 @@ def leftovers(folder):
 
 # ---------------------------------------------------------------- one writer per run folder
 
+@pytest.mark.fresh_process
 def test_a_second_run_into_a_live_runs_folder_is_refused_and_a_stale_hold_is_taken_over(tiny_data, tmp_path):
+    """Fresh process: the first run is another process holding the folder, killed with SIGKILL as a crash
+    would; the second and third runs are this one."""
     out = tmp_path / "run"
     first = start(train_args(tiny_data, out, "--epochs", "200"))
     try:
         wait_for(out / ".itm-train.lock", first)
-        second = run_cli(train_args(tiny_data, out, "--epochs", "200"))
+        second = train(tiny_data, out, "--epochs", "200")
         assert second.returncode == 2, second.stdout + second.stderr
         error = [line for line in second.stderr.splitlines() if line.startswith("error:")]
         assert len(error) == 1 and f"is being written by another 'itm train': process {first.pid} on host" in error[0]
@@ -67,14 +75,14 @@ def test_a_second_run_into_a_live_runs_folder_is_refused_and_a_stale_hold_is_tak
         first.send_signal(signal.SIGKILL)  # as a crash would: no chance to release the folder
         first.wait()
     assert (out / ".itm-train.lock").exists()
-    third = run_cli(train_args(tiny_data / "absent", out))  # fails at its data check, after taking the folder over
+    third = train(tiny_data / "absent", out)  # fails at its data check, after taking the folder over
     assert f"note: taking over {out} from process {first.pid}" in third.stdout + third.stderr, third.stdout + third.stderr
     assert "does not exist" in third.stderr and "Traceback" not in third.stderr
     assert not (out / ".itm-train.lock").exists()  # released on the way out
 
 
 def test_a_failed_start_leaves_no_run_folder_or_lock(tiny_data, tmp_path):
-    r = run_cli(train_args(tiny_data / "absent", tmp_path / "new" / "run"))
+    r = train(tiny_data / "absent", tmp_path / "new" / "run")
     assert r.returncode == 2 and "does not exist" in r.stderr
     assert not (tmp_path / "new").exists()
 
@@ -83,7 +91,8 @@ def test_a_failed_start_leaves_no_run_folder_or_lock(tiny_data, tmp_path):
 
 @pytest.fixture(scope="module")
 def interrupted(tiny_data_master, tmp_path_factory):
-    """A run of 3 epochs killed (SIGKILL) as soon as its first epoch's backup is written."""
+    """A run of 3 epochs killed (SIGKILL) as soon as its first epoch's backup is written (a fresh process:
+    the tests using it are marked fresh_process)."""
     out = tmp_path_factory.mktemp("interrupted") / "run"
     proc = start(train_args(tiny_data_master, out, "--epochs", "3"))
     try:
@@ -108,14 +117,17 @@ def damage(backup, how):
         os.truncate(backup / "state.json", 40)
 
 
+@pytest.mark.fresh_process
 @pytest.mark.parametrize("how", ["truncated weights", pytest.param("missing weights", marks=pytest.mark.slow),
                                  pytest.param("zeroed weights", marks=pytest.mark.slow),
                                  pytest.param("truncated state", marks=pytest.mark.slow)])
 def test_a_damaged_backup_is_one_line_and_the_run_starts_afresh(interrupted, how, tiny_data_master, tmp_path):
+    """Fresh process: the backup is one a run killed with SIGKILL left (``interrupted``); the resume is in
+    this process."""
     source, epochs = interrupted
     out = shutil.copytree(source, tmp_path / "run")
     damage(out / "backup", how)
-    r = run_cli(train_args(tiny_data_master, out, "--epochs", "3"))
+    r = train(tiny_data_master, out, "--epochs", "3")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     warning = [line for line in r.stderr.splitlines() if line.startswith("warning: the backup in")]
     lost = f"{epochs} finished epoch(s) lost" if how != "truncated state" else "an unknown number of finished epochs lost"
@@ -130,14 +142,14 @@ def test_a_failing_write_is_one_line_and_a_saved_model_is_completed_not_trained_
     out = tmp_path / "run"
     (out / "metrics.json").mkdir(parents=True)  # the last write of a run fails (here: a folder is in its way)
     (out / ".itm-folder.json").write_text('{"kind": "run", "files": []}')  # in a run folder of itm's own
-    r = run_cli(train_args(tiny_data, out, "--epochs", "2"))
+    r = train(tiny_data, out, "--epochs", "2")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert f"error: cannot write the run's metrics {out / 'metrics.json'}: Is a directory" in r.stderr
     assert (out / "model.keras").is_file() and (out / "backup" / "state.json").is_file() and not leftovers(out)
     model = (out / "model.keras").read_bytes()
 
     (out / "metrics.json").rmdir()
-    r = run_cli(train_args(tiny_data, out, "--epochs", "2"))
+    r = train(tiny_data, out, "--epochs", "2")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "was saved but the run's evaluation did not finish: completing the run from the saved model" in r.stdout
     assert "TRAINING" not in r.stdout and "Epoch 1/" not in r.stdout
@@ -156,7 +168,9 @@ def _umask() -> int:
     return mask
 
 
+@pytest.mark.fresh_process
 def test_a_full_disk_during_the_epoch_backup_is_one_line_and_leaves_no_partial_file(tiny_data, tmp_path):
+    """Fresh process: the full disk is a file size limit (RLIMIT_FSIZE) set on the training process alone."""
     out = tmp_path / "run"
     r = limited(train_args(tiny_data, out, "--epochs", "2"), kib=2000)  # the weights and optimizer state: ~3 MB
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
@@ -166,14 +180,15 @@ def test_a_full_disk_during_the_epoch_backup_is_one_line_and_leaves_no_partial_f
     assert not leftovers(out) and not (out / "model.keras").exists()
 
 
-@pytest.mark.parametrize("how", ["cache is a file", "full disk"])
+@pytest.mark.parametrize("how", ["cache is a file", pytest.param("full disk", marks=pytest.mark.fresh_process)])
 def test_the_demo_data_in_a_cache_that_cannot_be_written_is_one_line(how, tmp_path):
+    """The full disk is a file size limit (RLIMIT_FSIZE) on a fresh process; the cache that is a file, in-process."""
     cache = tmp_path / "cache"
     args = ["-m", "itm", "train", "--epochs", "1", "--output-dir", str(tmp_path / "run")]
     env = {"ITM_CACHE_DIR": str(cache), "ITM_DATA_DIR": ""}
     if how == "cache is a file":
         cache.write_text("not a folder")
-        r = run_cli(args, cwd=tmp_path, env=env)
+        r = itm_cli(*args[2:], cwd=tmp_path, env=env)
     else:
         r = limited(args, kib=4, env=env)
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]

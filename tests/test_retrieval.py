@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import TINY_IMAGE, run_cli
+from conftest import TINY_IMAGE, itm_cli
 from test_pretrained import photos_and_captions  # noqa: F401 (a fixture)
 
 
@@ -84,8 +84,8 @@ def test_ood_split_protocol_holds_every_caption_as_a_match_and_contains_the_pair
 
 def test_ood_split_protocol_from_the_command_line_defaults_to_1000_photos(photos_and_captions, tmp_path):  # noqa: F811
     folder, token, _ = photos_and_captions
-    r = run_cli(["-m", "itm", "ood-split", "--protocol", "--captions", str(token), "--images", str(folder), "--out",
-                 str(tmp_path / "o"), "--no-embed"])
+    r = itm_cli("ood-split", "--protocol", "--captions", token, "--images", folder, "--out", tmp_path / "o",
+                "--no-embed")
     assert r.returncode == 2 and "fewer than --photos 1000" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -94,10 +94,10 @@ def test_ood_split_protocol_from_the_command_line_defaults_to_1000_photos(photos
 @pytest.mark.slow
 def test_evaluate_a_protocol_folder_reports_both_stages_and_search_uses_them(tiny_data, tmp_path):
     run = tmp_path / "run"
-    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--objective", "contrastive", "--pipeline",
-                 "cached", "--batch-size", "4", "--epochs", "2", "--image-size", str(TINY_IMAGE), "--fusion",
-                 "interaction", "--projection-dim", "32", "--learning-rate", "1e-3", "--seed", "3",
-                 "--output-dir", str(run)])
+    r = itm_cli("train", "--data-dir", str(tiny_data), "--objective", "contrastive", "--pipeline",
+                "cached", "--batch-size", "4", "--epochs", "2", "--image-size", str(TINY_IMAGE), "--fusion",
+                "interaction", "--projection-dim", "32", "--learning-rate", "1e-3", "--seed", "3",
+                "--output-dir", str(run))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     # the standard protocol's shape: every photo with its match captions only; one class
     proto = tmp_path / "proto"
@@ -105,8 +105,8 @@ def test_evaluate_a_protocol_folder_reports_both_stages_and_search_uses_them(tin
     lines = (tiny_data / "flickr8k.TestImages.txt").read_text().splitlines()
     matches = [line for line in lines if line.endswith("\tmatch")]
     (proto / "flickr8k.TestImages.txt").write_text("\n".join(matches) + "\n")
-    r = run_cli(["-m", "itm", "evaluate", "--run", str(run), "--data-dir", str(proto), "--name", "proto",
-                 "--rerank", "3"])
+    r = itm_cli("evaluate", "--run", str(run), "--data-dir", str(proto), "--name", "proto",
+                "--rerank", "3")
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout[-3000:] + r.stderr[-3000:]
     assert "note: proto: only match lines" in r.stdout and "ROC-AUC" in r.stdout
     m = json.loads((run / "metrics-proto.json").read_text())
@@ -122,7 +122,7 @@ def test_evaluate_a_protocol_folder_reports_both_stages_and_search_uses_them(tin
             assert rer[direction][k] == pytest.approx(emb[direction][k])
     report = (run / "report.md").read_text()
     assert "all match" in report and "embedding alone" in report and "re-ranked by the head" in report
-    r = run_cli(["-m", "itm", "compare", "--split", "proto", str(run)])
+    r = itm_cli("compare", "--split", "proto", str(run))
     assert r.returncode == 0 and "one class" in r.stdout, r.stdout + r.stderr
 
     # the Matcher: unit embeddings, and search's two stages agree with the head over every image when the

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, itm_cli, run_cli
 
 
 def _iterations(model_path):
@@ -40,9 +40,9 @@ def test_float16_grouped_steps_go_through_the_loss_scaler(extra, tiny_data, tmp_
     import itm.models.optim  # noqa: F401
 
     out = tmp_path / "run"
-    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "2", "--image-size", "32",
-                 "--image-tower", "cnn-bn", "--fusion", "interaction", "--learning-rate", "1e-3", "--seed", "0",
-                 "--output-dir", str(out), *extra, "--precision", "mixed_float16"])
+    r = itm_cli("train", "--data-dir", str(tiny_data), "--epochs", "2", "--image-size", "32",
+                "--image-tower", "cnn-bn", "--fusion", "interaction", "--learning-rate", "1e-3", "--seed", "0",
+                "--output-dir", str(out), *extra, "--precision", "mixed_float16")
     assert r.returncode == 0, r.stdout + r.stderr
     history = (out / "history.csv").read_text().splitlines()
     header, last = history[0].split(","), history[-1].split(",")
@@ -211,8 +211,8 @@ def test_two_workers_train_as_one_on_the_same_global_batches(tiny_data, tmp_path
 
 @pytest.mark.parametrize("tf_config", ["", "{not json"], ids=["missing", "malformed"])
 def test_multiworker_without_a_usable_tf_config_is_a_clean_error(tf_config, tiny_data, tmp_path):
-    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "1", "--image-size", "32",
-                 "--strategy", "multiworker", "--output-dir", str(tmp_path / "run")], env={"TF_CONFIG": tf_config})
+    r = itm_cli("train", "--data-dir", tiny_data, "--epochs", "1", "--image-size", "32", "--strategy", "multiworker",
+                "--output-dir", tmp_path / "run", env={"TF_CONFIG": tf_config})
     assert r.returncode == 2, r.stdout + r.stderr
     assert "error:" in r.stderr and "TF_CONFIG" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "run").exists()

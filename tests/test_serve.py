@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import NO_SERVE_EXTRA, TINY_IMAGE, run_cli
+from conftest import NO_SERVE_EXTRA, TINY_IMAGE, itm_cli
 
 from serving_helpers import MAX_UPLOAD_MB, Server, server, trained_run
 
@@ -151,7 +151,7 @@ def test_random_uploads_are_never_a_server_error(live, triples, raw, captions):
     (["--max-upload-mb", "5000"], "--max-upload-mb must be a number in (0, 1024]"),
 ])
 def test_server_limits_are_checked_at_start_up(run, option, message):
-    r = run_cli(["-m", "itm", "serve", "--run", str(run), *option], timeout=60)
+    r = itm_cli("serve", "--run", run, *option)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
 
 
@@ -206,9 +206,9 @@ def test_search_over_a_contrastive_run_takes_the_embedding_shortlist(tiny_data_m
     from itm import Matcher
 
     out = tmp_path / "run"
-    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data_master), "--epochs", "2", "--seed", "0",
-                 "--image-size", str(TINY_IMAGE), "--objective", "contrastive", "--fusion", "interaction",
-                 "--pipeline", "cached", "--batch-size", "8", "--learning-rate", "1e-3", "--output-dir", str(out)])
+    r = itm_cli("train", "--data-dir", str(tiny_data_master), "--epochs", "2", "--seed", "0",
+                "--image-size", str(TINY_IMAGE), "--objective", "contrastive", "--fusion", "interaction",
+                "--pipeline", "cached", "--batch-size", "8", "--learning-rate", "1e-3", "--output-dir", str(out))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     matcher = Matcher.load(out)
     assert matcher.contrastive

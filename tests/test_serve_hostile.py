@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from conftest import NO_SERVE_EXTRA, run_cli, run_clis
+from conftest import NO_SERVE_EXTRA, itm_cli
 
 from serving_helpers import Server, trained_run
 
@@ -157,7 +157,7 @@ def test_malformed_requests_each_get_a_4xx_and_no_traceback(live, pair):
 
 def test_read_timeout_and_connections_are_checked_at_start_up(run):
     for option, message in ((["--read-timeout", "0"], "--read-timeout"), (["--max-connections", "0"], "--max-connections")):
-        r = run_cli(["-m", "itm", "serve", "--run", str(run), *option], timeout=60)
+        r = itm_cli("serve", "--run", run, *option)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
@@ -196,16 +196,13 @@ def test_predict_and_rank_with_careless_inputs_answer_in_one_line(run, pair, tin
                ["-m", "itm", "predict", "--run", str(run), "--image", str(image), "--caption", ""]),
               ("blank captions file", "holds no captions", "rank",
                ["-m", "itm", "rank", "--run", str(run), "--image", str(image), "--captions", str(tmp_path / "blank.txt")])]
-    for (name, message, command, _), r in zip(cases, run_clis([args for *_, args in cases], timeout=300)):
+    for (name, message, command, _), r in zip(cases, [itm_cli(*args[2:]) for *_, args in cases]):
         errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
         assert r.returncode == 2 and len(errors) == 1 and message in errors[0], (name, command, r.stderr[-2000:])
         assert "Traceback" not in r.stderr
     # 10,000 captions: one answer line each from predict, the top ones from rank
-    ranked, r = run_clis([
-        ["-m", "itm", "rank", "--run", str(run), "--image", str(image), "--captions", str(tmp_path / "many.txt"),
-         "--top", "3"],
-        ["-m", "itm", "predict", "--run", str(run), "--image", str(image), *[a for c in many for a in ("--caption", c)]]],
-        timeout=600)
+    ranked = itm_cli("rank", "--run", run, "--image", image, "--captions", tmp_path / "many.txt", "--top", "3")
+    r = itm_cli("predict", "--run", run, "--image", image, *[a for c in many for a in ("--caption", c)])
     assert ranked.returncode == 0, ranked.stderr[-2000:]
     assert len([x for x in ranked.stdout.splitlines() if "p(match)=" in x]) == 3
     assert r.returncode == 0, r.stderr[-2000:]

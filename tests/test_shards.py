@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_cli
+from conftest import itm_cli
 from itm.data.batches import file_triples as make_dataset
 from itm.data.folder import IMAGES_SUBDIR, SPLIT_FILES, load_data_dir
 from itm.errors import ConfigError, DataError
@@ -115,12 +115,12 @@ def test_impossible_shard_options(options, message):
 
 @pytest.mark.slow
 def test_train_on_shards_from_the_command_line(tiny_data, tmp_path):
-    r = run_cli(["-m", "itm", "shard", "--data-dir", str(tiny_data), "--shards", "2", "--out", str(tmp_path / "s")])
+    r = itm_cli("shard", "--data-dir", str(tiny_data), "--shards", "2", "--out", str(tmp_path / "s"))
     assert r.returncode == 0, r.stderr
     assert "train: 2/2 shards" in r.stderr and f"to {tmp_path / 's'}" in r.stdout
     out = tmp_path / "run"
-    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--pipeline", "shards", "--shards-dir",
-                 str(tmp_path / "s"), "--epochs", "1", "--image-size", "32", "--seed", "1", "--output-dir", str(out)])
+    r = itm_cli("train", "--data-dir", str(tiny_data), "--pipeline", "shards", "--shards-dir",
+                str(tmp_path / "s"), "--epochs", "1", "--image-size", "32", "--seed", "1", "--output-dir", str(out))
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"train streams from {tmp_path / 's'} (2 TFRecord shards)" in r.stdout
     assert "val_loss" in (out / "history.csv").read_text() and (out / "metrics.json").is_file()
@@ -133,8 +133,8 @@ def test_train_on_shards_from_the_command_line(tiny_data, tmp_path):
 
 
 def test_training_on_a_folder_without_shards_is_a_clear_error(tiny_data, tmp_path):
-    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--pipeline", "shards", "--epochs", "1",
-                 "--output-dir", str(tmp_path / "run")])
+    r = itm_cli("train", "--data-dir", tiny_data, "--pipeline", "shards", "--epochs", "1",
+               "--output-dir", tmp_path / "run")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert f"--pipeline shards: no shards folder at {tiny_data / 'shards' / INDEX_FILE}" in r.stderr
     assert f"itm shard --data-dir {tiny_data}" in r.stderr

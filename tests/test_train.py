@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import NO_COURSE_DATA, ROOT, SHARED, TINY_IMAGE, run_cli
+from conftest import NO_COURSE_DATA, SHARED, TINY_IMAGE, itm_cli, run_cli
 from itm.data.batches import file_triples, model_inputs
 from itm.data.folder import load_data_dir
 from itm.data.demo import DEMO_VERSION
@@ -76,8 +76,8 @@ def _check_tensorboard(out, history):
 @pytest.mark.slow
 def test_itm_classifier_end_to_end(tiny_data, tmp_path):
     out = tmp_path / "run"
-    r = run_cli(["ITM_Classifier.py", "--data-dir", str(tiny_data), "--epochs", "2", "--batch-size", "8",
-                 "--learning-rate", "1e-4", "--seed", "7", "--image-size", str(TINY_IMAGE), "--output-dir", str(out)])
+    r = itm_cli("--data-dir", str(tiny_data), "--epochs", "2", "--batch-size", "8", "--learning-rate", "1e-4",
+                "--seed", "7", "--image-size", str(TINY_IMAGE), "--output-dir", str(out), train_script=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"Data: {tiny_data} (from --data-dir)" in r.stdout
     assert "Seed: 7 (from --seed); precision: float32" in r.stdout
@@ -164,8 +164,8 @@ def test_keras_progress_follows_the_logger_and_the_notebook(monkeypatch):
 
 @pytest.mark.slow
 def test_quiet_prints_the_result_lines_only(tiny_data, tmp_path):
-    r = run_cli(["-m", "itm", "train", "--quiet", "--data-dir", str(tiny_data), "--epochs", "1",
-                 "--image-size", "32", "--seed", "7", "--output-dir", str(tmp_path / "run")])
+    r = itm_cli("train", "--quiet", "--data-dir", str(tiny_data), "--epochs", "1",
+                "--image-size", "32", "--seed", "7", "--output-dir", str(tmp_path / "run"))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     lines = r.stdout.splitlines()
     assert "TEST accuracy=" in r.stdout and any(line.startswith("ITM=") for line in lines)  # the original's
@@ -175,15 +175,15 @@ def test_quiet_prints_the_result_lines_only(tiny_data, tmp_path):
 
 
 def test_itm_train_is_the_same_command(tiny_data, tmp_path):
-    r = run_cli(["-m", "itm", "train", "--help"])
+    r = itm_cli("train", "--help")
     assert r.returncode == 0 and "--data-dir" in r.stdout and "--limit" in r.stdout and "faithful" in r.stdout
 
 
 @pytest.mark.slow
 def test_demo_is_used_when_no_data_is_configured(tmp_path):
     env = {"ITM_CACHE_DIR": str(tmp_path / "cache"), "ITM_DATA_DIR": ""}
-    r = run_cli([str(ROOT / "ITM_Classifier.py"), "--epochs", "1", "--limit", "8", "--image-size", "32",
-                 "--output-dir", str(tmp_path / "run")], cwd=tmp_path, env=env)
+    r = itm_cli("--epochs", "1", "--limit", "8", "--image-size", "32",
+                "--output-dir", str(tmp_path / "run"), cwd=tmp_path, env=env, train_script=True)
     assert r.returncode == 0, r.stdout + r.stderr
     first = r.stdout.splitlines()[:3]
     assert any("bundled DEMO dataset" in line for line in first), first
@@ -198,14 +198,14 @@ def test_demo_is_used_when_no_data_is_configured(tmp_path):
     (["--learning-rate", "abc"], "is not a number"),
 ])
 def test_user_mistakes_get_a_clear_error(args, message, tmp_path):
-    r = run_cli([str(ROOT / "ITM_Classifier.py"), *args], cwd=tmp_path)
+    r = itm_cli(*args, train_script=True, cwd=tmp_path)
     assert r.returncode == 2 and message in r.stderr
     assert "Traceback" not in r.stderr
 
 
 def test_bad_data_folder_fails_before_training(tiny_data, tmp_path):
     (tiny_data / "flickr8k.TestImages.txt").write_text("img.jpg\tcaption\tperhaps\n")
-    r = run_cli([str(ROOT / "ITM_Classifier.py"), "--data-dir", str(tiny_data), "--output-dir", str(tmp_path / "o")])
+    r = itm_cli("--data-dir", tiny_data, "--output-dir", tmp_path / "o", train_script=True)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "label other than match/no-match: 1" in r.stderr and "flickr8k.TestImages.txt:1" in r.stderr
     assert "TRAINING" not in r.stdout and "Traceback" not in r.stderr
@@ -216,8 +216,8 @@ def test_bad_data_folder_fails_before_training(tiny_data, tmp_path):
 @pytest.mark.skipif(not SHARED.is_dir(), reason=NO_COURSE_DATA)
 def test_real_data_one_epoch(tmp_path):
     out = tmp_path / "real"
-    r = run_cli(["ITM_Classifier.py", "--data-dir", str(SHARED), "--epochs", "1", "--limit", "256", "--seed", "0",
-                 "--output-dir", str(out)])
+    r = itm_cli("--data-dir", str(SHARED), "--epochs", "1", "--limit", "256", "--seed", "0",
+                "--output-dir", str(out), train_script=True)
     assert r.returncode == 0, r.stdout + r.stderr
     metrics, _ = _check_run_folder(out, n_test=256)
     assert metrics["parameters"] == 6_529_570
@@ -226,8 +226,8 @@ def test_real_data_one_epoch(tmp_path):
 # ---------------------------------------------------------------- the run folder's policy
 
 def _train(tiny_data, out, *extra):
-    return run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "1", "--image-size", "32",
-                    "--limit", "24", "--seed", "1", "--output-dir", str(out), *extra])
+    return itm_cli("train", "--data-dir", tiny_data, "--epochs", "1", "--image-size", "32", "--limit", "24", "--seed", "1",
+                  "--output-dir", out, *extra)
 
 
 @pytest.mark.slow
@@ -272,7 +272,7 @@ def test_an_interrupted_run_resumes_only_with_its_own_options(tiny_data, tmp_pat
 def test_an_output_dir_that_cannot_hold_a_run_is_refused_before_the_data_check(where, message, tiny_data, tmp_path):
     (tmp_path / "f").write_text("x")
     out = {"file": tmp_path / "f", "inside": tmp_path / "f" / "run", "proc": "/proc/itm-run"}[where]
-    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data / "absent"), "--output-dir", str(out)])
+    r = itm_cli("train", "--data-dir", tiny_data / "absent", "--output-dir", out)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
     assert "does not exist" not in r.stderr  # refused before the data folder was looked at
 

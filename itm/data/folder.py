@@ -219,7 +219,8 @@ def load_embeddings_npz(path: Path, lazy: bool = False):
         if table is not None:
             return table
     try:
-        with np.load(path, allow_pickle=False) as z:
+        # Opened here, not by np.load: it leaves its own file open when the archive is not a zip (truncated).
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
             names = set(z.files)
             captions = z["captions"] if "captions" in names else None
             matrix = z["embeddings"] if "embeddings" in names else None
@@ -309,6 +310,11 @@ class NpzEmbeddings(MutableMapping):
         except (OSError, ValueError, EOFError, zipfile.BadZipFile):
             return None
         return cls(path, rows, matrix)
+
+    def __del__(self):  # the file goes with the table, closed (not left to the garbage collector's warning)
+        file = getattr(self, "_file", None)
+        if file is not None:
+            file.close()
 
     def __getitem__(self, caption: str) -> np.ndarray:
         if caption in self._added:

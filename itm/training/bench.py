@@ -47,7 +47,8 @@ SETTINGS = {
 def cpu_info() -> dict:
     """The CPU's model name, vector extensions that matter here, cores and clock (Linux /proc/cpuinfo)."""
     try:
-        text = open("/proc/cpuinfo").read()
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
     except OSError:
         return {"model": "unknown", "cores": os.cpu_count()}
     fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)

@@ -57,9 +57,10 @@ def make_strategy(name: str):
 def available_memory() -> int | None:
     """Bytes of memory this machine can still give (MemAvailable), or None where that is unknown."""
     try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None

@@ -41,8 +41,8 @@ class RunLock:
     """Hold ``out`` for this process: ``with RunLock(out): ...``. Creates ``out`` if needed; on release the
     lock file goes, and so do the folders this hold made, when nothing else was written into them."""
 
-    def __init__(self, out, log=sys.stdout):
-        self.out, self.path, self.log = Path(out), Path(out) / LOCK_NAME, log
+    def __init__(self, out, log=None):
+        self.out, self.path, self.log = Path(out), Path(out) / LOCK_NAME, log  # None: the sys.stdout of the moment
         self.fd: int | None = None
         self.made: list[Path] = []
 
@@ -80,7 +80,7 @@ class RunLock:
         stale = _holder(self.path)
         if stale:
             print(f"note: taking over {self.out} from {_describe(stale)}, which has ended without releasing it",
-                  file=self.log, flush=True)
+                  file=self.log or sys.stdout, flush=True)
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}).encode()
         os.ftruncate(fd, 0)
