@@ -251,6 +251,7 @@ def test_the_demo_generator_refuses_a_users_folder(tmp_path):
 
 # ---------------------------------------------------------------- SIGTERM
 
+@pytest.mark.fresh_process
 def test_sigterm_during_training_says_interrupted_and_the_same_command_resumes(tiny_data, tmp_path):
     """A fresh process: only a real process receives a real SIGTERM."""
     out = tmp_path / "run"

@@ -5,7 +5,8 @@ import pytest
 
 from test_browser import CHROMIUM, IMAGES, browser, live, page  # noqa: F401 (the browser tests' fixtures)
 
-pytestmark = pytest.mark.skipif(not CHROMIUM, reason="no Chromium")
+pytestmark = [pytest.mark.skipif(not CHROMIUM, reason="no Chromium"),
+              pytest.mark.slow]  # a browser: opt-in (pytest --run-slow), as tests/test_browser.py
 
 
 def test_each_answer_shows_its_own_notes_and_the_run_note_once(page, live, tiny_data_master):  # noqa: F811

@@ -9,19 +9,16 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from conftest import NO_SERVE_EXTRA, TINY_IMAGE, itm_cli
+from conftest import NO_SERVE_EXTRA, itm_cli
 
 pytest.importorskip("fastapi", reason=NO_SERVE_EXTRA)
 IMAGES = "flickr8k-resised"
 
 
 @pytest.fixture(scope="module")
-def run(tiny_data_master, tmp_path_factory):
-    out = tmp_path_factory.mktemp("hardening") / "run"
-    r = itm_cli("train", "--data-dir", tiny_data_master, "--epochs", "1", "--seed", "0", "--image-size", TINY_IMAGE,
-                "--output-dir", out)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return out
+def run(faithful_run):
+    """The session's tiny faithful run (read only: the NaN run is a copy)."""
+    return faithful_run
 
 
 @pytest.fixture(scope="module")
