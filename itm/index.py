@@ -263,7 +263,7 @@ class VectorIndex:
             raise DataError(f"search index {path} is missing")
         damaged = f"search index {path} is damaged or not an index; delete it and it is rebuilt"
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:  # np.load leaks its own file on a non-zip
                 if "format" not in z.files or z["format"].shape != () or int(z["format"]) != FORMAT:
                     raise DataError(f"{damaged} (not format {FORMAT} of itm's index)")
                 if "checksum" not in z.files:

@@ -45,7 +45,8 @@ class FeatureFile:
         self.rebuilt = ""
         if self.path.is_file():
             try:
-                with np.load(self.path, allow_pickle=False) as z:
+                # Opened here, not by np.load: it leaves its own file open when the archive is not a zip.
+                with open(self.path, "rb") as f, np.load(f, allow_pickle=False) as z:
                     if str(z["key"]) == key:
                         features = z["features"]  # read once: each z[...] reads the whole array again
                         self.rebuilt = self._mismatch(z, features, item_shape)
