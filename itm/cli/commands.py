@@ -34,10 +34,19 @@ def train_config(args: Namespace) -> TrainConfig:
     return resolve_config(preset, **given)
 
 
+def option_origins(args: Namespace) -> dict:
+    """Where each option that a recorded run's config.json (``--config``) set, and the command line did not,
+    came from: for the lines that name the seed's and the data folder's origin."""
+    if not getattr(args, "config", None):
+        return {}
+    recorded = options_from_file(args.config)
+    return {k: f"--config {args.config}" for k in recorded if getattr(args, k, None) is None}
+
+
 def run_train(args: Namespace) -> int:
     from ..training.run import train
 
-    train(train_config(args))
+    train(train_config(args), origins=option_origins(args))
     return 0
 
 

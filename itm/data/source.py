@@ -12,13 +12,14 @@ from .demo import ensure_demo_data
 DEFAULT_DATA_DIRS = (Path("flickr8k.dataset-cmp9137-item1"), Path("data/flickr8k.dataset-cmp9137-item1"))
 
 
-def resolve_data_dir(data_dir: str | None) -> tuple[Path, str]:
+def resolve_data_dir(data_dir: str | None, given_by: str = "--data-dir") -> tuple[Path, str]:
     """Pick the data folder: --data-dir, else $ITM_DATA_DIR, else a default location, else the demo.
 
-    Returns the folder and a line saying where it came from. A folder the user named
+    Returns the folder and a line saying where it came from (``given_by``: what set ``data_dir``, e.g. a
+    re-run's ``--config RUN/config.json``). A folder the user named
     explicitly must exist; only the absence of any choice falls back to the demo data.
     """
-    for value, origin in ((data_dir, "--data-dir"), (os.environ.get("ITM_DATA_DIR") or None, "ITM_DATA_DIR")):
+    for value, origin in ((data_dir, given_by), (os.environ.get("ITM_DATA_DIR") or None, "ITM_DATA_DIR")):
         if value:
             path = Path(value).expanduser()
             if not path.is_dir():
