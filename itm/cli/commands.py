@@ -15,11 +15,11 @@ from ..data.folder import load_data_dir
 from ..data.ood import ood_split
 from ..data.prepare import prepare
 from ..data.shards import write_shards
-from ..data.source import resolve_data_dir
+from ..data.source import demo_will_be_used, resolve_data_dir
 from ..errors import CaptionError, ConfigError, DataError
 from ..evaluation.report import compare_table, write_report
 from ..log import logger, progress
-from ..options import OPTIONS, TrainConfig, options_from_file, resolve_config
+from ..options import DEMO_RECIPES, OPTIONS, TrainConfig, options_from_file, resolve_config
 from ..training.model_card import write_model_card
 from ..models.saved_run import SavedRun
 
@@ -31,6 +31,13 @@ def train_config(args: Namespace) -> TrainConfig:
     if getattr(args, "config", None):
         given = {**options_from_file(args.config), **{k: v for k, v in given.items() if v is not None}}
     preset = given.pop("preset", None) or "faithful"
+    recipe = DEMO_RECIPES.get(preset, {}) if not getattr(args, "config", None) else {}
+    if recipe and demo_will_be_used(given.get("data_dir")):
+        kept = {k: v for k, v in recipe.items() if given.get(k) is None}
+        if kept:
+            logger.info(f"Demo recipe: {preset} with " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in kept.items())
+                        + " on the demo's shapes (give the option to choose another)")
+        given = {**given, **kept}
     return resolve_config(preset, **given)
 
 

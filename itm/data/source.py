@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from ..errors import DataError
-from .demo import ensure_demo_data
+from .demo import ensure_demo_data, is_demo
 
 # Where a prepared Flickr8k folder is looked for when neither --data-dir nor ITM_DATA_DIR is given:
 # the original's own relative path first, then the project's data/ folder.
@@ -33,3 +33,11 @@ def resolve_data_dir(data_dir: str | None, given_by: str = "--data-dir") -> tupl
     return path, (f"Data: no Flickr8k folder configured, so using the bundled DEMO dataset at {path}\n"
                   f"      (synthetic shapes; put the prepared Flickr8k at {where}, or pass --data-dir "
                   "or set ITM_DATA_DIR; see data/README.md)")
+
+
+def demo_will_be_used(data_dir: str | None) -> bool:
+    """Whether ``resolve_data_dir(data_dir)`` picks the demo dataset (without generating it)."""
+    chosen = data_dir or os.environ.get("ITM_DATA_DIR")
+    if chosen:
+        return is_demo(Path(chosen).expanduser())
+    return not any(path.is_dir() for path in DEFAULT_DATA_DIRS)
