@@ -2,6 +2,9 @@
 # Create .venv (once) and install itm into it. `scripts/setup.sh test` adds the test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# setuptools' build backend warns on every editable install that a folder named like the package may shadow
+# it (here that folder is the package itself); -q does not hide a backend's warnings.
+export PYTHONWARNINGS="ignore:Editable installation"
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 if [ "${1:-}" = "test" ]; then
