@@ -10,6 +10,9 @@ is no GPU) is kept to errors, or hidden, unless the user set ``TF_CPP_MIN_LOG_LE
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
+from contextlib import contextmanager
 
 ONEDNN = "TF_ENABLE_ONEDNN_OPTS"
 LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
@@ -40,3 +43,27 @@ def onednn_line() -> str:
     else:
         why = "TensorFlow's default"
     return f"oneDNN: {state} ({why})"
+
+
+@contextmanager
+def quiet_native_log():
+    """Hold back what C++ code writes to the process's stderr inside the block (the LiteRT converter logs
+    through absl, which TF_CPP_MIN_LOG_LEVEL does not reach); shown if the block fails, and never held
+    back under --verbose (TF_CPP_MIN_LOG_LEVEL=0)."""
+    if os.environ.get(LOG_LEVEL) == "0":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

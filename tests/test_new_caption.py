@@ -4,7 +4,7 @@ import importlib.util
 
 import pytest
 
-from conftest import NO_MINILM_MODEL, NO_TEXT_EXTRA, TINY_IMAGE, itm_cli
+from conftest import NO_MINILM_MODEL, NO_TEXT_EXTRA, TINY_IMAGE, itm_cli, run_cli
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("tensorflow_text") is None, reason=NO_TEXT_EXTRA),
@@ -39,3 +39,8 @@ def test_a_new_caption_is_predicted_searched_and_exported(tiny_data, tmp_path):
     out = served(image=tf.constant([image.read_bytes()]), caption=tf.constant([NEW]))
     p = float(out["p_match"].numpy().ravel()[0])
     assert 0.0 <= p <= 1.0
+
+    # LiteRT: quiet in a fresh process (the converter's absl lines go to the process's stderr, not Python's)
+    litert = run_cli(["-m", "itm", "export", "--run", str(run), "--format", "litert", "--output", str(tmp_path / "m.tflite")])
+    assert litert.returncode == 0, litert.stderr
+    assert litert.stderr == "", litert.stderr
