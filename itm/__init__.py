@@ -6,6 +6,11 @@ training option and preset in ``itm.options``; training in ``itm.training``; sco
 ``itm.evaluation``; ``itm.Matcher`` and the web app in ``itm.serving``; the command line in ``itm.cli``.
 """
 from .version import __version__  # noqa: F401 (written in itm/version.py, the one place)
+from . import tfenv
+
+# Before anything imports TensorFlow: oneDNN on (TensorFlow leaves it off on CPUs without AVX-512) and its C++
+# log quiet, each unless the user set it (itm.tfenv).
+tfenv.prepare()
 
 from .compat import ITM_Classifier, ITM_DataLoader  # noqa: E402,F401
 from .models.saving import register_when_keras_loads  # noqa: E402

@@ -4,9 +4,11 @@
 The original is rebuilt here as the course published it: legacy Keras 2 (tf-keras, under
 TF_USE_LEGACY_KERAS=1), tf-models-official's AdamW, its own tf.data pipeline (a JPEG decoded per triple,
 shuffle buffer 128, batches of 16), the same CNN, projections and head, ``fit`` with dev validation.
-Each side runs in its own process, one after the other, and this prints JSON with both epoch times and
-their ratio. A measurement, not a test. Needs the test extras (``scripts/setup.sh test``: tf-keras and
-tf-models-official).
+Each side runs in its own process, one after the other, with oneDNN off and on (``TF_ENABLE_ONEDNN_OPTS``;
+TensorFlow leaves it off on CPUs without AVX-512, itm turns it on), and this prints JSON with the CPU, the
+epoch times and the ratios, the headline being ``--fast`` (oneDNN on, as itm runs it) against the original
+as a user runs it (TensorFlow's defaults). A measurement, not a test. Needs the test extras
+(``scripts/setup.sh test``: tf-keras and tf-models-official).
 
     .venv/bin/python scripts/bench_original.py --data-dir ../shared/flickr8k-cmp9137 [--precision float32]
 """
@@ -78,36 +80,84 @@ print("ORIGINAL_SECONDS", time.perf_counter() - start)
 '''
 
 
+ONEDNN_STATES = {"default": None, "on": "1", "off": "0"}  # None: TensorFlow's own choice (off on AVX2-only CPUs)
+
+
+def _env(onednn: str | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    return env if onednn is None else {**env, "TF_ENABLE_ONEDNN_OPTS": onednn}
+
+
+def _onednn_enabled(onednn: str | None) -> bool:
+    """Whether TensorFlow runs oneDNN under that setting, asked of a fresh TensorFlow (not itm)."""
+    r = subprocess.run([sys.executable, "-c", "from tensorflow.python.util import _pywrap_util_port as p; "
+                        "print(p.IsMklEnabled())"], env=_env(onednn), capture_output=True, text=True)
+    return r.stdout.strip() == "True"
+
+
+def original_epoch(data_dir: str, onednn: str | None) -> float:
+    r = subprocess.run([sys.executable, "-c", ORIGINAL, data_dir, "1"], env={**_env(onednn), "TF_USE_LEGACY_KERAS": "1"},
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"the original failed:\n{r.stderr[-3000:]}")
+    return round(float(re.search(r"ORIGINAL_SECONDS (\S+)", r.stdout)[1]), 1)
+
+
+def fast_epoch(data_dir: str, precision: str, onednn: str | None) -> dict:
+    run_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"itm-bench-original-{os.getpid()}-{time.time_ns()}"
+    r = subprocess.run([sys.executable, str(ROOT / "ITM_Classifier.py"), "--fast", "--epochs", "1", "--seed", "0",
+                        "--precision", precision, "--data-dir", data_dir, "--output-dir", str(run_dir)],
+                       env=_env(onednn), capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"ITM_Classifier.py --fast failed:\n{r.stderr[-3000:]}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {"epoch_seconds": round(float(re.search(r"model trained in (\S+) s", r.stdout)[1]), 1),
+            "precision": re.search(r"precision: (\S+)", r.stdout)[1],
+            "test": {k: round(metrics[k], 4) for k in ("accuracy", "balanced_accuracy", "roc_auc")}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--precision", default="float32", help="for ITM_Classifier.py --fast (default: float32, "
                     "the original's; 'auto' for the machine's fast one)")
     ap.add_argument("--skip-original", action="store_true", help="time only ITM_Classifier.py --fast")
+    ap.add_argument("--onednn", choices=("both", "default"), default="both",
+                    help="both (default): each side with oneDNN off and on, back to back; default: the original "
+                    "under TensorFlow's own choice and --fast under itm's (on unless TF_ENABLE_ONEDNN_OPTS is set)")
     args = ap.parse_args()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    out = {"data_dir": args.data_dir, "machine": platform.processor() or platform.machine(),
-           "cpu_flags": sorted({"avx2", "avx512f", "avx512_bf16"} & set(open("/proc/cpuinfo").read().split()))}
-    if not args.skip_original:
-        print("the original (legacy Keras, its own pipeline), 1 epoch ...", file=sys.stderr, flush=True)
-        r = subprocess.run([sys.executable, "-c", ORIGINAL, args.data_dir, "1"], env={**env, "TF_USE_LEGACY_KERAS": "1"},
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            sys.exit(f"the original failed:\n{r.stderr[-3000:]}")
-        out["original_epoch_seconds"] = round(float(re.search(r"ORIGINAL_SECONDS (\S+)", r.stdout)[1]), 1)
-    print(f"ITM_Classifier.py --fast --epochs 1 --precision {args.precision} ...", file=sys.stderr, flush=True)
-    run_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"itm-bench-original-{os.getpid()}-{int(time.time())}"
-    r = subprocess.run([sys.executable, str(ROOT / "ITM_Classifier.py"), "--fast", "--epochs", "1", "--seed", "0",
-                        "--precision", args.precision, "--data-dir", args.data_dir, "--output-dir", str(run_dir)],
-                       env=env, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"ITM_Classifier.py --fast failed:\n{r.stderr[-3000:]}")
-    out["fast_epoch_seconds"] = round(float(re.search(r"model trained in (\S+) s", r.stdout)[1]), 1)
-    out["fast_precision"] = re.search(r"precision: (\S+);", r.stdout)[1]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    out["fast_test"] = {k: round(metrics[k], 4) for k in ("accuracy", "balanced_accuracy", "roc_auc")}
-    if "original_epoch_seconds" in out:
-        out["speedup"] = round(out["original_epoch_seconds"] / out["fast_epoch_seconds"], 2)
+    flags = set(open("/proc/cpuinfo").read().split())
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                 platform.processor() or platform.machine())
+    out = {"data_dir": args.data_dir, "cpu": model, "cores": len(os.sched_getaffinity(0)),
+           "cpu_flags": sorted({"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"} & flags),
+           "tensorflow_default_onednn": "on" if _onednn_enabled(None) else "off",
+           "load_average_before": os.getloadavg()[0]}
+    # the original as a user runs it: TensorFlow's defaults; --fast as itm runs it: oneDNN on
+    sides = [("original", None), ("fast", "1")] if args.onednn == "default" else \
+        [("original", None), ("original", "0" if _onednn_enabled(None) else "1"), ("fast", "1"), ("fast", "0")]
+    for side, onednn in sides:
+        if side == "original" and args.skip_original:
+            continue
+        state = "on" if _onednn_enabled(onednn) else "off"
+        label = f"{side}, oneDNN {state}" + (" (TensorFlow's default)" if onednn is None else "")
+        print(f"{label}: 1 epoch ...", file=sys.stderr, flush=True)
+        if side == "original":
+            out[f"original_epoch_seconds_onednn_{state}"] = original_epoch(args.data_dir, onednn)
+            if onednn is None:
+                out["original_as_a_user_runs_it"] = f"oneDNN {state}"
+        else:
+            out[f"fast_onednn_{state}"] = fast_epoch(args.data_dir, args.precision, onednn)
+    out["load_average_after"] = os.getloadavg()[0]
+    user = out.get("original_epoch_seconds_onednn_" + out["tensorflow_default_onednn"])
+    fast_on = out.get("fast_onednn_on", {}).get("epoch_seconds")
+    if user and fast_on:
+        out["speedup_fast_onednn_on_vs_original_as_a_user_runs_it"] = round(user / fast_on, 2)
+    for state in ("on", "off"):
+        orig, fast = out.get(f"original_epoch_seconds_onednn_{state}"), out.get(f"fast_onednn_{state}", {}).get("epoch_seconds")
+        if orig and fast:
+            out[f"speedup_same_onednn_{state}"] = round(orig / fast, 2)
     print(json.dumps(out, indent=2))
     return 0
 

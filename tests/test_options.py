@@ -185,7 +185,7 @@ def test_version_is_the_package_version(capsys):
     from pathlib import Path
 
     project = tomllib.loads((Path(itm.__file__).parent.parent / "pyproject.toml").read_text())["project"]
-    assert project["dynamic"] == ["version"] and project["license"] == {"text": "Apache-2.0"}
+    assert project["dynamic"] == ["version"] and project["license"] == "Apache-2.0"
 
 
 @pytest.mark.fresh_process

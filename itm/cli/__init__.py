@@ -12,17 +12,10 @@ import signal
 import sys
 from collections.abc import Callable
 
-from .. import log
+from .. import log, tfenv
 from ..errors import ItmError
 from .commands import COMMANDS, run_train
 from .parser import build_parser, train_parser
-
-
-def quiet_tensorflow() -> None:
-    """Keep TensorFlow's C++ start-up chatter out of the way, and its CUDA probe's error line ('failed call
-    to cuInit') too on a machine without an NVIDIA driver, where it says only that there is no GPU."""
-    if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if os.path.exists("/dev/nvidiactl") else "3"
 
 
 def dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -57,11 +50,11 @@ def _set_output(args: argparse.Namespace) -> None:
     command = getattr(args, "command", "train")  # ITM_Classifier.py's parser has no command: it trains
     log.setup(getattr(args, "verbosity", 0), "stdout" if command in STDOUT_PROGRESS else "stderr")
     if getattr(args, "verbosity", 0) > 0:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        os.environ[tfenv.LOG_LEVEL] = "0"
+        log.logger.debug(tfenv.onednn_line())  # imports TensorFlow: only under --verbose
 
 
 def main(argv: list[str] | None = None) -> int:
-    quiet_tensorflow()
     args = build_parser().parse_args(argv)
     _set_output(args)
     return dispatch(COMMANDS[args.command], args)
@@ -69,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def itm_classifier_main(argv: list[str] | None = None) -> int:
     """``python ITM_Classifier.py [options]``: the same run as ``itm train [options]``."""
-    quiet_tensorflow()
     args = train_parser().parse_args(argv)
     _set_output(args)
     return dispatch(run_train, args)

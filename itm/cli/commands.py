@@ -18,11 +18,11 @@ from ..data.folder import load_data_dir
 from ..data.ood import ood_split
 from ..data.prepare import prepare
 from ..data.shards import write_shards
-from ..data.source import resolve_data_dir
+from ..data.source import demo_will_be_used, resolve_data_dir
 from ..errors import CaptionError, ConfigError, DataError
 from ..evaluation.report import compare_table, write_report
 from ..log import logger, progress
-from ..options import OPTIONS, TrainConfig, options_from_file, resolve_config
+from ..options import DEMO_RECIPES, OPTIONS, TrainConfig, options_from_file, resolve_config
 from ..training.model_card import write_model_card
 from ..models.saved_run import SavedRun
 
@@ -34,6 +34,13 @@ def train_config(args: Namespace) -> TrainConfig:
     if getattr(args, "config", None):
         given = {**options_from_file(args.config), **{k: v for k, v in given.items() if v is not None}}
     preset = given.pop("preset", None) or "faithful"
+    recipe = DEMO_RECIPES.get(preset, {}) if not getattr(args, "config", None) else {}
+    if recipe and demo_will_be_used(given.get("data_dir")):
+        kept = {k: v for k, v in recipe.items() if given.get(k) is None}
+        if kept:
+            logger.info(f"Demo recipe: {preset} with " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in kept.items())
+                        + " on the demo's shapes (give the option to choose another)")
+        given = {**given, **kept}
     return resolve_config(preset, **given)
 
 
@@ -62,13 +69,22 @@ def terminate_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def option_origins(args: Namespace) -> dict:
+    """Where each option that a recorded run's config.json (``--config``) set, and the command line did not,
+    came from: for the lines that name the seed's and the data folder's origin."""
+    if not getattr(args, "config", None):
+        return {}
+    recorded = options_from_file(args.config)
+    return {k: f"--config {args.config}" for k in recorded if getattr(args, k, None) is None}
+
+
 def run_train(args: Namespace) -> int:
     from ..training.run import train
 
     config = train_config(args)
     try:
         with terminate_as_interrupt():
-            train(config)
+            train(config, origins=option_origins(args))
     except KeyboardInterrupt as e:
         again = Interrupted(getattr(e, "signum", signal.SIGINT), "run the same command again to resume the run "
                             "from its last finished epoch")

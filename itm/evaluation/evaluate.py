@@ -28,12 +28,13 @@ from .retrieval import DEFAULT_RERANK, retrieval_report
 
 
 def print_sample_predictions(split: Split, probs: np.ndarray, rate: float = 0.1, seed: int | None = None) -> None:
-    """The original's printout of about ``rate`` of the predictions."""
+    """The original's printout of about ``rate`` of the predictions, each probability to 4 decimals (the
+    original printed float32's full repr, 16-19 digits; predictions.tsv keeps 6)."""
     rng = random.Random(seed)
     for t, (p_match, p_nomatch) in zip(split.triples, probs):
         if rng.random() < rate:
             path = split.images_dir / t.image
-            print("ITM=%s PREDICTIONS: match=%s, no-match=%s \t -> \t %s" % (t.caption, p_match, p_nomatch, path))
+            print("ITM=%s PREDICTIONS: match=%.4f, no-match=%.4f \t -> \t %s" % (t.caption, p_match, p_nomatch, path))
 
 
 def write_predictions(path: Path, split: Split, probs: np.ndarray) -> None:

@@ -258,9 +258,12 @@ def export_litert(run_dir, output, quantize: bool = False, overwrite: bool = Fal
 def _convert(converter, quantize: bool) -> bytes:
     import tensorflow as tf
 
+    from ..tfenv import quiet_native_log
+
     if quantize:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    return converter.convert()
+    with quiet_native_log():  # the converter's absl lines ('Ignored output_format.', ...)
+        return converter.convert()
 
 
 def export(run_dir, output, fmt: str = "savedmodel", quantize: bool = False, overwrite: bool = False) -> Path:

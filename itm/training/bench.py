@@ -182,8 +182,11 @@ def _shards_for(data_dir: str) -> tuple[Path | None, float | None]:
 
 def run(data_dir: str, settings: list[str], steps: int, precision: str | None = None) -> dict:
     """Measure each setting in a subprocess, then add the speed-ups over 'naive' and the machine's peak."""
-    info = cpu_info()
-    logger.info(f"CPU: {info['model']}, {info['cores']} cores, {', '.join(info['features']) or 'no AVX2'}")
+    from ..tfenv import onednn_enabled, onednn_line
+
+    info = {**cpu_info(), "onednn": "on" if onednn_enabled() else "off"}  # the subprocesses inherit this setting
+    logger.info(f"CPU: {info['model']}, {info['cores']} cores, {', '.join(info['features']) or 'no AVX2'}; "
+                f"{onednn_line()}")
     results = []
     for setting in settings:
         logger.info(f"measuring {setting} ...")

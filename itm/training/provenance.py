@@ -81,6 +81,13 @@ def _program() -> str:
     return "itm" if name == "__main__.py" else name  # python -m itm
 
 
+def _onednn() -> str:
+    """TensorFlow's oneDNN state in this run and why (``itm.tfenv``): it changes speed, and the last digits."""
+    from ..tfenv import onednn_line
+
+    return onednn_line().removeprefix("oneDNN: ")
+
+
 def environment(config: dict, data=None) -> dict:
     """The environment.json of a run trained with ``config`` (its data folder must exist) on ``data``."""
     version = sys.modules[__name__.split(".")[0]].__version__  # the itm package, imported before any of its modules
@@ -91,6 +98,7 @@ def environment(config: dict, data=None) -> dict:
         "keras": _version("keras"),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "onednn": _onednn(),
         "git": git_commit(),
         "command": " ".join([_program(), *sys.argv[1:]]),
         "data": {"folder": config["data_dir"], **data_fingerprint(config["data_dir"]),

@@ -127,37 +127,40 @@ def build_trainer(config: TrainConfig, strategy, steps: int):
     return model, trainer
 
 
-def resolve_run(config: TrainConfig) -> tuple[TrainConfig, Path, bool]:
+def resolve_run(config: TrainConfig, origins: dict | None = None) -> tuple[TrainConfig, Path, bool]:
     """Apply the run-folder policy, finish the config (``itm.options.finish_config``: data folder, seed,
     precision) and check it against an interrupted run's; returns the finished config, the run folder and
-    whether it resumes an interrupted run."""
+    whether it resumes an interrupted run. ``origins``: where an option came from when not from its flag
+    (e.g. ``{"seed": "--config RUN/config.json"}``), for the lines that say so."""
+    origins = origins or {}
     out = Path(config.output_dir) if config.output_dir else run_folder.default_output_dir(config.preset)
-    data_dir, origin = resolve_data_dir(config.data_dir)
+    data_dir, origin = resolve_data_dir(config.data_dir, origins.get("data_dir", "--data-dir"))
     run_folder.check_not_in_data(out, data_dir)
     resuming = run_folder.open_run_folder(out, config.overwrite)
     logger.info(origin)
     saved = run_folder.saved_config(out) if resuming else {}
-    config, how = finish_config(config, data_dir, out, saved_seed=saved.get("seed"))
+    config, chosen = finish_config(config, data_dir, out, saved_seed=saved.get("seed"),
+                                   seed_origin=origins.get("seed", "--seed"))
     if resuming:
         run_folder.check_restart(out, config.to_dict())
-    logger.info(f"Seed: {config.seed} ({how}); precision: {config.precision}; run folder: {out}")
+    logger.info(f"{chosen}; run folder: {out}")
     logger.debug(f"options: {json.dumps(config.to_dict())}")
     return config, out, resuming
 
 
-def train(config: TrainConfig) -> Path:
+def train(config: TrainConfig, origins: dict | None = None) -> Path:
     """Train, save and evaluate one run as ``config`` says; returns the run folder (which, under
     --strategy multiworker, only the chief writes). The folder is held for the whole run: a second run
-    into it is refused (``itm.training.run_lock``)."""
+    into it is refused (``itm.training.run_lock``). ``origins``: as ``resolve_run``'s."""
     out = Path(config.output_dir) if config.output_dir else run_folder.default_output_dir(config.preset)
     config = replace(config, output_dir=str(out))
     run_folder.check_output_dir(out)  # before the lock file goes in: a user's folder is refused untouched
     with RunLock(out):
-        return _train(config)
+        return _train(config, origins)
 
 
-def _train(config: TrainConfig) -> Path:
-    config, out, _ = resolve_run(config)
+def _train(config: TrainConfig, origins: dict | None = None) -> Path:
+    config, out, _ = resolve_run(config, origins)
     pipeline = pipeline_for(config)
     logger.info("Checking the data folder ...")
     data = load_data_dir(config.data_dir, limit=config.limit, need_embeddings=config.text_tower == "precomputed")
