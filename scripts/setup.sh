@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 # it (here that folder is the package itself); -q does not hide a backend's warnings.
 export PYTHONWARNINGS="ignore:Editable installation"
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
+# setuptools 77 or later reads the SPDX `license` string of pyproject.toml; the packaging test builds the wheel
+# with this environment's setuptools (--no-build-isolation), so the venv needs it too, not only pip's build.
+.venv/bin/python -m pip install -q --upgrade pip "setuptools>=77"
 if [ "${1:-}" = "test" ]; then
     .venv/bin/python -m pip install -q -e '.[test,text]'
     # The reference for the optimizer-parity test. Its full dependency set (tensorflow-text, opencv, ...)
