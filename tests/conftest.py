@@ -60,6 +60,20 @@ def faithful_run(tiny_data_master, tmp_path_factory):
     return trained_run(tiny_data_master, tmp_path_factory)
 
 
+@pytest.fixture(scope="session")
+def contrastive_run(tiny_data_master, tmp_path_factory):
+    """One tiny contrastive run for the whole session (``itm train --objective contrastive --fusion interaction
+    --pipeline cached`` in this process: 2 epochs at 64 px, batches of 8, seed 0, on ``tiny_data_master``),
+    for the tests of two-stage search over a real embedding (all in the opt-in group). Read it; a test that
+    changes it copies it first."""
+    out = tmp_path_factory.mktemp("contrastive") / "run"
+    r = itm_cli("train", "--data-dir", tiny_data_master, "--epochs", "2", "--seed", "0", "--image-size", TINY_IMAGE,
+                "--objective", "contrastive", "--fusion", "interaction", "--pipeline", "cached", "--batch-size", "8",
+                "--learning-rate", "1e-3", "--output-dir", out)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return out
+
+
 @dataclass
 class FrozenBackboneRun:
     run: Path  # the run folder
