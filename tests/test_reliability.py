@@ -1,5 +1,7 @@
 """Nothing lost when runs collide, disks fill, or backups and caches are damaged: each fault reproduced with
-real `itm` subprocesses and real files, and answered with one line (and, where it can be, a good run)."""
+the real `itm` command (in this process; a subprocess where the fault needs one: a lock held by another
+process, a SIGKILL, a file size limit) and real files, and answered with one line (and, where it can be, a good
+run)."""
 import json
 import os
 import resource
@@ -13,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, itm_cli, run_cli
+from conftest import FROZEN_BACKBONE_TRAIN, ROOT, itm_cli
 
 TRAIN = ["-m", "itm", "train", "--image-size", "32", "--limit", "24", "--seed", "1"]
 
@@ -211,16 +213,16 @@ def rewrite_npz(path, **change):
     return arrays
 
 
-@pytest.mark.slow
-def test_a_changed_search_cache_is_rebuilt_and_a_full_disk_costs_only_speed(tiny_data_master, tmp_path_factory, tmp_path):
-    from serving_helpers import trained_run
-
-    run = trained_run(tiny_data_master, tmp_path_factory)
+@pytest.mark.fresh_process
+def test_a_changed_search_cache_is_rebuilt_and_a_full_disk_costs_only_speed(faithful_run, tiny_data_master, tmp_path):
+    """The searches on a damaged cache run in this process; the full disk is a file size limit
+    (RLIMIT_FSIZE) set on a fresh process alone."""
+    run = faithful_run
     cache = tmp_path / "cache"
     images = tiny_data_master / "flickr8k-resised"
     query = (tiny_data_master / "flickr8k.DevImages.txt").read_text().splitlines()[0].split("\t")[1]
     args = ["-m", "itm", "search", "--run", str(run), "--images", str(images), "--query", query, "--top", "40"]
-    first = run_cli(args, env={"ITM_CACHE_DIR": str(cache)})
+    first = itm_cli(*args[2:], env={"ITM_CACHE_DIR": str(cache)})
     assert first.returncode == 0, first.stderr[-2000:]
     [npz] = (cache / "search").glob("*.npz")
 
@@ -236,7 +238,7 @@ def test_a_changed_search_cache_is_rebuilt_and_a_full_disk_costs_only_speed(tiny
                 arrays = {k: z[k] for k in z.files if k not in ("checksum", "shape")}
             with open(npz, "wb") as f:
                 np.savez(f, **arrays)
-        again = run_cli(args, env={"ITM_CACHE_DIR": str(cache)})
+        again = itm_cli(*args[2:], env={"ITM_CACHE_DIR": str(cache)})
         assert again.returncode == 0, (change, again.stderr[-2000:])
         assert f"warning: the feature cache {npz} cannot be used" in again.stderr and "rebuilding it" in again.stderr, change
         assert again.stdout == first.stdout, change  # the same answer as from the untouched cache
@@ -254,33 +256,34 @@ needs_weights = pytest.mark.skipif(__import__("importlib").util.find_spec("fdet_
 
 @needs_weights
 @pytest.mark.slow
-def test_a_training_feature_cache_is_verified_and_nan_features_name_the_cache(tiny_data, tmp_path):
+def test_a_training_feature_cache_is_verified_and_nan_features_name_the_cache(frozen_backbone_run, tiny_data_master,
+                                                                              tmp_path):
+    """The first training is the session's ``frozen_backbone_run``; the later ones, on a copy of its feature
+    cache, run in this process."""
     from itm.data.features import checksum
 
-    env = {"ITM_CACHE_DIR": str(tmp_path / "cache"), "KERAS_HOME": "/nonexistent-keras-home"}
-    args = ["-m", "itm", "train", "--preset", "pretrained", "--data-dir", str(tiny_data), "--image-size", "64",
-            "--batch-size", "8", "--epochs", "1", "--seed", "0"]
-    first = run_cli([*args, "--output-dir", str(tmp_path / "first")], env=env)
-    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    first = frozen_backbone_run.run
+    env = {"ITM_CACHE_DIR": str(shutil.copytree(frozen_backbone_run.cache, tmp_path / "cache"))}
+    args = [*FROZEN_BACKBONE_TRAIN, "--data-dir", tiny_data_master]
     [npz] = (tmp_path / "cache" / "features").glob("*.npz")
     with np.load(npz) as z:
         features = z["features"]
     rewrite_npz(npz, features=np.zeros_like(features))  # zeroed: would train a wrong model if trusted
-    zeroed = run_cli([*args, "--output-dir", str(tmp_path / "zeroed")], env=env)
+    zeroed = itm_cli(*args, "--output-dir", tmp_path / "zeroed", env=env)
     assert zeroed.returncode == 0, zeroed.stderr[-2000:]
     assert "do not match their checksum" in zeroed.stdout + zeroed.stderr and "22 computed" in zeroed.stdout
     assert (json.loads((tmp_path / "zeroed" / "metrics.json").read_text())["roc_auc"]
-            == json.loads((tmp_path / "first" / "metrics.json").read_text())["roc_auc"])
+            == json.loads((first / "metrics.json").read_text())["roc_auc"])
 
     wrong = np.ones((len(features), 10), np.float32)  # a file consistent with itself, of vectors the backbone does not give
     rewrite_npz(npz, features=wrong, shape=np.array(wrong.shape), checksum=np.array(checksum(wrong)))
-    r = run_cli([*args, "--output-dir", str(tmp_path / "shape")], env=env)
+    r = itm_cli(*args, "--output-dir", tmp_path / "shape", env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "vectors of shape (10,), the encoder gives (1280,)" in r.stdout and "22 computed" in r.stdout
 
     nan = features.copy()
     nan[0, 0] = np.nan  # with a checksum that fits: as a backbone with broken weights would have written it
     rewrite_npz(npz, features=nan, checksum=np.array(checksum(nan)))
-    r = run_cli([*args, "--output-dir", str(tmp_path / "nan")], env=env)
+    r = itm_cli(*args, "--output-dir", tmp_path / "nan", env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "hold NaN or infinity" in r.stderr and str(npz) in r.stderr and "embeddings" not in r.stderr

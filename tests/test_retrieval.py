@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import TINY_IMAGE, itm_cli
+from conftest import itm_cli
 from test_pretrained import photos_and_captions  # noqa: F401 (a fixture)
 
 
@@ -92,13 +92,9 @@ def test_ood_split_protocol_from_the_command_line_defaults_to_1000_photos(photos
 # ---------------------------------------------------------------- both stages on a trained fixture run
 
 @pytest.mark.slow
-def test_evaluate_a_protocol_folder_reports_both_stages_and_search_uses_them(tiny_data, tmp_path):
-    run = tmp_path / "run"
-    r = itm_cli("train", "--data-dir", str(tiny_data), "--objective", "contrastive", "--pipeline",
-                "cached", "--batch-size", "4", "--epochs", "2", "--image-size", str(TINY_IMAGE), "--fusion",
-                "interaction", "--projection-dim", "32", "--learning-rate", "1e-3", "--seed", "3",
-                "--output-dir", str(run))
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+def test_evaluate_a_protocol_folder_reports_both_stages_and_search_uses_them(contrastive_run, tiny_data, tmp_path):
+    """On a copy of the session's ``contrastive_run`` (evaluate writes into the run)."""
+    run = shutil.copytree(contrastive_run, tmp_path / "run")
     # the standard protocol's shape: every photo with its match captions only; one class
     proto = tmp_path / "proto"
     shutil.copytree(tiny_data, proto)

@@ -15,10 +15,12 @@ from conftest import ROOT, itm_cli, run_cli
 
 
 def _iterations(model_path):
-    r = run_cli(["-c", "import sys, keras, itm.models.optim; m = keras.saving.load_model(sys.argv[1]); "
-                       "print(int(m.optimizer.iterations))", str(model_path)])
-    assert r.returncode == 0, r.stderr
-    return int(r.stdout.split()[-1])
+    """The steps the saved model's optimizer took (loaded in this process, as ``itm.load`` would)."""
+    import keras
+
+    import itm.models.optim  # noqa: F401  (registers itm's serializable classes)
+
+    return int(keras.saving.load_model(model_path).optimizer.iterations)
 
 
 def test_auto_precision_is_the_fast_one_this_machine_has():
@@ -58,7 +60,10 @@ def test_float16_grouped_steps_go_through_the_loss_scaler(extra, tiny_data, tmp_
 @pytest.mark.parametrize("extra, steps_per_epoch", [([], 4), (["--fast", "--batch-size", "16"], 4)],
                          ids=["fit", "grouped"])
 @pytest.mark.slow
+@pytest.mark.fresh_process
 def test_sigkilled_run_resumes_with_the_same_total_steps(extra, steps_per_epoch, tiny_data, tmp_path):
+    """Fresh process: the first run is another process, killed with SIGKILL after its first backup; the
+    resume is in this process."""
     out = tmp_path / "run"
     args = [sys.executable, "-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "8", "--image-size", "32",
             "--seed", "4", "--output-dir", str(out), *extra]
@@ -70,7 +75,7 @@ def test_sigkilled_run_resumes_with_the_same_total_steps(extra, steps_per_epoch,
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (out / "backup").is_dir() and not (out / "model.keras").exists(), "killed before the first backup"
-    r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    r = itm_cli(*args[3:])
     assert r.returncode == 0, r.stdout + r.stderr
     # Resumed, and said so: the restart did not redo the first epoch.
     assert "Resuming from the backup" in r.stdout and "Epoch 1/8" not in r.stdout
@@ -106,8 +111,10 @@ print(n1, n2, max(float(np.abs(a - b).max()) for a, b in zip(w1, w2)))
 
 
 @pytest.mark.slow
+@pytest.mark.fresh_process
 def test_mirrored_over_two_cpus_matches_one_device():
     """Same seed, same batches: the weights after 8 steps agree to 1e-5 (float sums in another order).
+    A fresh process: the CPU is split into two logical devices, which TensorFlow allows only before it starts.
 
     Clipping is off here: under a strategy it applies to each replica's gradient before the sum,
     as in the reference optimizer, which is a different (documented) computation."""
@@ -120,8 +127,8 @@ def test_mirrored_over_two_cpus_matches_one_device():
 
 @pytest.mark.slow
 def test_mirrored_strategy_from_the_command_line(tiny_data, tmp_path):
-    r = run_cli(["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "1", "--image-size", "32",
-                 "--strategy", "mirrored", "--output-dir", str(tmp_path / "run")])
+    r = itm_cli("train", "--data-dir", tiny_data, "--epochs", "1", "--image-size", "32",
+                "--strategy", "mirrored", "--output-dir", tmp_path / "run")
     assert r.returncode == 0, r.stdout + r.stderr
     assert (tmp_path / "run" / "model.keras").is_file()
 
@@ -159,9 +166,11 @@ def _run_workers(args, n, logs, timeout=150):
 
 
 @pytest.mark.slow
+@pytest.mark.fresh_process
 def test_two_workers_on_loopback_complete_a_multiworker_run(tiny_data, tmp_path):
     """The tiny train split has 64 triples: a global batch of 16 split over the two workers makes
-    4 steps an epoch (8 in 2 epochs); a batch of 16 per worker would make 2 (4)."""
+    4 steps an epoch (8 in 2 epochs); a batch of 16 per worker would make 2 (4). Fresh processes: each
+    worker is a process of its own, as on a cluster."""
     outs = [tmp_path / "chief", tmp_path / "worker1"]
     results = _run_workers(lambda i: ["-m", "itm", "train", "--data-dir", str(tiny_data), "--epochs", "2",
                                       "--image-size", "32", "--batch-size", "16", "--strategy", "multiworker",
@@ -191,10 +200,11 @@ itm.training.run.train(resolve_config(data_dir=sys.argv[1], output_dir=sys.argv[
 
 
 @pytest.mark.slow
+@pytest.mark.fresh_process
 def test_two_workers_train_as_one_on_the_same_global_batches(tiny_data, tmp_path):
     """Same seed, so the same global batches: one worker and two (each with half of every batch)
     end with the same history. Dropout is off, as is clipping (under a strategy it applies to each
-    replica's gradient before the sum)."""
+    replica's gradient before the sum). Fresh processes: each worker is a process of its own."""
     histories = []
     for n in (1, 2):
         out = tmp_path / f"{n}-workers"

@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import NO_SERVE_EXTRA, TINY_IMAGE, itm_cli
+from conftest import NO_SERVE_EXTRA, itm_cli
 
-from serving_helpers import MAX_UPLOAD_MB, Server, server, trained_run
+from serving_helpers import MAX_UPLOAD_MB, Server, server
 
 pytest.importorskip("fastapi", reason=NO_SERVE_EXTRA)
 IMAGES = "flickr8k-resised"
 
 
 @pytest.fixture(scope="module")
-def run(tiny_data_master, tmp_path_factory):
-    return trained_run(tiny_data_master, tmp_path_factory)
+def run(faithful_run):
+    return faithful_run
 
 
 @pytest.fixture(scope="module")
@@ -199,17 +199,14 @@ def test_binds_to_loopback_only(live):
 
 
 @pytest.mark.slow
-def test_search_over_a_contrastive_run_takes_the_embedding_shortlist(tiny_data_master, tmp_path, monkeypatch):
-    """/api/search on a run trained contrastively: the folder's VectorIndex (kept beside the server's feature
-    cache) shortlists by the embedding and the head re-ranks: the results of ``Matcher.search``, whose
-    order differs from the head's over every image."""
+def test_search_over_a_contrastive_run_takes_the_embedding_shortlist(contrastive_run, tiny_data_master, tmp_path,
+                                                                     monkeypatch):
+    """/api/search on a run trained contrastively (the session's ``contrastive_run``): the folder's VectorIndex
+    (kept beside the server's feature cache) shortlists by the embedding and the head re-ranks: the results of
+    ``Matcher.search``, whose order differs from the head's over every image."""
     from itm import Matcher
 
-    out = tmp_path / "run"
-    r = itm_cli("train", "--data-dir", str(tiny_data_master), "--epochs", "2", "--seed", "0",
-                "--image-size", str(TINY_IMAGE), "--objective", "contrastive", "--fusion", "interaction",
-                "--pipeline", "cached", "--batch-size", "8", "--learning-rate", "1e-3", "--output-dir", str(out))
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    out = contrastive_run
     matcher = Matcher.load(out)
     assert matcher.contrastive
     monkeypatch.setenv("ITM_CACHE_DIR", str(tmp_path / "here"))

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import NO_SERVE_EXTRA, itm_cli
 
-from serving_helpers import Server, trained_run
+from serving_helpers import Server
 
 pytest.importorskip("fastapi", reason=NO_SERVE_EXTRA)
 IMAGES = "flickr8k-resised"
@@ -19,8 +19,8 @@ MAX_CONNECTIONS = 40
 
 
 @pytest.fixture(scope="module")
-def run(tiny_data_master, tmp_path_factory):
-    return trained_run(tiny_data_master, tmp_path_factory)
+def run(faithful_run):
+    return faithful_run
 
 
 @pytest.fixture(scope="module")

@@ -37,9 +37,10 @@ class FeatureFile:
 
     The file carries the shape and a checksum of its features: a file whose contents do not match them
     (damaged, zeroed, replaced) or whose vectors are not of ``item_shape`` is rebuilt, with a warning;
-    ``rebuilt`` says why."""
+    ``rebuilt`` says why. The warning goes to ``log``, else to ``sys.stderr`` as it is when the file is opened
+    (not as it was at import: a caller that redirects stderr gets the warning)."""
 
-    def __init__(self, path: Path, key: str, item_shape: tuple | None = None, log=sys.stderr):
+    def __init__(self, path: Path, key: str, item_shape: tuple | None = None, log=None):
         self.path, self.key = Path(path), key
         self.entries: dict[tuple[str, int, int], np.ndarray] = {}
         self.rebuilt = ""
@@ -57,7 +58,7 @@ class FeatureFile:
                 self.rebuilt = f"unreadable: {type(e).__name__}"
             if self.rebuilt:
                 print(f"warning: the feature cache {self.path} cannot be used ({self.rebuilt}): rebuilding it",
-                      file=log, flush=True)
+                      file=log or sys.stderr, flush=True)
 
     @staticmethod
     def _mismatch(z, features: np.ndarray, item_shape) -> str:
