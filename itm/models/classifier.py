@@ -32,7 +32,6 @@ OUTPUT_NAME = "ITM_Classifier-flickr"  # the original's name for its softmax lay
 IMAGE_ENCODER, TEXT_ENCODER, HEAD = "image_encoder", "text_encoder", "head"  # the classifier's three parts
 FROZEN_PART, TRAINED_PART = "image_frozen", "image_trained"  # the image encoder's parts over a frozen backbone
 PART_NAMES = (IMAGE_ENCODER, TEXT_ENCODER, HEAD)
-PARTS = (*PART_NAMES, FROZEN_PART, TRAINED_PART)
 
 
 def project_embeddings(x, num_projection_layers: int, projection_dims: int, dropout_rate: float, name: str):
@@ -454,36 +453,6 @@ def build_model(image_size: int = 224, image_tower: str = "faithful-cnn", text_t
     text_encoder = build_text_encoder(text_tower, projection_dim, num_projection_layers, dropout, text_trainable)
     head = build_head(fusion, image_encoder.output, text_encoder.output, dropout)
     return ITMClassifier(image_encoder, text_encoder, head, name="itm_classifier")
-
-
-def split_model(model: keras.Model):
-    """The classifier's (image encoder, text encoder, head): its own sub-models, sharing its weights.
-
-    Retrieval scores every image against every caption: each image and each caption is encoded once
-    and only the small head runs per pair."""
-    return model.get_layer(IMAGE_ENCODER), model.get_layer(TEXT_ENCODER), model.get_layer(HEAD)
-
-
-def backbone_split(model: keras.Model):
-    """(the frozen part, the rest) of the image encoder over a frozen backbone: its pooled features, or,
-    when its top blocks train (--unfreeze-from), the output of the blocks before. The frozen part's output
-    depends on the photo alone, so it can be computed once and cached, and the rest trained on it
-    (--cache-features)."""
-    image_encoder = model.get_layer(IMAGE_ENCODER)
-    names = {layer.name for layer in image_encoder.layers}
-    if FROZEN_PART not in names:
-        raise ValueError("this model's image encoder has no frozen part: build it with a frozen backbone "
-                         "(freeze_backbone=True)")
-    return image_encoder.get_layer(FROZEN_PART), image_encoder.get_layer(TRAINED_PART)
-
-
-def parts_layers(model: keras.Model) -> list:
-    """The layers of ``model`` and of its itm sub-models (``PARTS``), down to the towers' own layers (a
-    pretrained backbone counts as one): the classifier's layers as the flat layout held them."""
-    out = []
-    for layer in model.layers:
-        out.extend(parts_layers(layer) if layer.name in PARTS else [layer])
-    return out
 
 
 def _check_registry(registry: dict, names: tuple, kind: str) -> None:
