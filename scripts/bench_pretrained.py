@@ -36,11 +36,11 @@ def extraction(folders: list[str], image_size: int) -> dict:
 
     from itm.data.features import frozen_encoder
     from itm.data.images import decoded_paths, list_images
-    from itm.models.classifier import backbone_split, build_model
+    from itm.models.classifier import build_model
     from itm.options import resolve_config
 
     config = resolve_config("pretrained", image_size=image_size)
-    encode = frozen_encoder(backbone_split(build_model(**config.model_kwargs()))[0])  # as load_feature_cache
+    encode = frozen_encoder(build_model(**config.model_kwargs()).image_frozen)  # as load_feature_cache
     paths = [p for folder in folders for p in list_images(folder)]
     encode(np.zeros((64, image_size, image_size, 3), np.float32))  # a full batch traced before the clock starts
     start = time.perf_counter()

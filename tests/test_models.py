@@ -8,23 +8,23 @@ import pytest
 import tensorflow as tf
 
 from conftest import NO_MINILM_MODEL, NO_TEXT_EXTRA, itm_cli, run_cli
-from itm.models.classifier import FUSION_HEADS, OUTPUT_NAME, build_model, parts_layers, split_model
+from itm.models.classifier import FUSION_HEADS, OUTPUT_NAME, build_model
 
 SIZE = 32
 
 
 def _layers_of(model, cls):
-    return [layer for layer in parts_layers(model) if isinstance(layer, cls)]
+    return [layer for layer in model.flat_layers() if isinstance(layer, cls)]
 
 
 def _layer(model, name):
-    return next(layer for layer in parts_layers(model) if layer.name == name)
+    return next(layer for layer in model.flat_layers() if layer.name == name)
 
 
 def test_faithful_parameter_count_and_layers():
     model = build_model()
     assert model.count_params() == 6_529_570
-    image_encoder, text_encoder, head = split_model(model)
+    image_encoder, text_encoder, head = model.image_encoder, model.text_encoder, model.head
     assert [layer.name for layer in model.layers[2:]] == ["image_encoder", "text_encoder", "head"]
     assert (image_encoder.count_params(), text_encoder.count_params(), head.count_params()) == (6_463_008, 66_048, 514)
     rescale = image_encoder.get_layer("image_rescale")  # the model takes pixels 0..255
@@ -87,7 +87,7 @@ def test_fusion_heads(fusion, tmp_path):
     p = _round_trip(model, tmp_path, _inputs())
     assert p.shape == (3, 2)
     np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
-    image_encoder, text_encoder, head = split_model(model)
+    image_encoder, text_encoder, head = model.image_encoder, model.text_encoder, model.head
     zi = image_encoder.predict(_inputs()["image_input"], verbose=0)
     assert zi.ndim == (3 if fusion == "attention" else 2)
     zt = text_encoder.predict(_inputs()["text_embedding"], verbose=0)
@@ -103,11 +103,11 @@ def test_image_towers(tower, tmp_path):
 
 def test_backbone_weights_from_a_file_and_frozen(tmp_path):
     first = build_model(image_size=SIZE, image_tower="mobilenetv3small")
-    backbone = next(layer for layer in parts_layers(first) if isinstance(layer, keras.Model))
+    backbone = next(layer for layer in first.flat_layers() if isinstance(layer, keras.Model))
     backbone.save_weights(tmp_path / "backbone.weights.h5")
     second = build_model(image_size=SIZE, image_tower="mobilenetv3small",
                          image_weights=str(tmp_path / "backbone.weights.h5"), freeze_backbone=True)
-    loaded = next(layer for layer in parts_layers(second) if isinstance(layer, keras.Model))
+    loaded = next(layer for layer in second.flat_layers() if isinstance(layer, keras.Model))
     for a, b in zip(backbone.weights, loaded.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert not loaded.trainable
@@ -302,24 +302,22 @@ def test_fused_batch_normalization_computes_what_keras_batch_normalization_does(
 
 
 def test_a_backbone_trained_from_a_layer_on_splits_where_its_frozen_part_ends(tmp_path):
-    from itm.models.classifier import backbone_split, split_model
-
     model = build_model(image_size=64, image_tower="mobilenetv2", freeze_backbone=True, fusion="interaction",
                         unfreeze_from="block_14_expand")
-    frozen, rest = backbone_split(model)
+    frozen, rest = model.image_frozen, model.image_trained
     assert frozen.output.shape == (None, 2, 2, 160)  # block 13's output: what --cache-features stores
     trainable = {v.path.split("/")[0] for v in model.trainable_weights}
     assert not any(name.startswith("block_13") for name in trainable) and any(n.startswith("block_16") for n in trainable)
     assert not any("_BN" in v.path for v in model.trainable_weights)  # batch norms keep ImageNet's statistics
     x = np.random.default_rng(0).random((2, 64, 64, 3), dtype=np.float32) * 255
     np.testing.assert_allclose(rest(frozen(x, training=False), training=False),
-                               split_model(model)[0](x, training=False), atol=1e-5)
+                               model.image_encoder(x, training=False), atol=1e-5)
     with pytest.raises(ValueError, match="--unfreeze-from: the backbone has no layer .nope. to unfreeze from"):
         build_model(image_size=64, image_tower="mobilenetv2", freeze_backbone=True, unfreeze_from="nope")
 
 
 def test_the_image_encoder_takes_pixels_0_to_255_and_scales_them_itself():
-    image_encoder = split_model(build_model(image_size=SIZE))[0]
+    image_encoder = build_model(image_size=SIZE).image_encoder
     rescale = image_encoder.get_layer("image_rescale")
     after_scaling = keras.Model(rescale.output, image_encoder.output)  # the encoder without its Rescaling
     pixels = _inputs()["image_input"]
@@ -347,18 +345,16 @@ def test_each_part_is_a_model_of_its_own_that_survives_saving(tmp_path):
 
 
 def test_a_frozen_backbone_is_a_part_of_its_own_and_round_trips(tmp_path):
-    from itm.models.classifier import backbone_split
-
     model = build_model(image_size=SIZE, image_tower="mobilenetv2", freeze_backbone=True, fusion="interaction")
-    frozen, rest = backbone_split(model)
+    frozen, rest = model.image_frozen, model.image_trained
     assert frozen.output.shape == (None, 1280) and not frozen.trainable_weights  # pooled: what --cache-features keeps
     x = _inputs()
     p = _round_trip(model, tmp_path, x)
-    image_encoder, text_encoder, head = split_model(model)
+    text_encoder, head = model.text_encoder, model.head
     zi = rest(frozen(x["image_input"], training=False), training=False)
     np.testing.assert_allclose(head([zi, text_encoder(x["text_embedding"])], training=False), p, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="no frozen part"):
-        backbone_split(build_model(image_size=SIZE))
+        _ = build_model(image_size=SIZE).image_frozen
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
@@ -368,7 +364,7 @@ def test_mixed_precision_keeps_the_output_float32(policy):
         model = build_model(image_size=SIZE, fusion="attention")
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    image_encoder, text_encoder, head = split_model(model)
+    image_encoder = model.image_encoder
     assert image_encoder.get_layer("image_rescale").compute_dtype == "float32"  # pixels scaled in float32
     assert image_encoder.output.dtype == policy.removeprefix("mixed_")
     p = model(_inputs(), training=False)

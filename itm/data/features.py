@@ -133,9 +133,7 @@ def load_feature_cache(model, splits, config, batch: int = 64, log=progress) -> 
     the training pipeline's decoding (``preprocess_image``) and added to it."""
     import tensorflow as tf
 
-    from ..models.classifier import backbone_split  # here: keras, which itm.options' pipelines must not load
-
-    backbone = backbone_split(model)[0]
+    backbone = model.image_frozen
     images_dir = Path(splits[0].images_dir).resolve()
     names = list(dict.fromkeys(t.image for s in splits for t in s.triples))
     cut = f"before-{config.unfreeze_from}" if config.unfreeze_from else config.backbone_pooling

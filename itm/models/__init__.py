@@ -1,6 +1,6 @@
-"""The model library: the ITM classifier, three named parts (``classifier``), scoring with it (``scorer``),
-loading a saved one (``saved``), its text encoders (``minilm``, ``encoders``), pretrained image weights
-(``torchvision_mobilenet``) and the original's optimizer (``optim``).
+"""The model library: the ITM classifier, ``ITMClassifier``, which owns its three parts (``classifier``);
+scoring with it (``scorer``), loading a saved one (``saved``), its text encoders (``minilm``, ``encoders``),
+pretrained image weights (``torchvision_mobilenet``) and the original's optimizer (``optim``).
 
 This file only names what the registries in ``classifier`` hold, so that the command line can offer
 them without importing Keras.

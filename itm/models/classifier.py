@@ -1,5 +1,5 @@
-"""The ITM model: an image encoder, a text encoder and a head, three named Keras models composed into the
-classifier that is saved.
+"""The ITM model, ``ITMClassifier``: an image encoder, a text encoder and a head, three Keras models of their
+own that the classifier owns (``model.image_encoder``, ``model.text_encoder``, ``model.head``) and saves.
 
 Shapes on the faithful path (batch B, image 224x224)::
 
@@ -9,11 +9,11 @@ Shapes on the faithful path (batch B, image 224x224)::
     head:          [image (B,128), text (B,128)] -> concat (B,256) -> Dropout -> Dense(2, softmax)
                    = [p(match), p(no-match)]
 
-``model.get_layer("image_encoder")`` (and ``"text_encoder"``, ``"head"``) is a model of its own, sharing
-the classifier's weights: retrieval encodes each image and each caption once and runs only the head per
-pair; grouped training runs the image encoder once per image. Over a frozen backbone the image encoder
-is itself two models, ``image_frozen`` (pixels -> what the frozen backbone computes, which can be cached)
-and ``image_trained`` (that -> the vector).
+The parts share the classifier's weights: retrieval encodes each image and each caption once
+(``model.encode_image``, ``model.encode_text``) and runs only the head per pair (``model.score``); grouped
+training runs the image encoder once per image. Over a frozen backbone the image encoder is itself two
+models, ``model.image_frozen`` (pixels -> what the frozen backbone computes, which can be cached) and
+``model.image_trained`` (that -> the vector).
 
 Towers and fusion heads are looked up by name, so other ones can be added beside the faithful ones
 without touching this flow.
@@ -31,7 +31,7 @@ from .encoders import EMBEDDING_DIM
 OUTPUT_NAME = "ITM_Classifier-flickr"  # the original's name for its softmax layer (in the head)
 IMAGE_ENCODER, TEXT_ENCODER, HEAD = "image_encoder", "text_encoder", "head"  # the classifier's three parts
 FROZEN_PART, TRAINED_PART = "image_frozen", "image_trained"  # the image encoder's parts over a frozen backbone
-PARTS = (IMAGE_ENCODER, TEXT_ENCODER, HEAD, FROZEN_PART, TRAINED_PART)
+PART_NAMES = (IMAGE_ENCODER, TEXT_ENCODER, HEAD)
 
 
 def project_embeddings(x, num_projection_layers: int, projection_dims: int, dropout_rate: float, name: str):
@@ -368,57 +368,91 @@ def build_head(fusion: str, image_features, text_features, dropout: float = 0.1)
     return keras.Model([image_in, text_in], outputs, name=HEAD)
 
 
+@keras.saving.register_keras_serializable(package="itm")
+class ITMClassifier(keras.Model):
+    """The classifier: ``head([image_encoder(image), text_encoder(text)])``, a functional Keras model that owns
+    its three parts as attributes and saves them as three models of their own (``get_config``).
+
+    Inputs ``image_input`` (B,S,S,3) float32 pixels 0..255 and ``text_embedding`` (B,384), or ``caption`` (B,)
+    strings for the raw-text towers; output [p(match), p(no-match)] (B,2). Retrieval encodes each image and
+    each caption once (``encode_image``, ``encode_text``) and runs only the small head per pair (``score``).
+    Over a frozen backbone the image encoder is ``image_frozen`` (pixels -> what can be cached) then
+    ``image_trained`` (that -> the vector)."""
+
+    def __init__(self, image_encoder: keras.Model, text_encoder: keras.Model, head: keras.Model, **kwargs):
+        image_input = keras.Input(shape=image_encoder.input.shape[1:], name="image_input")
+        text_name = text_encoder.input.name
+        text_input = keras.Input(shape=text_encoder.input.shape[1:], dtype=text_encoder.input.dtype, name=text_name)
+        outputs = head([image_encoder(image_input), text_encoder(text_input)])
+        super().__init__(inputs={"image_input": image_input, text_name: text_input}, outputs=outputs, **kwargs)
+        self.image_encoder, self.text_encoder, self.head = image_encoder, text_encoder, head
+
+    def encode_image(self, pixels, training=False):
+        """Pixels (B,S,S,3), 0..255 -> image features (B,D), or tokens (B,N,D) for the attention head."""
+        return self.image_encoder(pixels, training=training)
+
+    def encode_text(self, text, training=False):
+        """Caption embeddings (B,384), or caption strings (B,) for the raw-text towers -> text features (B,D)."""
+        return self.text_encoder(text, training=training)
+
+    def score(self, image_features, text_features, training=False):
+        """[p(match), p(no-match)] (B,2) of image features row b with text features row b."""
+        return self.head([image_features, text_features], training=training)
+
+    def _image_part(self, name: str) -> keras.Model:
+        if name not in {layer.name for layer in self.image_encoder.layers}:
+            raise ValueError("this model's image encoder has no frozen part: build it with a frozen backbone "
+                             "(freeze_backbone=True)")
+        return self.image_encoder.get_layer(name)
+
+    @property
+    def image_frozen(self) -> keras.Model:
+        """The image encoder's frozen part over a frozen backbone: its pooled features, or, when its top blocks
+        train (--unfreeze-from), the output of the blocks before. Its output depends on the photo alone, so
+        it can be computed once and cached (--cache-features); ValueError without a frozen backbone."""
+        return self._image_part(FROZEN_PART)
+
+    @property
+    def image_trained(self) -> keras.Model:
+        """The rest of the image encoder after ``image_frozen``: what trains on cached features."""
+        return self._image_part(TRAINED_PART)
+
+    def flat_layers(self, part: keras.Model | None = None) -> list:
+        """The layers of ``part`` (by default the whole classifier), each of the classifier's own parts
+        opened down to the towers' layers (a pretrained backbone counts as one): as the flat layout of itm 0.2
+        held them."""
+        own = {id(layer) for layer in self.image_encoder.layers if layer.name in (FROZEN_PART, TRAINED_PART)}
+        own |= {id(self.image_encoder), id(self.text_encoder), id(self.head)}
+        out = []
+        for layer in (self if part is None else part).layers:
+            out.extend(self.flat_layers(layer) if id(layer) in own else [layer])
+        return out
+
+    def get_config(self):
+        return {"name": self.name, **{part: keras.saving.serialize_keras_object(getattr(self, part))
+                                      for part in PART_NAMES}}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        parts = {part: keras.saving.deserialize_keras_object(config.pop(part), custom_objects=custom_objects)
+                 for part in PART_NAMES}
+        return cls(**parts, **config)
+
+
 def build_model(image_size: int = 224, image_tower: str = "faithful-cnn", text_tower: str = "precomputed",
                 fusion: str = "concat", projection_dim: int = 128, num_projection_layers: int = 1,
                 dropout: float = 0.1, augment: bool = False, image_weights: str = "none",
                 freeze_backbone: bool = False, text_trainable: bool = False,
-                backbone_pooling: str = "avg", unfreeze_from: str | None = None) -> keras.Model:
-    """Build the classifier; the defaults are the original's (6,529,570 parameters at 224x224).
-
-    Inputs ``image_input`` (B,S,S,3) float32 pixels 0..255 and ``text_embedding`` (B,384), or ``caption``
-    (B,) strings for the raw-text towers; output [p(match), p(no-match)] (B,2)."""
+                backbone_pooling: str = "avg", unfreeze_from: str | None = None) -> ITMClassifier:
+    """Build the classifier; the defaults are the original's (6,529,570 parameters at 224x224)."""
     _choose(FUSION_HEADS, "fusion head", fusion)  # a wrong name fails before any tower is built
     image_encoder = build_image_encoder(image_size, image_tower, fusion, projection_dim, num_projection_layers,
                                         dropout, augment, image_weights, freeze_backbone, backbone_pooling,
                                         unfreeze_from)
     text_encoder = build_text_encoder(text_tower, projection_dim, num_projection_layers, dropout, text_trainable)
     head = build_head(fusion, image_encoder.output, text_encoder.output, dropout)
-    image_input = keras.Input(shape=(image_size, image_size, 3), name="image_input")
-    text_name = text_encoder.input.name
-    text_input = keras.Input(shape=text_encoder.input.shape[1:], dtype=text_encoder.input.dtype, name=text_name)
-    outputs = head([image_encoder(image_input), text_encoder(text_input)])
-    return keras.Model(inputs={"image_input": image_input, text_name: text_input}, outputs=outputs,
-                       name="itm_classifier")
-
-
-def split_model(model: keras.Model):
-    """The classifier's (image encoder, text encoder, head): its own sub-models, sharing its weights.
-
-    Retrieval scores every image against every caption: each image and each caption is encoded once
-    and only the small head runs per pair."""
-    return model.get_layer(IMAGE_ENCODER), model.get_layer(TEXT_ENCODER), model.get_layer(HEAD)
-
-
-def backbone_split(model: keras.Model):
-    """(the frozen part, the rest) of the image encoder over a frozen backbone: its pooled features, or,
-    when its top blocks train (--unfreeze-from), the output of the blocks before. The frozen part's output
-    depends on the photo alone, so it can be computed once and cached, and the rest trained on it
-    (--cache-features)."""
-    image_encoder = model.get_layer(IMAGE_ENCODER)
-    names = {layer.name for layer in image_encoder.layers}
-    if FROZEN_PART not in names:
-        raise ValueError("this model's image encoder has no frozen part: build it with a frozen backbone "
-                         "(freeze_backbone=True)")
-    return image_encoder.get_layer(FROZEN_PART), image_encoder.get_layer(TRAINED_PART)
-
-
-def parts_layers(model: keras.Model) -> list:
-    """The layers of ``model`` and of its itm sub-models (``PARTS``), down to the towers' own layers (a
-    pretrained backbone counts as one): the classifier's layers as the flat layout held them."""
-    out = []
-    for layer in model.layers:
-        out.extend(parts_layers(layer) if layer.name in PARTS else [layer])
-    return out
+    return ITMClassifier(image_encoder, text_encoder, head, name="itm_classifier")
 
 
 def _check_registry(registry: dict, names: tuple, kind: str) -> None:

@@ -1,9 +1,11 @@
 """A saved classifier (a run's ``model.keras``), loaded with itm's layers registered.
 
-Runs saved by itm 0.2 and before hold the classifier as one flat graph (the image encoder, text encoder
-and head not yet models of their own, and pixels scaled to [0, 1] before the model). Such a model is
-converted as it loads: the three-part classifier is built from the run's options (its config.json) and
-each layer's weights are copied into the layer of the same name. The file itself is left as it is.
+Every run loads as an ``ITMClassifier``. Older ones are converted as they load (the file itself is left as
+it is): runs saved by itm 0.2 and before hold the classifier as one flat graph (the image encoder, text
+encoder and head not yet models of their own, and pixels scaled to [0, 1] before the model), so the
+classifier is built from the run's options (its config.json) and each layer's weights are copied into the
+layer of the same name; runs saved before the class (up to f04bf50) hold a plain functional model of the
+three named parts, which the class takes over as they are, with the model's optimizer.
 """
 from __future__ import annotations
 
@@ -38,17 +40,29 @@ def is_flat_layout(model: keras.Model) -> bool:
     return classifier.IMAGE_ENCODER not in {layer.name for layer in model.layers}
 
 
-def load_model(path, config: dict | None = None) -> keras.Model:
-    """``path`` (a ``model.keras``) as the three-part classifier; a flat one is converted with the help of
-    ``config``, the options its run was trained with. A damaged file is a DataError."""
+def load_model(path, config: dict | None = None) -> classifier.ITMClassifier:
+    """``path`` (a ``model.keras``) as the classifier; a flat one is converted with the help of ``config``,
+    the options its run was trained with. A damaged file is a DataError."""
     path = Path(path)
     model = _read(path)
+    if isinstance(model, classifier.ITMClassifier):
+        return model
     if is_flat_layout(model):
-        model = from_flat_layout(model, config or {}, path)
-    return model
+        return from_flat_layout(model, config or {}, path)
+    return from_parts_layout(model)
 
 
-def from_flat_layout(old: keras.Model, config: dict, what) -> keras.Model:
+def from_parts_layout(old: keras.Model) -> classifier.ITMClassifier:
+    """The classifier made of the parts (the same layers and weights) of ``old``, a plain functional model of
+    the three named parts, compiled as ``old`` was, with its optimizer."""
+    new = classifier.ITMClassifier(*(old.get_layer(name) for name in classifier.PART_NAMES), name=old.name)
+    if getattr(old, "compiled", False):
+        settings = keras.saving.deserialize_keras_object(old.get_compile_config())
+        new.compile(**{**settings, "optimizer": old.optimizer})
+    return new
+
+
+def from_flat_layout(old: keras.Model, config: dict, what) -> classifier.ITMClassifier:
     """The three-part classifier with the weights of ``old``, a flat one trained with options ``config``."""
     retrain = f"{what} was saved by an earlier version of itm in a layout that cannot be converted"
     wanted = inspect.signature(classifier.build_model).parameters
@@ -67,7 +81,7 @@ def from_flat_layout(old: keras.Model, config: dict, what) -> keras.Model:
                         "train the run again") from None
     finally:
         keras.mixed_precision.set_global_policy(before)
-    target = {layer.name: layer for layer in classifier.parts_layers(new)}
+    target = {layer.name: layer for layer in new.flat_layers()}
     for layer in old.layers:
         if not layer.weights:
             continue

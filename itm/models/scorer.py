@@ -1,7 +1,7 @@
 """The one prediction path from a trained classifier, shared by dev scoring during training, evaluation,
 retrieval and ``itm.Matcher``.
 
-The classifier's image encoder, text encoder and head (``classifier.split_model``) each run on their own:
+The classifier's image encoder, text encoder and head (``ITMClassifier``'s parts) each run on their own:
 each distinct image and each distinct caption is encoded once, and only the small head runs per pair.
 Each part runs as a ``tf.function`` traced once, with a fixed signature whose batch dimension is free,
 so calls with new numbers of images or captions never retrace. What to score (a split's images and
@@ -14,7 +14,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from .classifier import backbone_split, split_model, text_input_name
+from .classifier import text_input_name
 
 PAIR_BATCH = 16384
 
@@ -35,7 +35,7 @@ class Scorer:
 
     def __init__(self, model):
         self.model = model
-        self.image_encoder, self.text_encoder, self.head = split_model(model)
+        self.image_encoder, self.text_encoder, self.head = model.image_encoder, model.text_encoder, model.head
         self.raw_text = text_input_name(model) == "caption"  # the model embeds caption strings itself
         self.image_size = int(model.input["image_input"].shape[1])
         self._feature_encoder = None
@@ -48,7 +48,7 @@ class Scorer:
     def encode_backbone_features(self, features) -> np.ndarray:
         """A frozen backbone's cached features [N,F] -> image features [N,D]."""
         if self._feature_encoder is None:
-            self._feature_encoder = _traced(backbone_split(self.model)[1])
+            self._feature_encoder = _traced(self.model.image_trained)
         return np.asarray(self._feature_encoder(np.asarray(features, np.float32)))
 
     def encode_stored(self, block) -> np.ndarray:

@@ -64,13 +64,13 @@ def build_module(run_dir, with_caption_encoder: bool = True, for_litert: bool = 
     import tensorflow as tf
 
     from ..data.images import preprocess_image
-    from ..models.classifier import split_model, text_input_name
+    from ..models.classifier import text_input_name
     from ..models.saved_run import SavedRun
 
     run = SavedRun(run_dir)
     model = run.load_model()
     threshold, threshold_source = run.threshold()
-    image_encoder, text_encoder, head = split_model(model)
+    image_encoder, text_encoder, head = model.image_encoder, model.text_encoder, model.head
     size = int(model.input["image_input"].shape[1])
     raw_text = text_input_name(model) == "caption"
     inner = _sentence_encoder_in(text_encoder) if raw_text else None

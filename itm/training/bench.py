@@ -29,7 +29,6 @@ from ..data.folder import load_data_dir
 from ..data.pipelines import pipeline_for
 from ..data.shards import INDEX_FILE, SHARDS_SUBDIR, write_shards
 from ..log import logger
-from ..models.classifier import split_model
 from ..options import finish_config, resolve_config
 from .run import build_trainer
 
@@ -137,10 +136,9 @@ def measure(setting: str, data_dir: str, steps: int, precision: str | None = Non
 
     # An epoch's work: the image tower forward and backward (about 3x the forward) once per image it runs
     # on (every triple for the triples pipelines, every image for the grouped ones), the rest per pair.
-    image_encoder, text_encoder, head = split_model(model)
     images = pipeline.images_per_epoch(train)
-    flops = 3 * (images * forward_flops(image_encoder) + len(train.triples) * (forward_flops(text_encoder)
-                                                                               + forward_flops(head)))
+    flops = 3 * (images * forward_flops(model.image_encoder) + len(train.triples) * (forward_flops(model.text_encoder)
+                                                                                     + forward_flops(model.head)))
     out["train_gflop_per_epoch"] = round(flops / 1e9, 1)
     out["achieved_gflops"] = round(flops / epoch_seconds / 1e9, 1)
 

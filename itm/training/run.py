@@ -28,7 +28,7 @@ from ..evaluation.plots import plot_history
 from ..evaluation.report import write_report
 from ..files import write_json, written_as
 from ..log import logger
-from ..models.classifier import build_model, parts_layers, split_model
+from ..models.classifier import build_model
 from ..models.optim import create_optimizer
 from ..models.scorer import Scorer
 from ..options import TrainConfig, fast_precision, finish_config  # noqa: F401 (fast_precision: its old home)
@@ -74,7 +74,7 @@ def check_memory(pipeline: Pipeline, model, split) -> None:
     available = available_memory()
     if available is None:
         return
-    per_image = 2 * 4 * sum(int(np.prod(layer.output.shape[1:])) for layer in parts_layers(split_model(model)[0])
+    per_image = 2 * 4 * sum(int(np.prod(layer.output.shape[1:])) for layer in model.flat_layers(model.image_encoder)
                             if layer.output is not None and None not in layer.output.shape[1:])
     need = pipeline.memory_needed(split, per_image)
     if need > available:

@@ -16,12 +16,8 @@ batch's triples. The model that is saved is the plain classifier, ``trainer.mode
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import keras
 import tensorflow as tf
-
-from ..models.classifier import backbone_split, split_model
 
 
 def mean_kl(labels, p):
@@ -74,11 +70,7 @@ class Trainer(keras.Model):
                  head_negatives: int = 0):
         super().__init__(name="trainer")
         self.model = model
-        image_encoder, text_encoder, head = split_model(model)
-        if cached_features:  # the images of a batch are the frozen backbone's features: the rest of the encoder
-            image_encoder = backbone_split(model)[1]
-        # the model's own parts; a namespace keeps Keras from tracking (and saving) them twice
-        self.parts = SimpleNamespace(image=image_encoder, text=text_encoder, head=head)
+        self.cached_features = cached_features
         self.temperature, self.contrastive_weight = temperature, contrastive_weight
         self.hard_negatives, self.soft_targets, self.head_negatives = hard_negatives, soft_targets, head_negatives
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -95,7 +87,9 @@ class Trainer(keras.Model):
     def encode_images(self, images, training):
         if images.dtype == tf.uint8:  # decoded-once pixels 0..255: the image encoder scales them itself
             images = tf.cast(images, tf.float32)
-        return self.parts.image(images, training=training)  # (G,D), or (G,N,D) tokens for attention
+        if self.cached_features:  # the images of a batch are the frozen backbone's features: the rest of the encoder
+            return self.model.image_trained(images, training=training)
+        return self.model.encode_image(images, training=training)  # (G,D), or (G,N,D) tokens for attention
 
     def loss_and_predictions(self, x, labels, training: bool):
         """(loss, [p(match), p(no-match)] of the batch's triples, float32)."""
@@ -103,8 +97,8 @@ class Trainer(keras.Model):
             p = tf.cast(self.model(x, training=training), tf.float32)
             return mean_kl(labels, p), p
         zi = self.encode_images(x["images"], training)
-        p = self.parts.head([tf.gather(zi, x["owner"]), self.parts.text(x["text_embedding"], training=training)],
-                            training=training)
+        p = self.model.score(tf.gather(zi, x["owner"]), self.model.encode_text(x["text_embedding"], training=training),
+                             training=training)
         p = tf.cast(p, tf.float32)
         loss = mean_kl(labels, p)
         if "positive_text" in x:
@@ -114,7 +108,7 @@ class Trainer(keras.Model):
     def contrastive_loss(self, zi, positive_text, training: bool):
         """InfoNCE between the B images and their positive captions, plus the head on all B x B pairs."""
         b = tf.shape(zi)[0]
-        zt = self.parts.text(positive_text, training=training)  # (B,D)
+        zt = self.model.encode_text(positive_text, training=training)  # (B,D)
         vi = zi if len(zi.shape) == 2 else tf.reduce_mean(zi, axis=1)
         vi, ti = tf.cast(vi, tf.float32), tf.cast(zt, tf.float32)  # the loss in float32 under mixed precision
         logits = tf.matmul(tf.math.l2_normalize(vi, -1), tf.math.l2_normalize(ti, -1),
@@ -123,8 +117,8 @@ class Trainer(keras.Model):
         if self.head_negatives:
             return self.sampled_head_loss(zi, zt, logits, training) + self.contrastive_weight * nce
         # image i with caption j at row i*B + j; the positives (i == j) weigh as much as the B*B-B others
-        p = tf.cast(self.parts.head([tf.repeat(zi, b, axis=0), tf.tile(zt, [b] + [1] * (len(zt.shape) - 1))],
-                                    training=training), tf.float32)  # (B*B,2)
+        p = tf.cast(self.model.score(tf.repeat(zi, b, axis=0), tf.tile(zt, [b] + [1] * (len(zt.shape) - 1)),
+                                     training=training), tf.float32)  # (B*B,2)
         eye = tf.reshape(tf.eye(b), [-1])
         kl = keras.losses.kl_divergence(tf.stack([eye, 1.0 - eye], axis=-1), p)
         weights = eye * tf.cast(b - 1, tf.float32) + (1.0 - eye)
@@ -145,7 +139,7 @@ class Trainer(keras.Model):
         """The head on ``sampled_pairs`` of the batch, not on all B x B pairs: its cost grows as B, not B^2,
         so the InfoNCE batch can be large. Both classes weigh the same."""
         image_rows, text_rows, match = sampled_pairs(logits, self.head_negatives, self.hard_negatives)
-        p = tf.cast(self.parts.head([tf.gather(zi, image_rows), tf.gather(zt, text_rows)], training=training),
+        p = tf.cast(self.model.score(tf.gather(zi, image_rows), tf.gather(zt, text_rows), training=training),
                     tf.float32)  # (B + 2Bn, 2)
         kl = keras.losses.kl_divergence(tf.stack([match, 1.0 - match], axis=-1), p)
         weights = match * tf.cast(2 * self.head_negatives, tf.float32) + (1.0 - match)

@@ -1,0 +1,108 @@
+"""The classifier as one Keras class, ``ITMClassifier``: it owns its image encoder, text encoder and head,
+round-trips through ``.keras``, scores as its parts do, keeps the faithful size, and old runs load as it."""
+import json
+import os
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from itm.models.classifier import OUTPUT_NAME, ITMClassifier, build_model
+
+SIZE = 32
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+OLD_RUNS = {"itm-0.2": os.path.join(FIXTURES, "run-itm-0.2-faithful"),  # one flat graph on pixels in [0, 1]
+            "f04bf50": os.path.join(FIXTURES, "run-main-f04bf50-faithful")}  # keras.Model of the 3 parts
+
+
+def _inputs(n=3, size=SIZE, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"image_input": rng.random((n, size, size, 3), dtype=np.float32) * 255,
+            "text_embedding": rng.normal(0, 0.05, (n, 384)).astype(np.float32)}
+
+
+def test_the_faithful_model_keeps_its_size_and_parts():
+    model = build_model()
+    assert isinstance(model, ITMClassifier) and model.name == "itm_classifier"
+    assert model.count_params() == 6_529_570  # the original's
+    assert [layer.name for layer in model.layers] == ["image_input", "text_embedding", "image_encoder",
+                                                      "text_encoder", "head"]
+    assert model.layers[2:] == [model.image_encoder, model.text_encoder, model.head]
+    assert (model.image_encoder.count_params(), model.text_encoder.count_params(), model.head.count_params()) == (
+        6_463_008, 66_048, 514)
+    # the parts held as attributes are not counted (or trained) twice
+    assert len(model.weights) == sum(len(p.weights) for p in model.layers[2:]) == len({id(w) for w in model.weights})
+    assert model.head.get_layer(OUTPUT_NAME).activation.__name__ == "softmax"
+
+
+@pytest.mark.parametrize("fusion", ["concat", "attention"])
+def test_encode_and_score_give_the_models_own_output(fusion):
+    model = build_model(image_size=SIZE, fusion=fusion)
+    x = _inputs()
+    zi, zt = model.encode_image(x["image_input"]), model.encode_text(x["text_embedding"])
+    assert zi.shape == ((3, 16, 128) if fusion == "attention" else (3, 128)) and zt.shape == (3, 128)
+    np.testing.assert_allclose(model.score(zi, zt), model(x, training=False), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="no frozen part"):
+        _ = model.image_frozen
+
+
+def test_the_class_round_trips_through_a_keras_file(tmp_path):
+    import itm.models.optim  # noqa: F401  (registers itm's serializable classes)
+
+    model = build_model(image_size=SIZE, image_tower="cnn-bn", fusion="interaction", augment=True)
+    model.compile(optimizer=itm.models.optim.create_optimizer(1e-3, 10, 1), loss=keras.losses.KLDivergence())
+    model.optimizer.build(model.trainable_variables)  # as after training: its variables are saved too
+    x = _inputs()
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert type(loaded) is ITMClassifier and type(loaded.optimizer).__name__ == "AdamWeightDecay"
+    assert all(isinstance(p, keras.Model) and not isinstance(p, ITMClassifier)
+               for p in (loaded.image_encoder, loaded.text_encoder, loaded.head))
+    assert loaded.count_params() == model.count_params() and len(loaded.weights) == len(model.weights)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    np.testing.assert_array_equal(loaded.encode_image(x["image_input"]), model.encode_image(x["image_input"]))
+
+
+def test_a_frozen_backbone_round_trips_with_its_frozen_part(tmp_path):
+    model = build_model(image_size=SIZE, image_tower="mobilenetv2", freeze_backbone=True, fusion="interaction")
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.image_frozen.output.shape == (None, 1280) and not loaded.image_frozen.trainable_weights
+    assert len(loaded.trainable_weights) == len(model.trainable_weights)
+    x = _inputs()
+    features = loaded.image_frozen(x["image_input"], training=False)
+    p = loaded.score(loaded.image_trained(features, training=False), loaded.encode_text(x["text_embedding"]))
+    np.testing.assert_allclose(p, model(x, training=False), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("old", list(OLD_RUNS))
+def test_an_old_run_loads_as_the_class_and_scores_as_it_did(old, tmp_path):
+    """Runs of itm 0.2 (one flat graph) and of f04bf50 (a plain functional keras.Model of the three named parts) load
+    converted, with the scores their version computed (each fixture's README.md says how it was written)."""
+    from itm.models.saved_run import SavedRun
+
+    run = shutil.copytree(OLD_RUNS[old], tmp_path / "run")
+    expected = np.load(run / "expected.npz")
+    model = SavedRun(run).load_model()
+    assert type(model) is ITMClassifier and model.layers[2:] == [model.image_encoder, model.text_encoder, model.head]
+    x = {"image_input": expected["pixels"].astype(np.float32), "text_embedding": expected["text_embedding"]}
+    np.testing.assert_allclose(model(x, training=False), expected["p"], atol=1e-6)
+    zi, zt = model.encode_image(x["image_input"]), model.encode_text(x["text_embedding"])
+    np.testing.assert_allclose(model.score(zi, zt), expected["p"], atol=1e-6)
+    if old == "f04bf50":  # compiled as it was saved, with its trained optimizer
+        assert type(model.optimizer).__name__ == "AdamWeightDecay" and int(model.optimizer.iterations) > 0
+
+
+@pytest.mark.fresh_process
+def test_import_itm_lets_keras_load_old_and_new_model_files(tmp_path):
+    """``keras.saving.load_model`` after ``import itm`` alone (a fresh process: nothing else of itm imported)
+    loads a model.keras of f04bf50 (as the functional model it was saved as) and one of today (as the class)."""
+    new = tmp_path / "new.keras"
+    build_model(image_size=8, projection_dim=8).save(new)
+    code = ("import json, sys, itm, keras\n"
+            "print(json.dumps([type(keras.saving.load_model(p)).__name__ for p in sys.argv[1:]]))")
+    r = run_cli(["-c", code, os.path.join(OLD_RUNS["f04bf50"], "model.keras"), str(new)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == ["Functional", "ITMClassifier"]
