@@ -14,9 +14,9 @@ from pathlib import Path
 from .. import output_folder
 from ..log import logger
 from .provenance import ENVIRONMENT_FILE
+from .run_folder import TITLE, record
 
 CARD = "README.md"
-TITLE = "# Model card: "  # its first line, by which a card of a run of before the folder record is known
 FAITHFUL_NOTE = ("the original CMP9137 ITM_Classifier: a 3-stage CNN on raw pixels and the precomputed "
                  "all-MiniLM-L6-v2 caption embedding, both projected, concatenated, softmax match/no-match")
 
@@ -152,8 +152,6 @@ def write_model_card(run_dir) -> Path | None:
     if not _ours(run, path):
         logger.warning(f"note: {path} is not a model card that itm wrote: left as it is (no model card written)")
         return None
-    from .run_folder import record  # here: run_folder reads this module's TITLE
-
     record(run, CARD)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -25,8 +25,9 @@ from .. import output_folder
 from ..errors import ConfigError, DataError
 from ..evaluation.tensorboard import TENSORBOARD_DIR
 from ..models.saved_run import SavedRun, saved_config  # noqa: F401 (SavedRun: also read from here)
-from .model_card import TITLE
 from .run_lock import LOCK_NAME
+
+TITLE = "# Model card: "  # its first line, by which a card of a run of before the folder record is known
 
 BACKUP_DIR = "backup"  # the epoch-end backup (itm.training.callbacks.EpochBackup)
 BACKUP_FILES = ("state.json", "epoch*.weights.h5", ".tmp-*")  # what it writes there (nothing else is removed)
