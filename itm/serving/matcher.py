@@ -334,6 +334,14 @@ class Matcher:
     def index_folder(self, folder: str | os.PathLike, log: Log = None) -> FolderIndex:
         return FolderIndex.build(self, folder, log=log)
 
+    def explain(self, image: Image, caption: str):
+        """Why ``image`` and ``caption`` match or not: an ``itm.explain.Explanation`` with p(match), the threshold,
+        the decision, a Grad-CAM map of p(match) over the image (a grid in [0, 1]; one gradient pass) and each
+        word's occlusion score (p(match) minus p(match) without the word; None without a sentence encoder)."""
+        from ..explain import explain
+
+        return explain(self, image, caption)
+
     def is_match(self, p: float | np.floating) -> bool:
         """p(match) above the run's threshold (``itm.evaluation.metrics.decide``, as the metrics and figures)."""
         from ..evaluation.metrics import decide
