@@ -123,3 +123,38 @@ def test_itm_explain_refuses_a_users_file_and_other_mistakes_in_one_line(faithfu
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and said in lines[0], (what, r.stderr)
     assert mine.read_bytes() == before
+
+
+def test_the_demos_shape_mask_finds_the_drawn_shape(monkeypatch, tmp_path):
+    """The sanity figure's ground truth: ``shape_mask`` of a demo image (saved as JPEG, as the demo is) against
+    the same shape drawn white on black with the same random draws."""
+    import random
+
+    from itm.data import demo
+
+    for seed, attrs in enumerate([("purple", "circle", "grey"), ("yellow", "triangle", "white"),
+                                  ("blue", "diamond", "black"), ("green", "square", "grey")]):
+        assert demo.attributes_of(demo.caption_for(attrs, seed % 2)) == attrs
+        demo.draw_image(attrs, random.Random(seed), 96).save(tmp_path / "shape.jpg", quality=90)
+        with Image.open(tmp_path / "shape.jpg") as im:
+            found = demo.shape_mask(np.asarray(im), attrs)
+        with monkeypatch.context() as patch:
+            patch.setitem(demo.COLOURS, attrs[0], (255, 255, 255))
+            patch.setitem(demo.BACKGROUNDS, attrs[2], (0, 0, 0))
+            truth = np.asarray(demo.draw_image(attrs, random.Random(seed), 96).convert("L")) > 128
+        iou = (found & truth).sum() / (found | truth).sum()
+        assert iou > 0.9, (attrs, iou)
+    assert demo.attributes_of("a dog runs on the grass") is None
+
+
+def test_the_sanity_script_scores_the_correct_matches_of_a_demo_run(faithful_run, capsys):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "explain_sanity.py"
+    spec = importlib.util.spec_from_file_location("explain_sanity", script)
+    sanity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sanity)
+    assert sanity.main(["--run", str(faithful_run)]) == 0
+    out = capsys.readouterr().out
+    n = int(out.split(" test match pairs, ")[1].split()[0])
+    assert out.startswith(f"run: {faithful_run}; 6 test match pairs") and 0 <= n <= 6
+    if n:
+        assert "peak of the map on the named shape: " in out and "(the shape covers" in out
