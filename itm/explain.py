@@ -262,3 +262,72 @@ def write_png(e: Explanation, photo: np.ndarray, path) -> None:
     with PILImage.open(buffer) as im:
         im.save(out, format="PNG", pnginfo=info, optimize=True)
     atomic_write(path, lambda f: f.write(out.getvalue()), "the explanation figure")
+
+
+# ---------------------------------------------------------------- the report's gallery
+
+GALLERY_ROWS = ("most confident true matches", "worst false matches", "worst missed matches")
+
+
+def gallery_picks(is_match: np.ndarray, p_match: np.ndarray, threshold: float, n: int) -> list[list[int]]:
+    """For each of GALLERY_ROWS, the indices of at most ``n`` pairs: true matches by p(match), highest first;
+    no-match pairs decided match, highest first; matches decided no-match, lowest first."""
+    from .evaluation.metrics import decide
+
+    decided = np.asarray(decide(p_match, threshold), bool)
+    is_match = np.asarray(is_match, bool)
+    order = np.argsort(-p_match, kind="stable")
+    true_matches = [int(i) for i in order if is_match[i] and decided[i]]
+    false_matches = [int(i) for i in order if not is_match[i] and decided[i]]
+    missed = [int(i) for i in order[::-1] if is_match[i] and not decided[i]]
+    return [true_matches[:n], false_matches[:n], missed[:n]]
+
+
+def write_gallery(model, split, embeddings, p_match: np.ndarray, threshold: float, path, n: int = 4) -> None:
+    """A figure of the split's most confident true matches, worst false matches and worst missed matches (a row
+    each), every pair's photo with its Grad-CAM map, caption, p(match) and label: the original's printed sample
+    predictions, made visible. One gradient pass per pair shown."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import tensorflow as tf
+    from PIL import Image as PILImage
+
+    from .data.images import preprocess
+
+    gradcam = GradCam(model)
+    size = int(model.input["image_input"].shape[1])
+    raw_text = "caption" in model.input
+    rows = gallery_picks(np.array([t.match for t in split.triples]), np.asarray(p_match), threshold, n)
+    fig, axes = plt.subplots(3, n, figsize=(2.6 * n, 9.3), squeeze=False)
+    for r, (title, picks) in enumerate(zip(GALLERY_ROWS, rows)):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c == 0:
+                ax.text(-0.08, 0.5, title, transform=ax.transAxes, rotation=90, ha="right", va="center", fontsize=9)
+            if c >= len(picks):
+                if c == 0:
+                    ax.text(0.5, 0.5, "none", transform=ax.transAxes, ha="center", va="center", color="grey")
+                continue
+            t = split.triples[picks[c]]
+            photo_path = split.images_dir / t.image
+            text = tf.constant([t.caption]) if raw_text else np.asarray(embeddings[t.caption], np.float32)[None]
+            _, grid = gradcam(preprocess([photo_path], size), model.encode_text(text, training=False))
+            with PILImage.open(photo_path) as im:
+                im = im.convert("RGB")
+                im.thumbnail((256, 256))
+                photo = np.asarray(im)
+            h, w = photo.shape[:2]
+            ax.imshow(photo)
+            ax.imshow(grid, cmap="jet", alpha=0.45, extent=(0, w, h, 0), interpolation="bilinear", vmin=0, vmax=1)
+            caption = "\n".join(textwrap.wrap(t.caption, 34)[:3])
+            ax.set_title(f"{caption}\n{'match' if t.match else 'no-match'}, p(match)={p_match[picks[c]]:.3f}",
+                         fontsize=7, color="darkgreen" if r == 0 else "firebrick")
+    fig.suptitle(f"At the threshold {threshold:.3f}; the maps: Grad-CAM of p(match) (itm explain)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -158,3 +158,13 @@ def test_the_sanity_script_scores_the_correct_matches_of_a_demo_run(faithful_run
     assert out.startswith(f"run: {faithful_run}; 6 test match pairs") and 0 <= n <= 6
     if n:
         assert "peak of the map on the named shape: " in out and "(the shape covers" in out
+
+
+def test_the_gallery_picks_the_most_confident_true_the_worst_false_and_the_worst_missed_matches():
+    from itm.explain import gallery_picks
+
+    is_match = np.array([1, 1, 1, 0, 0, 0, 1, 0], bool)
+    p = np.array([0.9, 0.95, 0.2, 0.99, 0.6, 0.1, 0.05, 0.3])
+    assert gallery_picks(is_match, p, 0.5, 2) == [[1, 0], [3, 4], [6, 2]]
+    assert gallery_picks(is_match, p, 0.5, 1) == [[1], [3], [6]]
+    assert gallery_picks(is_match, p, 0.97, 4) == [[], [3], [6, 2, 0, 1]]  # decided at the threshold given
