@@ -142,12 +142,12 @@ def explain(matcher: Matcher, image: Image, caption: str) -> Explanation:
     if len(caption) != 1:
         raise CaptionError("explain takes one caption")
     caption = caption[0]
-    if getattr(matcher, "_gradcam", None) is None:
-        matcher._gradcam = GradCam(matcher.model)
     pixels = matcher.preprocess([image])
     text = matcher.encode_captions([caption])
     with matcher._lock:
-        p, grid = matcher._gradcam(pixels, text)
+        if matcher.gradcam is None:  # built on first use, once
+            matcher.gradcam = GradCam(matcher.model)
+        p, grid = matcher.gradcam(pixels, text)
     matcher.finite(np.array([p]))
     notes = list(matcher.run_notes)
     words = None
@@ -164,7 +164,7 @@ def explain(matcher: Matcher, image: Image, caption: str) -> Explanation:
         else:
             p_without = matcher.pairs(_image_features(matcher, pixels), others)[0]
             words = [(w, float(p - q)) for w, q in zip(words_of(caption), p_without)]
-    return Explanation(caption, p, matcher.threshold, matcher.is_match(p), grid, words, notes, matcher._gradcam.layer)
+    return Explanation(caption, p, matcher.threshold, matcher.is_match(p), grid, words, notes, matcher.gradcam.layer)
 
 
 def _image_features(matcher: Matcher, pixels: np.ndarray) -> np.ndarray:

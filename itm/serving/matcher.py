@@ -154,6 +154,7 @@ class Matcher:
         self._decoding = threading.BoundedSemaphore(DECODERS)
         self.max_pixels = None  # a lower bound than itm.data.images.MAX_PIXELS, for a server
         self.contrastive = False  # trained with InfoNCE: the embedding shortlists search (set by load)
+        self.gradcam = None  # itm.explain.GradCam of the model, made by the first explain
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
