@@ -147,3 +147,37 @@ def test_search_box_shows_images(page, live):
     ps = page.eval_on_selector_all("#search-results figure", "fs => fs.map(f => Number(f.dataset.p))")
     assert widths and all(w > 0 for w in widths)  # the images really loaded
     assert ps == sorted(ps, reverse=True)
+
+
+def test_why_shows_the_heat_map_over_the_photo_and_the_shaded_words(page, live, tiny_data_master):
+    """The "Why?" toggle of a caption: /api/explain's grid drawn over the photo and its words shaded."""
+    name, caption, _ = (tiny_data_master / "flickr8k.DevImages.txt").read_text().splitlines()[0].split("\t")
+    image = tiny_data_master / IMAGES / name
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(live.url + "/")
+    page.wait_for_function("document.getElementById('threshold').textContent.includes('threshold')")
+    page.set_input_files("#file", str(image))
+    page.wait_for_selector("#preview")
+    page.fill("#captions", caption)
+    page.click("#score")
+    page.wait_for_selector("#results[data-done='1']")
+    page.click("#results .result button.why")
+    page.wait_for_selector("#heat")
+    api = httpx.post(live.url + "/api/explain", files={"image": (name, image.read_bytes(), "image/jpeg")},
+                     data={"caption": caption}, timeout=60).json()
+    heat = page.evaluate("""() => { const h = document.getElementById('heat'), i = document.getElementById('preview');
+        return {grid: h.dataset.grid, w: h.width, h: h.height, iw: i.clientWidth, ih: i.clientHeight}; }""")
+    assert heat["grid"] == "x".join(map(str, api["grid_shape"])) and (heat["w"], heat["h"]) == (heat["iw"], heat["ih"])
+    assert page.get_attribute("#results .result button.why", "aria-pressed") == "true"
+    words = page.eval_on_selector_all("#results .words span", "s => s.map(x => [x.textContent, Number(x.dataset.score)])")
+    if api["words"] is None:
+        assert "no word scores" in page.text_content("#results .words")
+    else:
+        assert [w for w, _ in words] == [w["word"] for w in api["words"]]
+        assert [s for _, s in words] == pytest.approx([w["score"] for w in api["words"]], abs=1e-6)
+    page.click("#results .result button.why")  # the toggle: pressed again, it hides the explanation
+    page.wait_for_selector("#heat", state="detached")
+    assert page.query_selector("#results .words") is None
+    assert page.get_attribute("#results .result button.why", "aria-pressed") == "false"
+    assert not errors

@@ -100,7 +100,7 @@ def test_evaluate_and_compare_commands(faithful_run, tmp_path):
             assert key in m
         assert m["ci95"]["accuracy"][0] <= m["accuracy"] <= m["ci95"]["accuracy"][1]
         assert m["retrieval"]["images"] == 6 and m["retrieval"]["image_to_text"]["queries"] == 6
-        for fig in ("roc-pr", "scores", "confusion", "samples"):
+        for fig in ("roc-pr", "scores", "confusion", "samples", "gallery"):
             assert (run / f"{fig}-{split}.png").read_bytes()[:8] == PNG
     # The test scores in metrics.json (from training) and from `itm evaluate` agree.
     assert json.loads((run / "metrics.json").read_text())["roc_auc"] == pytest.approx(
@@ -109,6 +109,7 @@ def test_evaluate_and_compare_commands(faithful_run, tmp_path):
     assert 0.0 <= threshold <= 1.0
     report = (run / "report.md").read_text()
     assert "## dev split" in report and "## test split" in report and "![ROC and precision-recall](roc-pr-test.png)" in report
+    assert "Grad-CAM map](gallery-test.png)" in report
     r = itm_cli("compare", run, run)
     assert r.returncode == 0 and r.stdout.count(str(run)) == 2 and "balanced acc" in r.stdout
 

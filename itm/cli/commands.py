@@ -241,6 +241,42 @@ def run_search(args: Namespace) -> int:
     return 0
 
 
+def run_explain(args: Namespace) -> int:
+    from .. import output_folder
+    from ..explain import is_explain_png, photo_pixels, write_png
+    from ..serving.matcher import Matcher
+
+    if args.output:
+        if Path(args.output).suffix.lower() != ".png":
+            raise ConfigError(f"--output {args.output}: the figure is a PNG; give a name ending in .png")
+        if Path(args.output).resolve() == Path(args.image).resolve():
+            raise DataError(f"--output {args.output} is the --image itself: choose another --output")
+        output_folder.check_new_file(args.output, "--output", args.overwrite, is_explain_png,
+                                     "a figure written by 'itm explain'")
+    m = Matcher.load(args.run, data_dir=args.data_dir)
+    e = m.explain(args.image, args.caption)
+    if args.output:
+        write_png(e, photo_pixels(args.image), args.output)
+    if args.json:
+        print(json.dumps({"image": str(args.image), **e.to_json(), "threshold_source": m.threshold_source,
+                          "figure": str(args.output) if args.output else None}, indent=2))
+        return 0
+    row, col = (int(i) for i in divmod(int(e.grid.argmax()), e.grid.shape[1]))
+    print(f'Caption: "{e.caption}"  Prediction: {"Match" if e.match else "No-Match"}  p(match)={e.p_match:.3f}  '
+          f"Threshold: {m.threshold_source}")
+    print(f"Map: Grad-CAM on {e.layer}, a {e.grid.shape[0]}x{e.grid.shape[1]} grid; its peak at row {row}, "
+          f"column {col} (from the top left)")
+    if e.words is not None:
+        print("Words (p(match) with the word minus p(match) without it):")
+        for word, score in e.words:
+            print(f"  {score:+.3f}  {word}")
+    if args.output:
+        print(f"Figure: {args.output}")
+    for note in e.notes:
+        logger.warning(f"note: {note}")
+    return 0
+
+
 def run_serve(args: Namespace) -> int:
     from ..serving.server import serve
 
@@ -262,4 +298,4 @@ def run_export(args) -> int:
 
 COMMANDS = {"train": run_train, "evaluate": run_evaluate, "bench": run_bench, "compare": run_compare,
             "embed": run_embed, "prepare": run_prepare, "ood-split": run_ood_split, "shard": run_shard, "predict": run_predict,
-            "rank": run_rank, "search": run_search, "serve": run_serve, "export": run_export}
+            "rank": run_rank, "search": run_search, "explain": run_explain, "serve": run_serve, "export": run_export}

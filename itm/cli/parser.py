@@ -309,6 +309,24 @@ def add_search(sub) -> None:
     p.add_argument("--top", type=positive_int, default=10, help="default: %(default)s")
 
 
+def add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="why a caption fits an image or not: a heat map over the image and word scores",
+                       description="Score one image and one caption with a trained run and show why: a Grad-CAM map "
+                                   "of p(match) over the image (one gradient pass through the image tower, a "
+                                   "pretrained backbone included) and each word's score, p(match) minus p(match) "
+                                   "with the word left out (needs a sentence encoder: the text extra). Prints the "
+                                   "result; --output writes a PNG of the photo with the map, the words shaded by "
+                                   "their scores, p(match), the threshold and the decision.")
+    run_options(p)
+    p.add_argument("--image", required=True, help="image file")
+    p.add_argument("--caption", required=True, help="the caption")
+    p.add_argument("--output", metavar="FILE.png", help="write the figure here (a new file)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --output if it is a figure an earlier 'itm explain' wrote; anything else is refused")
+    p.add_argument("--json", action="store_true", help="print JSON: p(match), threshold, decision, the map as a "
+                                                       "grid of values in [0, 1] (row 0 at the top) and the word scores")
+
+
 def add_export(sub) -> None:
     p = sub.add_parser("export", help="write a run as a TensorFlow SavedModel (TensorFlow Serving) or a LiteRT model",
                        description="Write RUN as a TensorFlow SavedModel that takes image bytes and caption text "
@@ -354,7 +372,7 @@ def add_serve(sub) -> None:
 
 # Each command's parser, in the order ``itm --help`` lists them.
 COMMAND_PARSERS = (add_train, add_evaluate, add_bench, add_compare, add_embed, add_prepare, add_ood_split, add_shard,
-                   add_predict, add_rank, add_search, add_serve, add_export)
+                   add_predict, add_rank, add_search, add_explain, add_serve, add_export)
 
 
 class _Commands:

@@ -160,3 +160,20 @@ def ensure_demo_data() -> Path:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def attributes_of(caption: str) -> Attrs | None:
+    """The (colour, shape, background) a demo caption names (either template), or None for another caption."""
+    words = caption.split()
+    found = [next((w for w in words if w in names), None) for names in (COLOURS, SHAPES, BACKGROUNDS)]
+    return None if None in found else tuple(found)
+
+
+def shape_mask(pixels: np.ndarray, attrs: Attrs) -> np.ndarray:
+    """Where a demo image's shape is: the pixels (HxWx3) nearer the shape's colour than the background's. The
+    jitter (12 per channel) and JPEG's blur are small next to the distance between any colour and background."""
+    colour, _, background = attrs
+    x = pixels.astype(np.float32)
+    near = np.linalg.norm(x - np.float32(COLOURS[colour]), axis=-1)
+    far = np.linalg.norm(x - np.float32(BACKGROUNDS[background]), axis=-1)
+    return near < far

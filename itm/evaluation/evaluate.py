@@ -17,6 +17,7 @@ import numpy as np
 from ..data.batches import group_by_image, one_hot
 from ..data.folder import DataDir, Split
 from ..errors import ConfigError
+from ..explain import write_gallery
 from ..files import write_json
 from ..training import run_folder
 from . import plots
@@ -79,7 +80,7 @@ ONE_CLASS_NOTE = ("{name}: only {label} lines ({n}): accuracy, ROC-AUC and the o
                   "classes, so they are left out; retrieval is what this split can show")
 
 
-FIGURES = ("roc-pr", "confusion", "scores", "samples")
+FIGURES = ("roc-pr", "confusion", "scores", "samples", "gallery")
 
 
 def predictions_name(name: str) -> str:
@@ -213,6 +214,7 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
         plots.plot_confusion(metrics["at_dev_threshold"]["confusion"], figures["confusion"], threshold)
         plots.plot_score_distribution(is_match, p[:, 0], figures["scores"], threshold)
         plots.plot_samples(split, p[:, 0], figures["samples"], seed=seed, threshold=threshold)
+        write_gallery(model, split, data.embeddings, p[:, 0], threshold, figures["gallery"])
         write_json(out_dir / f"metrics-{name}.json", metrics)
         log_evaluation(out_dir, name, metrics, figures)
         results[name] = metrics

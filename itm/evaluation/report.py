@@ -89,7 +89,9 @@ def write_report(run_dir: Path, splits=("test",)) -> Path:
         for name, caption in ((f"roc-pr-{split}.png", "ROC and precision-recall"),
                               (f"scores-{split}.png", "p(match) distributions"),
                               (f"confusion-{split}.png", "confusion matrix at the dev threshold"),
-                              (f"samples-{split}.png", "sample pairs at the dev threshold: correct (top), mistakes (bottom)")):
+                              (f"samples-{split}.png", "sample pairs at the dev threshold: correct (top), mistakes (bottom)"),
+                              (f"gallery-{split}.png", "the most confident true matches, the worst false matches and the "
+                                                       "worst missed matches, each with its Grad-CAM map")):
             if (run_dir / name).is_file():
                 lines.append(f"![{caption}]({name})")
     if (run_dir / "history.png").is_file():

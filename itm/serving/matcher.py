@@ -154,6 +154,7 @@ class Matcher:
         self._decoding = threading.BoundedSemaphore(DECODERS)
         self.max_pixels = None  # a lower bound than itm.data.images.MAX_PIXELS, for a server
         self.contrastive = False  # trained with InfoNCE: the embedding shortlists search (set by load)
+        self.gradcam = None  # itm.explain.GradCam of the model, made by the first explain
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
@@ -333,6 +334,14 @@ class Matcher:
 
     def index_folder(self, folder: str | os.PathLike, log: Log = None) -> FolderIndex:
         return FolderIndex.build(self, folder, log=log)
+
+    def explain(self, image: Image, caption: str):
+        """Why ``image`` and ``caption`` match or not: an ``itm.explain.Explanation`` with p(match), the threshold,
+        the decision, a Grad-CAM map of p(match) over the image (a grid in [0, 1]; one gradient pass) and each
+        word's occlusion score (p(match) minus p(match) without the word; None without a sentence encoder)."""
+        from ..explain import explain
+
+        return explain(self, image, caption)
 
     def is_match(self, p: float | np.floating) -> bool:
         """p(match) above the run's threshold (``itm.evaluation.metrics.decide``, as the metrics and figures)."""

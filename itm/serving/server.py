@@ -9,7 +9,8 @@ server path.
 Limits, each a clear 4xx rather than work: the request body (``--max-upload-mb``, 413), the time to
 receive it (``--read-timeout``, 408), the image's pixel count, read from its header before decoding
 (``--max-image-pixels``, 400), the captions of a request (at most ``MAX_CAPTIONS``, 400), and of those the
-ones the sentence encoder must embed afresh (at most ``MAX_NEW_CAPTIONS``, 413: the costly part); each
+ones the sentence encoder must embed afresh (at most ``MAX_NEW_CAPTIONS``, 413: the costly part; /api/explain,
+which embeds its one caption once per word, takes at most ``MAX_EXPLAIN_WORDS`` words, 413); each
 caption and query is checked by the ``Matcher``, whose ``CaptionError`` is a 400, as is text that is not
 valid Unicode or a number that is not finite. Past ``--max-connections`` open connections, 503 at once.
 Matching and search are the ``Matcher``'s own: this module only speaks HTTP. No answer carries a server
@@ -36,6 +37,7 @@ MAX_UPLOAD_MB = 1024.0
 DEFAULT_MAX_IMAGE_PIXELS = 16_000_000  # a 4000 x 4000 photo: 48 MB once decoded
 MAX_CAPTIONS = 100
 MAX_NEW_CAPTIONS = 8  # captions a request may send to the sentence encoder (not in the run's data folder)
+MAX_EXPLAIN_WORDS = 32  # /api/explain embeds its caption once per word (each word left out): the bound of that cost
 DEFAULT_READ_TIMEOUT = 30.0  # seconds for a request's whole body
 DEFAULT_MAX_CONNECTIONS = 100  # open connections and requests together; more get 503 at once, none wait unbounded
 SERVE_HINT = "pip install '.[serve]'  (fastapi, uvicorn, python-multipart)"
@@ -177,7 +179,24 @@ def _api_models(pydantic):
         images: int
         notes: list[str] = notes_field()
 
-    return MatchResponse, SearchRequest, SearchResponse
+    class WordScore(BaseModel):
+        word: str
+        score: float = Field(description="p(match) with the word minus p(match) without it")
+
+    class ExplainResponse(BaseModel):
+        caption: str
+        p_match: float
+        match: bool
+        threshold: float
+        threshold_source: str
+        grid: list[list[float]] = Field(description="Grad-CAM of p(match) over the image, rows top to bottom, each "
+                                                    "value in [0, 1]")
+        grid_shape: list[int]
+        feature_map: str = Field(description="the image tower's layer whose map it is")
+        words: list[WordScore] | None = Field(description="null when the server has no sentence encoder")
+        notes: list[str] = notes_field()
+
+    return MatchResponse, SearchRequest, SearchResponse, ExplainResponse
 
 
 def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 2**20),
@@ -232,15 +251,15 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
                 "threshold_source": matcher.threshold_source, "search": images_dir is not None,
                 "max_upload_bytes": max_upload_bytes, "max_image_pixels": max_image_pixels,
                 "max_captions": MAX_CAPTIONS, "max_caption_chars": MAX_CAPTION_CHARS,
-                "max_new_captions": MAX_NEW_CAPTIONS,
+                "max_new_captions": MAX_NEW_CAPTIONS, "max_explain_words": MAX_EXPLAIN_WORDS,
                 "notes": matcher.run_notes}  # what a reader of any score should know (e.g. demo training data)
 
-    _add_match_api(app, fastapi, matcher, models[0])
-    _add_search_api(app, fastapi, responses, matcher, images_dir, *models[1:])
+    _add_match_api(app, fastapi, matcher, models[0], models[3])
+    _add_search_api(app, fastapi, responses, matcher, images_dir, *models[1:3])
     return BodyLimit(app, max_upload_bytes, read_timeout)
 
 
-def _add_match_api(app, fastapi, matcher, MatchResponse) -> None:
+def _add_match_api(app, fastapi, matcher, MatchResponse, ExplainResponse) -> None:
     from .matcher import check_captions
 
     File, Form, HTTPException, UploadFile = fastapi.File, fastapi.Form, fastapi.HTTPException, fastapi.UploadFile
@@ -267,6 +286,29 @@ def _add_match_api(app, fastapi, matcher, MatchResponse) -> None:
                             for c, q in zip(captions, p)],
                 "threshold": matcher.threshold, "threshold_source": matcher.threshold_source,
                 "notes": matcher.caption_notes(captions)}
+
+    @app.post("/api/explain", response_model=ExplainResponse)
+    def explain(image: UploadFile | None = File(None, description="the image file (JPEG, PNG, GIF, BMP, WebP, ...)"),  # noqa: B008
+                caption: str = Form("", description="one caption")):  # noqa: B008
+        """Why the uploaded image and the caption match or not: p(match), a Grad-CAM map over the image and each
+        word's score (p(match) minus p(match) without the word), as ``itm explain --json``."""
+        if image is None:
+            raise HTTPException(400, "no image: send the image file in the multipart field 'image'")
+        if not visible(caption):
+            raise HTTPException(400, "no caption: send one non-empty 'caption' field")
+        caption = caption.strip()
+        check_captions([caption])
+        words = len(caption.split())
+        if words > MAX_EXPLAIN_WORDS:
+            raise HTTPException(413, f"a caption of {words} words: explain scores each word by embedding the caption "
+                                     f"without it, for at most {MAX_EXPLAIN_WORDS} words per request")
+        check_cost(matcher, [caption])
+        data = image.file.read()
+        if not data:
+            raise HTTPException(400, "the uploaded image file is empty")
+        e = matcher.explain(data, caption)
+        return {**e.to_json(), "threshold_source": matcher.threshold_source,
+                "notes": matcher.caption_notes([caption]) + [n for n in e.notes if n not in matcher.run_notes]}
 
     def check_cost(matcher, captions):
         new = matcher.to_embed(captions)
