@@ -77,7 +77,7 @@ def test_feature_map_at_the_variants_resolution(variant, size, side):
 @needs("lite0")
 def test_converted_keras_weights_round_trip(reference, tmp_path):
     out = el.convert_to_keras_weights("lite0", el.lite_weights_path("lite0"), tmp_path / "lite0.weights.h5")
-    again = el.efficientnet_lite("lite0", include_top=True, weights_path=out)
+    again = el.efficientnet_lite("lite0", include_top=True, weights=out)
     x = reference["pixels"][:2].astype(np.float32) / 255
     np.testing.assert_allclose(again.predict(x, verbose=0), reference["logits_lite0"][:2], rtol=0, atol=1e-4)
 
@@ -90,4 +90,4 @@ def test_missing_wheel_says_what_to_install(monkeypatch):
 
 def test_a_missing_weights_file_is_a_weights_error(tmp_path):
     with pytest.raises(WeightsError, match="no such weights file"):
-        el.efficientnet_lite("lite0", weights_path=tmp_path / "nothing.pth")
+        el.efficientnet_lite("lite0", weights=tmp_path / "nothing.pth")

