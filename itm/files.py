@@ -27,9 +27,10 @@ def default_mode(kind: int = 0o666) -> int:
     """The mode a plain ``open`` would give a new file (``kind`` less the umask); mkstemp and mkdtemp
     make theirs private (0600, 0700), which a shared run or cache folder must not get."""
     try:
-        for line in open("/proc/self/status"):
-            if line.startswith("Umask:"):
-                return kind & ~int(line.split()[1], 8)
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return kind & ~int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
     mask = os.umask(0o022)
