@@ -47,19 +47,26 @@ def page(browser):
     page.close()
 
 
-def test_upload_captions_and_read_the_probabilities(page, live, tiny_data_master):
-    rows = [line.split("\t") for line in (tiny_data_master / "flickr8k.DevImages.txt").read_text().splitlines()]
-    image = tiny_data_master / IMAGES / rows[0][0]
-    captions = [c for i, c, _ in rows if i == rows[0][0]]
+def score_on_page(page, live, image, captions_text: str) -> list:
+    """Open the page, pick ``image``, type the captions and score them; returns the page's script errors
+    (a list the page keeps filling)."""
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(live.url + "/")
     page.wait_for_function("document.getElementById('threshold').textContent.includes('threshold')")
     page.set_input_files("#file", str(image))
     page.wait_for_selector("#preview")
-    page.fill("#captions", "\n".join(captions) + "\n\n")
+    page.fill("#captions", captions_text)
     page.click("#score")
     page.wait_for_selector("#results[data-done='1']")
+    return errors
+
+
+def test_upload_captions_and_read_the_probabilities(page, live, tiny_data_master):
+    rows = [line.split("\t") for line in (tiny_data_master / "flickr8k.DevImages.txt").read_text().splitlines()]
+    image = tiny_data_master / IMAGES / rows[0][0]
+    captions = [c for i, c, _ in rows if i == rows[0][0]]
+    errors = score_on_page(page, live, image, "\n".join(captions) + "\n\n")
 
     api = httpx.post(live.url + "/api/match", files={"image": (image.name, image.read_bytes(), "image/jpeg")},
                      data={"caption": captions}, timeout=60).json()
@@ -153,15 +160,7 @@ def test_why_shows_the_heat_map_over_the_photo_and_the_shaded_words(page, live, 
     """The "Why?" toggle of a caption: /api/explain's grid drawn over the photo and its words shaded."""
     name, caption, _ = (tiny_data_master / "flickr8k.DevImages.txt").read_text().splitlines()[0].split("\t")
     image = tiny_data_master / IMAGES / name
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(live.url + "/")
-    page.wait_for_function("document.getElementById('threshold').textContent.includes('threshold')")
-    page.set_input_files("#file", str(image))
-    page.wait_for_selector("#preview")
-    page.fill("#captions", caption)
-    page.click("#score")
-    page.wait_for_selector("#results[data-done='1']")
+    errors = score_on_page(page, live, image, caption)
     page.click("#results .result button.why")
     page.wait_for_selector("#heat")
     api = httpx.post(live.url + "/api/explain", files={"image": (name, image.read_bytes(), "image/jpeg")},
