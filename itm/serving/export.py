@@ -89,23 +89,13 @@ def build_module(run_dir, with_caption_encoder: bool = True, for_litert: bool = 
         return part(x, training=False)
 
     module = tf.Module()
-    module.image_encoder, module.text_encoder, module.head = image_encoder, text_encoder, head
-    if captions is not None:
-        module.caption_encoder = captions
-    if from_embedding is not None and from_embedding is not text_encoder:
-        module.from_embedding = from_embedding
-    if from_ids is not None:
-        module.from_ids = from_ids
-    parts = [image_encoder, text_encoder, head]
-    if for_litert:
-        # LiteRT's converter freezes only the tf.Variables it finds tracked, not those inside Keras 3's variables:
-        # track them too (as keras.export does). Not for the SavedModel itself, which would then hold each twice.
-        module.tf_variables = list({id(v.value): v.value for p in parts for v in p.variables}.values())
-    else:
-        # The random layers of --augment (idle at inference) hold a seed state that the traced functions
-        # capture; a SavedModel must reach it, and tf.Module does not see it through the Keras parts.
-        weights = {id(w) for p in parts for w in p.weights}
-        module.random_states = [v.value for p in parts for v in p.variables if id(v) not in weights]
+    # The module tracks the tf.Variables under the Keras parts (as keras.export does), not the parts: tracked
+    # Keras objects would make tf.saved_model.save trace and save every layer's own functions, which no
+    # signature uses (half of each export's time). The variables include the seed state of --augment's random
+    # layers (idle at inference), which the traced functions capture too; and LiteRT's converter freezes only
+    # the tf.Variables it finds tracked.
+    parts = [x for x in (image_encoder, text_encoder, head, captions, from_embedding, from_ids) if x is not None]
+    module.tf_variables = list({id(v.value): v.value for p in parts for v in p.variables}.values())
     module.threshold = tf.Variable(threshold, dtype=tf.float32, trainable=False, name="threshold")
     module.config = run.config
     module.threshold_source = threshold_source
