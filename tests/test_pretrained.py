@@ -45,7 +45,9 @@ def tiny_pretrained_run(request, tiny_data_master, tmp_path):
 @pytest.mark.parametrize("tiny_pretrained_run", TOWERS, indirect=True)
 def test_a_tiny_pretrained_run_trains_saves_loads_and_predicts_offline(tiny_pretrained_run, tiny_data_master, tmp_path,
                                                                        request):
-    """Fresh processes: offline means KERAS_HOME and the proxies set before Keras is imported."""
+    """The first training is a fresh process (offline means KERAS_HOME and the proxies set before Keras is
+    imported); the second, from its cache, and the prediction run in this process, with the same offline
+    environment for the call (no download is left to try once the first run has read the weights)."""
     first = tiny_pretrained_run
     assert "22 computed, 0 from the cache" in first.stdout  # 16 train + 6 dev images through the frozen backbone
     config = json.loads((first.run / "config.json").read_text())
@@ -54,8 +56,8 @@ def test_a_tiny_pretrained_run_trains_saves_loads_and_predicts_offline(tiny_pret
 
     cache = shutil.copytree(first.cache, tmp_path / "cache")
     env = {**OFFLINE, "ITM_CACHE_DIR": str(cache)}
-    r = run_cli(["-m", "itm", *FROZEN_BACKBONE_TRAIN, "--image-tower", tower[0], "--image-weights", tower[1],
-                 "--data-dir", str(tiny_data_master), "--output-dir", str(tmp_path / "again")], env=env)
+    r = itm_cli(*FROZEN_BACKBONE_TRAIN, "--image-tower", tower[0], "--image-weights", tower[1],
+                "--data-dir", tiny_data_master, "--output-dir", tmp_path / "again", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "0 computed, 22 from the cache" in r.stdout
     assert (json.loads((tmp_path / "again" / "metrics.json").read_text())["roc_auc"]
@@ -63,8 +65,7 @@ def test_a_tiny_pretrained_run_trains_saves_loads_and_predicts_offline(tiny_pret
 
     name, caption, _ = (tiny_data_master / "flickr8k.TestImages.txt").read_text().splitlines()[0].split("\t")
     image = tiny_data_master / "flickr8k-resised" / name
-    r = run_cli(["-m", "itm", "predict", "--run", str(first.run), "--image", str(image), "--caption", caption,
-                 "--json"], env=env)
+    r = itm_cli("predict", "--run", first.run, "--image", image, "--caption", caption, "--json", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     p = json.loads(r.stdout)["results"][0]["p_match"]
     assert 0.0 <= p <= 1.0
