@@ -41,6 +41,27 @@ def test_threshold_maximises_balanced_accuracy_on_dev():
     assert t != 0.5  # the scores sit low, so 0.5 is not the best cut
 
 
+@pytest.mark.parametrize("n, decimals, threshold", [(7, None, 0.5), (60, 1, 0.5), (300, None, 0.37)])
+def test_bootstrap_scores_all_resamples_at_once_as_one_by_one(n, decimals, threshold):
+    """The resamples are scored together from draw counts; each must equal binary_metrics and roc_auc of
+    that resample (ties, tiny splits with resamples of one class, another threshold)."""
+    rng = np.random.default_rng(n)
+    y = rng.random(n) < 0.4
+    p = rng.random(n) if decimals is None else np.round(rng.random(n), decimals)
+    draws = np.random.default_rng(5)
+    one_by_one = {"accuracy": [], "balanced_accuracy": [], "roc_auc": []}
+    for _ in range(200):
+        idx = draws.integers(0, n, n)
+        m = binary_metrics(y[idx], p[idx], threshold)
+        one_by_one["accuracy"].append(m["accuracy"])
+        one_by_one["balanced_accuracy"].append(m["balanced_accuracy"])
+        one_by_one["roc_auc"].append(roc_auc(y[idx], p[idx]))
+    expected = {k: [np.nanpercentile(v, 2.5), np.nanpercentile(v, 97.5)] for k, v in one_by_one.items()}
+    got = bootstrap_ci(y, p, threshold, n_resamples=200, seed=5)
+    for k in expected:
+        np.testing.assert_allclose(got[k], expected[k], rtol=0, atol=1e-12)
+
+
 def test_bootstrap_interval_contains_the_estimate_and_narrows_with_n():
     rng = np.random.default_rng(2)
     y = rng.random(2000) < 0.25
