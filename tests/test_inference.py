@@ -355,7 +355,7 @@ def test_a_run_of_itm_0_2_loads_converted_with_its_scores_and_without_config_is_
     loads as the three-part classifier on pixels 0..255 and scores what itm 0.2 scored."""
     from itm import Matcher
     from itm.errors import DataError
-    from itm.models.saved_run import SavedRun
+    from itm.models.run_reader import SavedRun
 
     run = shutil.copytree(FLAT_RUN, tmp_path / "run")
     expected = np.load(run / "expected.npz")

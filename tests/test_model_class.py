@@ -81,7 +81,7 @@ def test_a_frozen_backbone_round_trips_with_its_frozen_part(tmp_path):
 def test_an_old_run_loads_as_the_class_and_scores_as_it_did(old, tmp_path):
     """Runs of itm 0.2 (one flat graph) and of f04bf50 (a plain functional keras.Model of the three named parts) load
     converted, with the scores their version computed (each fixture's README.md says how it was written)."""
-    from itm.models.saved_run import SavedRun
+    from itm.models.run_reader import SavedRun
 
     run = shutil.copytree(OLD_RUNS[old], tmp_path / "run")
     expected = np.load(run / "expected.npz")

@@ -2,7 +2,7 @@
 
 One ``Matcher`` serves the command line (``itm predict|rank|search``), the Python API
 (``itm.Matcher``) and the web app (``itm serve``): they all check captions, rank and search through it.
-It reads the run folder with ``itm.models.saved_run.SavedRun``, predicts through the model's
+It reads the run folder with ``itm.models.run_reader.SavedRun``, predicts through the model's
 ``itm.models.scorer.Scorer`` (each image and each caption encoded once, the small head per pair), reads
 images by the rule of ``itm.data.images``, and caches a folder's image features on disk.
 """
@@ -21,7 +21,7 @@ import numpy as np
 
 from ..data.images import list_images, preprocess
 from ..errors import CaptionError, ImageError, ModelOutputError
-from ..models.saved_run import SavedRun
+from ..models.run_reader import SavedRun
 
 BATCH = 64
 DECODERS = 2  # images decoded at once, whatever the number of threads asking: bounds memory under load
