@@ -13,7 +13,7 @@ from . import tfenv
 tfenv.prepare()
 
 from .compat import ITM_Classifier, ITM_DataLoader  # noqa: E402,F401
-from .models.saving import register_when_keras_loads  # noqa: E402
+from .models.keras_registry import register_when_keras_loads  # noqa: E402
 
 # After ``import itm``, keras.saving.load_model loads any run's model.keras (safe mode on); Keras itself
 # is not imported here, so the command line starts at once.

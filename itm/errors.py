@@ -33,5 +33,9 @@ class TrainingDiverged(ItmError):
     """Training produced a non-finite loss: nothing that looks like a result is written."""
 
 
+class OutOfMemory(ItmError):
+    """Training ran out of memory: the message names the settings to lower; the last epoch's backup is kept."""
+
+
 class ModelOutputError(DataError):
     """A model that gives NaN or infinity instead of a score: refused, never printed as a result."""

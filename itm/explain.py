@@ -143,7 +143,7 @@ def explain(matcher: Matcher, image: Image, caption: str) -> Explanation:
         raise CaptionError("explain takes one caption")
     caption = caption[0]
     pixels = matcher.preprocess([image])
-    text = matcher.encode_captions([caption])
+    text = matcher.encode_text([caption])
     with matcher._lock:
         if matcher.gradcam is None:  # built on first use, once
             matcher.gradcam = GradCam(matcher.model)
@@ -156,7 +156,7 @@ def explain(matcher: Matcher, image: Image, caption: str) -> Explanation:
         notes.append("no word scores: the caption has one word")
     else:
         try:
-            others = matcher.encode_captions(variants)
+            others = matcher.encode_text(variants)
         except CaptionError:
             from .serving.matcher import ENCODER_HINT
 

@@ -98,8 +98,8 @@ def main() -> int:
     matcher = itm.load(args.run, data_dir=empty)  # no data-folder embeddings: every caption is encoded
 
     def with_matcher():
-        img = matcher.encode_images(images)
-        txt = matcher.encode_captions(captions)
+        img = matcher.encode_image(images)
+        txt = matcher.encode_text(captions)
         return matcher.scorer.pairs(img, txt, np.arange(n), np.arange(n))[:, 0]
 
     model = tf.saved_model.load(str(saved))

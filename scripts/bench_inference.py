@@ -53,7 +53,7 @@ def main() -> int:
         captions = [f"a photo number {i} of something new" for i in range(args.captions)]
     else:
         from itm.data.folder import load_embeddings
-        from itm.models.saved_run import SavedRun
+        from itm.models.run_reader import SavedRun
 
         captions = sorted(load_embeddings(Path(SavedRun(args.run).data_dir)))[: args.captions]
     index = matcher.index_folder(args.images)

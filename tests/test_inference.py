@@ -68,6 +68,30 @@ def test_score_equals_the_full_model_on_the_training_pipeline(matcher, examples,
     assert 0 < min(p_matcher) and max(p_matcher) < 1
 
 
+def test_encode_image_and_text_mean_what_the_models_do(matcher, examples):
+    """``Matcher.encode_image`` / ``encode_text`` give the features the head takes, as the model's methods of the
+    same names (``normalize=True``: the unit retrieval vectors); itm 0.2's ``encode_images`` / ``encode_captions``
+    give the same features with a DeprecationWarning naming the new name."""
+    from itm.data.images import preprocess
+    from itm.evaluation.retrieval import embedding_vectors
+
+    image, captions = examples
+    zi, zt = matcher.encode_image([image, image]), matcher.encode_text(captions)
+    np.testing.assert_allclose(zi, matcher.model.encode_image(preprocess([image] * 2, matcher.image_size)),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(zt, matcher.model.encode_text(np.stack([matcher.captions.lookup(c) for c in captions])),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(matcher.pairs(zi, zt), matcher.score([image, image], captions))
+    assert not np.allclose(np.linalg.norm(zi, axis=1), 1)  # features, not unit vectors
+    vi, vt = matcher.encode_image([image, image], normalize=True), matcher.encode_text(captions, normalize=True)
+    np.testing.assert_allclose(vi, embedding_vectors(zi), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vt, embedding_vectors(zt), rtol=1e-5, atol=1e-6)
+    with pytest.warns(DeprecationWarning, match=r"Matcher.encode_images is deprecated: use Matcher.encode_image"):
+        np.testing.assert_array_equal(matcher.encode_images([image, image]), zi)
+    with pytest.warns(DeprecationWarning, match=r"Matcher.encode_captions is deprecated: use Matcher.encode_text"):
+        np.testing.assert_array_equal(matcher.encode_captions(captions), zt)
+
+
 def test_score_takes_paths_bytes_pil_and_arrays(matcher, examples, tmp_path):
     image, captions = examples
     png = tmp_path / "x.png"  # lossless, so that PIL's and TensorFlow's decoders give the same pixels
@@ -355,7 +379,7 @@ def test_a_run_of_itm_0_2_loads_converted_with_its_scores_and_without_config_is_
     loads as the three-part classifier on pixels 0..255 and scores what itm 0.2 scored."""
     from itm import Matcher
     from itm.errors import DataError
-    from itm.models.saved_run import SavedRun
+    from itm.models.run_reader import SavedRun
 
     run = shutil.copytree(FLAT_RUN, tmp_path / "run")
     expected = np.load(run / "expected.npz")

@@ -177,6 +177,57 @@ def test_sampled_pairs_hold_the_positives_and_draw_hard_negatives_by_similarity(
     assert len(set(texts[b:b + 20])) > 1
 
 
+def _albef_loss_before(model, zi, positive_text, temperature):
+    """``Trainer.contrastive_loss`` with ``hard_negatives`` as it was written before it drew its hard negatives
+    through ``sampled_pairs`` (commit 4bd90a7): the reference the one place must equal, draw for draw."""
+    from itm.training.trainer import contrastive_targets, info_nce
+
+    b = tf.shape(zi)[0]
+    zt = model.encode_text(positive_text, training=False)
+    logits = tf.matmul(tf.math.l2_normalize(zi, -1), tf.math.l2_normalize(zt, -1), transpose_b=True) / temperature
+    nce = info_nce(logits, contrastive_targets(positive_text, 0.0))
+    p = tf.cast(model.score(tf.repeat(zi, b, axis=0), tf.tile(zt, [b, 1]), training=False), tf.float32)
+    eye = tf.reshape(tf.eye(b), [-1])
+    kl = keras.losses.kl_divergence(tf.stack([eye, 1.0 - eye], axis=-1), p)
+    weights = eye * tf.cast(b - 1, tf.float32) + (1.0 - eye)
+    head_loss = tf.reduce_sum(weights * kl) / tf.reduce_sum(weights)
+    sim = tf.stop_gradient(logits) - 1e4 * tf.eye(b)
+    rows = tf.range(b, dtype=tf.int64)
+    b64 = tf.cast(b, tf.int64)
+    hard = tf.concat([rows * b64 + tf.random.categorical(sim, 1)[:, 0],
+                      tf.random.categorical(tf.transpose(sim), 1)[:, 0] * b64 + rows], axis=0)
+    head_loss += 0.5 * (tf.reduce_mean(tf.gather(kl, rows * (b64 + 1))) + tf.reduce_mean(tf.gather(kl, hard)))
+    return head_loss + nce
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
+def test_albef_hard_negatives_draw_as_before_with_the_same_seed(graph):
+    """The hard negatives of the all-pairs head loss come from ``sampled_pairs`` now (one place): with the same
+    seed the loss equals the one of the code they replaced, eagerly and traced as ``train_step`` is; another
+    seed draws other negatives (so the draws matter to the comparison)."""
+    from itm.training.trainer import Trainer
+
+    model = build_model(image_size=8, projection_dim=8, fusion="interaction")
+    trainer = Trainer(model, temperature=0.5, hard_negatives=True)
+    rng = np.random.default_rng(0)
+    zi = tf.constant(rng.normal(size=(12, 8)).astype(np.float32))
+    text = tf.constant(rng.normal(0, 0.05, (12, 384)).astype(np.float32))
+
+    def new():
+        return trainer.contrastive_loss(zi, text, training=False)
+
+    def old():
+        return _albef_loss_before(model, zi, text, 0.5)
+
+    def seeded(loss, seed):
+        tf.random.set_seed(seed)
+        loss = tf.function(loss) if graph else loss  # a fresh trace: its random ops seeded from this seed
+        return [float(loss()) for _ in range(3)]  # three steps' draws
+
+    assert seeded(new, 7) == seeded(old, 7)
+    assert seeded(new, 7) != seeded(new, 8)
+
+
 def test_info_nce_one_hot_is_clips_loss():
     from itm.training.trainer import contrastive_targets, info_nce
 

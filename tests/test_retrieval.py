@@ -129,7 +129,7 @@ def test_evaluate_a_protocol_folder_reports_both_stages_and_search_uses_them(con
     assert matcher.contrastive
     images = sorted((proto / "flickr8k-resised").glob("*.jpg"))
     query = matches[0].split("\t")[1]
-    vi, vt = matcher.encode_image(images), matcher.encode_text([query])
+    vi, vt = matcher.encode_image(images, normalize=True), matcher.encode_text([query], normalize=True)
     assert np.allclose(np.linalg.norm(vi, axis=1), 1, atol=1e-5) and np.allclose(np.linalg.norm(vt, axis=1), 1)
     everything = matcher.search(proto / "flickr8k-resised", query, top=None, rerank=0)
     full = matcher.search(proto / "flickr8k-resised", query, top=None, rerank=len(images))

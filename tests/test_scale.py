@@ -24,7 +24,7 @@ def _iterations(model_path):
 
 
 def test_auto_precision_is_the_fast_one_this_machine_has():
-    from itm.training.run import fast_precision
+    from itm.options import fast_precision
 
     flags = open("/proc/cpuinfo").read()
     assert fast_precision() == ("mixed_bfloat16" if "avx512_bf16" in flags or "amx_bf16" in flags else "float32")

@@ -230,7 +230,7 @@ def test_search_over_a_contrastive_run_takes_the_embedding_shortlist(contrastive
 
     index = matcher.index_folder(images)
     assert len(index.paths) > 10
-    ids, _ = index.vectors.search(embedding_vectors(matcher.encode_captions([query])), 5)
+    ids, _ = index.vectors.search(embedding_vectors(matcher.encode_text([query])), 5)
     nearest = {index.paths[index.rows[i]].name for i in ids[0]}
     hits = matcher.search(images, query, top=5, rerank=5)
     assert {p.name for p, _ in hits} == nearest

@@ -287,6 +287,35 @@ def test_a_diverging_run_stops_with_a_clear_error_and_no_result(tiny_data, tmp_p
     assert not (out / "model.keras").exists() and not (out / "metrics.json").exists()
 
 
+def test_running_out_of_memory_is_its_own_error_not_divergence(tiny_data, tmp_path, monkeypatch):
+    """Out of memory in ``fit`` is ``OutOfMemory`` (its own message, exit status 2), not ``TrainingDiverged``.
+    The fault is injected (``Trainer.fit`` raises what TensorFlow and Python raise when memory runs out): a
+    real exhaustion would take the shared machine's memory with it."""
+    import tensorflow as tf
+
+    from itm import ITM_Classifier
+    from itm.errors import OutOfMemory, TrainingDiverged
+    from itm.training.trainer import Trainer
+
+    def out_of_memory(error):
+        def fit(*args, **kwargs):
+            raise error
+        return fit
+
+    monkeypatch.setattr(Trainer, "fit", out_of_memory(tf.errors.ResourceExhaustedError(None, None, "OOM when allocating")))
+    out = tmp_path / "run"
+    r = _train(tiny_data, out, "--batch-size", "4")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert ("error: training ran out of memory (ResourceExhaustedError) with --batch-size 4: lower --batch-size or "
+            "--image-size" in r.stderr) and "diverged" not in r.stderr
+    assert not (out / "model.keras").exists() and not (out / "metrics.json").exists()
+
+    monkeypatch.setattr(Trainer, "fit", out_of_memory(MemoryError()))
+    with pytest.raises(OutOfMemory, match=r"ran out of memory \(MemoryError\)") as caught:
+        ITM_Classifier(data_dir=str(tiny_data), epochs=1, limit=8, image_size=32, output_dir=str(tmp_path / "run2"))
+    assert not isinstance(caught.value, TrainingDiverged)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--batch-size", "100000", "--image-size", "224"], "needs about"),
     (["--image-size", "7"], "--image-size 7 is too small for the faithful-cnn image tower"),

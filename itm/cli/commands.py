@@ -24,7 +24,7 @@ from ..evaluation.report import compare_table, write_report
 from ..log import logger, progress
 from ..options import DEMO_RECIPES, OPTIONS, TrainConfig, options_from_file, resolve_config
 from ..training.model_card import write_model_card
-from ..models.saved_run import SavedRun
+from ..models.run_reader import SavedRun
 
 
 def train_config(args: Namespace) -> TrainConfig:

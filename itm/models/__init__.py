@@ -1,7 +1,8 @@
 """The model library: the ITM classifier, ``ITMClassifier``, which owns its three parts (``classifier``);
-scoring with it (``scorer``), loading a saved one (``saved``), its text encoders (``minilm``, ``encoders``),
-pretrained image weights read offline (``torchvision_mobilenet``, ``efficientnet_lite``, both through
-``torch_weights``) and the original's optimizer (``optim``).
+scoring with it (``scorer``); a run folder read (``run_reader``), its ``model.keras`` loaded as the class
+(``load_keras``), and itm's classes registered with Keras on ``import itm`` (``keras_registry``); its text
+encoders (``minilm``, ``encoders``), pretrained image weights read offline (``torchvision_mobilenet``,
+``efficientnet_lite``, both through ``torch_weights``) and the original's optimizer (``optim``).
 
 This file only names what the registries in ``classifier`` hold, so that the command line can offer
 them without importing Keras.

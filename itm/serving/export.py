@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .. import output_folder
 from ..errors import ConfigError, DataError, MissingExtra
-from ..models.saved_run import SavedRun
+from ..models.run_reader import SavedRun
 
 FORMATS = ("savedmodel", "litert")
 EMBEDDING_DIM = 384
@@ -65,7 +65,7 @@ def build_module(run_dir, with_caption_encoder: bool = True, for_litert: bool = 
 
     from ..data.images import preprocess_image
     from ..models.classifier import text_input_name
-    from ..models.saved_run import SavedRun
+    from ..models.run_reader import SavedRun
 
     run = SavedRun(run_dir)
     model = run.load_model()

@@ -2,7 +2,7 @@
 
 One ``Matcher`` serves the command line (``itm predict|rank|search``), the Python API
 (``itm.Matcher``) and the web app (``itm serve``): they all check captions, rank and search through it.
-It reads the run folder with ``itm.models.saved_run.SavedRun``, predicts through the model's
+It reads the run folder with ``itm.models.run_reader.SavedRun``, predicts through the model's
 ``itm.models.scorer.Scorer`` (each image and each caption encoded once, the small head per pair), reads
 images by the rule of ``itm.data.images``, and caches a folder's image features on disk.
 """
@@ -13,6 +13,7 @@ import os
 import tempfile
 import threading
 import unicodedata
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ import numpy as np
 
 from ..data.images import list_images, preprocess
 from ..errors import CaptionError, ImageError, ModelOutputError
-from ..models.saved_run import SavedRun
+from ..models.run_reader import SavedRun
 
 BATCH = 64
 DECODERS = 2  # images decoded at once, whatever the number of threads asking: bounds memory under load
@@ -229,33 +230,38 @@ class Matcher:
         with self._decoding:
             return preprocess(images, self.image_size, self.max_pixels)
 
-    def encode_images(self, images: Sequence[Image]) -> np.ndarray:
-        """Image features from the image tower, in batches."""
+    def encode_image(self, images: Sequence[Image], normalize: bool = False) -> np.ndarray:
+        """Image features [N,D] (tokens [N,T,D] for the attention head) in batches: what the head takes, as
+        ``ITMClassifier.encode_image`` and the export's ``encode_image`` signature give them. ``normalize``:
+        the retrieval embedding instead, unit vectors [N,D] compared with ``encode_text(...,
+        normalize=True)``'s by dot product (trained by the contrastive objective's InfoNCE; meaningless for
+        a run trained with the kl one), as OpenCLIP's ``encode_image(x, normalize=True)``."""
         chunks = []
         for i in range(0, len(images), BATCH):
             pixels = self.preprocess(images[i:i + BATCH])
             with self._lock:
                 chunks.append(self.scorer.encode_images(pixels))
-        return np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
+        features = np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
+        return _unit(features) if normalize else features
 
-    def encode_captions(self, captions: Captions) -> np.ndarray:
+    def encode_text(self, captions: Captions, normalize: bool = False) -> np.ndarray:
+        """Text features [N,D] of checked captions: what the head takes, as ``ITMClassifier.encode_text`` and
+        the export's ``encode_text`` signature give them; ``normalize``: unit vectors (see ``encode_image``)."""
         captions = check_captions(captions)
         texts = captions if self.scorer.raw_text else self.captions(captions)
         with self._lock:
-            return self.scorer.encode_texts(texts)
+            features = self.scorer.encode_texts(texts)
+        return _unit(features) if normalize else features
 
-    def encode_image(self, images) -> np.ndarray:
-        """The retrieval embedding of images: unit vectors [N,D], compared with ``encode_text``'s by dot product
-        (trained by the contrastive objective's InfoNCE; meaningless for a run trained with the kl one)."""
-        from ..evaluation.retrieval import embedding_vectors
+    def encode_images(self, images: Sequence[Image]) -> np.ndarray:
+        """Deprecated (itm 0.2's name): ``encode_image``, the same image features."""
+        _deprecated("encode_images", "encode_image")
+        return self.encode_image(images)
 
-        return embedding_vectors(self.encode_images(images))
-
-    def encode_text(self, captions) -> np.ndarray:
-        """The retrieval embedding of captions: unit vectors [N,D] (see ``encode_image``)."""
-        from ..evaluation.retrieval import embedding_vectors
-
-        return embedding_vectors(self.encode_captions(captions))
+    def encode_captions(self, captions: Captions) -> np.ndarray:
+        """Deprecated (itm 0.2's name): ``encode_text``, the same text features."""
+        _deprecated("encode_captions", "encode_text")
+        return self.encode_text(captions)
 
     def pairs(self, image_features: np.ndarray, text_features: np.ndarray) -> np.ndarray:
         """p(match) for every image x caption: [n_images, n_captions]."""
@@ -286,8 +292,8 @@ class Matcher:
         images = list(images)
         if not images:
             raise ImageError("give at least one image")
-        text = self.encode_captions(captions)
-        return self.pairs(self.encode_images(images), text)
+        text = self.encode_text(captions)
+        return self.pairs(self.encode_image(images), text)
 
     def rank(self, image: Image, captions: Captions, top: int | None = None) -> list[tuple[str, float]]:
         """The captions that best fit ``image``, best first: ``[(caption, p_match), ...]``."""
@@ -312,7 +318,7 @@ class Matcher:
         from ..evaluation.retrieval import (DEFAULT_RERANK, embedding_vectors, rerank_shortlist, shortlist_size,
                                             two_stage_search)
 
-        text = self.encode_captions([query])  # checks the query, even for an empty folder
+        text = self.encode_text([query])  # checks the query, even for an empty folder
         if not index.paths:
             return []
         rerank = (DEFAULT_RERANK if self.contrastive else 0) if rerank is None else rerank
@@ -348,6 +354,19 @@ class Matcher:
         from ..evaluation.metrics import decide
 
         return bool(decide(p, self.threshold))
+
+
+def _unit(features: np.ndarray) -> np.ndarray:
+    from ..evaluation.retrieval import embedding_vectors
+
+    return embedding_vectors(features)
+
+
+def _deprecated(old: str, new: str) -> None:
+    """itm 0.2's plural names, kept with a warning for scripts written against 0.2: the singular ones now mean
+    what they meant (one name per meaning, as the model's ``encode_image`` and ``encode_text``)."""
+    warnings.warn(f"Matcher.{old} is deprecated: use Matcher.{new} (the same features)", DeprecationWarning,
+                  stacklevel=3)
 
 
 def check_finite_weights(model, path) -> None:

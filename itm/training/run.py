@@ -22,7 +22,7 @@ from ..data.extra_captions import load_extra_captions
 from ..data.folder import load_data_dir
 from ..data.pipelines import Pipeline, pipeline_for
 from ..data.source import resolve_data_dir
-from ..errors import ConfigError, DataError, TrainingDiverged
+from ..errors import ConfigError, DataError, OutOfMemory
 from ..evaluation.evaluate import evaluate_model
 from ..evaluation.plots import plot_history
 from ..evaluation.report import write_report
@@ -31,7 +31,7 @@ from ..log import logger
 from ..models.classifier import build_model
 from ..models.optim import create_optimizer
 from ..models.scorer import Scorer
-from ..options import TrainConfig, fast_precision, finish_config  # noqa: F401 (fast_precision: its old home)
+from ..options import TrainConfig, finish_config
 from . import callbacks as cb
 from . import run_folder
 from .model_card import write_model_card
@@ -215,7 +215,7 @@ def _train(config: TrainConfig, origins: dict | None = None) -> Path:
                         steps_per_epoch=steps if pipeline.drawn else None, callbacks=callbacks,
                         verbose=cb.keras_verbosity())
     except (MemoryError, tf.errors.ResourceExhaustedError) as e:
-        raise TrainingDiverged(f"training ran out of memory ({type(e).__name__}) with --batch-size {config.batch_size}: "
+        raise OutOfMemory(f"training ran out of memory ({type(e).__name__}) with --batch-size {config.batch_size}: "
                                "lower --batch-size or --image-size; the last finished epoch's backup is kept in "
                                f"{Path(out) / 'backup'}") from None
     train_seconds = time.perf_counter() - start

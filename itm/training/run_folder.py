@@ -24,7 +24,7 @@ from pathlib import Path
 from .. import output_folder
 from ..errors import ConfigError, DataError
 from ..evaluation.tensorboard import TENSORBOARD_DIR
-from ..models.saved_run import SavedRun, saved_config  # noqa: F401 (SavedRun: also read from here)
+from ..models.run_reader import SavedRun, saved_config  # noqa: F401 (SavedRun: also read from here)
 from .run_lock import LOCK_NAME
 
 TITLE = "# Model card: "  # its first line, by which a card of a run of before the folder record is known

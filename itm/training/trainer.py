@@ -124,15 +124,12 @@ class Trainer(keras.Model):
         weights = eye * tf.cast(b - 1, tf.float32) + (1.0 - eye)
         head_loss = tf.reduce_sum(weights * kl) / tf.reduce_sum(weights)
         if self.hard_negatives:
-            # ALBEF's hard negatives: for each image a caption of another image, and for each caption
-            # another image, drawn with the probability of their (no-gradient) similarity; the head then
-            # meets the confusable pairs as often as the positives, not 1/B as often.
-            sim = tf.stop_gradient(logits) - 1e4 * tf.eye(b)
-            rows = tf.range(b, dtype=tf.int64)
-            b64 = tf.cast(b, tf.int64)
-            hard = tf.concat([rows * b64 + tf.random.categorical(sim, 1)[:, 0],
-                              tf.random.categorical(tf.transpose(sim), 1)[:, 0] * b64 + rows], axis=0)
-            head_loss += 0.5 * (tf.reduce_mean(tf.gather(kl, rows * (b64 + 1))) + tf.reduce_mean(tf.gather(kl, hard)))
+            # ALBEF's hard negatives (``sampled_pairs``, one per image and one per caption): the head then
+            # meets the confusable pairs as often as the positives, not 1/B as often. Pair (i, j) is row
+            # i*B + j of ``kl``; the first B sampled pairs are the positives, the 2B after them the negatives.
+            image_rows, text_rows, _ = sampled_pairs(logits, 1, hard=True)
+            pair = image_rows * tf.cast(b, tf.int64) + text_rows
+            head_loss += 0.5 * (tf.reduce_mean(tf.gather(kl, pair[:b])) + tf.reduce_mean(tf.gather(kl, pair[b:])))
         return head_loss + self.contrastive_weight * nce
 
     def sampled_head_loss(self, zi, zt, logits, training: bool):

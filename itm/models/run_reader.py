@@ -54,7 +54,7 @@ class SavedRun:
         return threshold, f"dev-calibrated {threshold:.3f} (calibration.json)"
 
     def load_model(self):
-        """The trained classifier (``itm.models.saved``: a run of an earlier layout is converted)."""
-        from .saved import load_model  # Keras: only when a model is wanted
+        """The trained classifier (``itm.models.load_keras``: a run of an earlier layout is converted)."""
+        from .load_keras import load_model  # Keras: only when a model is wanted
 
         return load_model(self.model_path, self.config)
