@@ -15,6 +15,7 @@ except ``fast_precision`` when it is called.
 """
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass, field, fields
@@ -175,6 +176,7 @@ class Part:
     (``to_json``)."""
 
     @classmethod
+    @functools.cache
     def leaves(cls) -> dict:
         """Every option below this part: flat name -> (attribute path, field), in declaration order."""
         found = {}
