@@ -161,7 +161,7 @@ def option(default, help: str, parse=None, choices=None, metavar: str | None = N
                                             "absent": absent})
 
 
-def part(kind, when=None, flat: str | None = None):
+def part(kind, when=None):
     """A field holding a part: always there (``when`` None), or only where ``when(options)`` is true (the
     flat options, defaults filled in), else None."""
     if when is None:
@@ -222,7 +222,7 @@ class Part:
                         misplaced.append(f"--{flag(name)} {leaf.metadata['absent'].format(**full)}")
         return cls(**values)
 
-    def option(self, name: str):
+    def value_of(self, name: str):
         """The value of option ``name`` below this part (an absent part's at its default)."""
         path, leaf = type(self).leaves()[name]
         value = self
@@ -234,7 +234,7 @@ class Part:
 
     def flat(self) -> dict:
         """Every option below this part, flat (an absent part's at their defaults): config.json's form."""
-        return {name: self.option(name) for name in self.leaves()}
+        return {name: self.value_of(name) for name in self.leaves()}
 
     def to_json(self) -> dict:
         """This part by part, JSON-ready (an absent part is null; each option under its flat name)."""
@@ -257,7 +257,7 @@ class Part:
     def __getattr__(self, name):  # only for names that are not fields: the options of the parts below
         if name.startswith("__") or name not in type(self).leaves():
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return self.option(name)
+        return self.value_of(name)
 
 
 def flatten(saved: dict) -> dict:
