@@ -40,4 +40,4 @@ class ITM_Classifier:
 
         self.run_dir = train(resolve_config(preset, **options))
         self.metrics = read_json(self.run_dir / "metrics.json", "metrics file")
-        self.config = TrainConfig(**self.metrics["config"])  # as the run finished it: seed, precision, paths
+        self.config = TrainConfig.from_dict(self.metrics["config"])  # as the run finished it: seed, precision, paths

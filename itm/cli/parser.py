@@ -15,7 +15,7 @@ from ..data.ood import DEFAULT_NEGATIVES as OOD_NEGATIVES, DEFAULT_PHOTOS, PROTO
 from ..data.prepare import DATASETS, DEFAULT_NEGATIVES
 from ..data.shards import SHARDS_SUBDIR, TARGET_SHARD_BYTES
 from ..models.encoders import BACKENDS, DEFAULT_BATCH_SIZE
-from ..options import GROUPS, OPTIONS, PRESETS, flag
+from ..options import GROUP_OF, GROUPS, OPTIONS, PRESETS, flag
 from ..options import positive_float as parse_positive_float, positive_int as parse_positive_int
 from ..serving.export import FORMATS as EXPORT_FORMATS
 from ..serving.matcher import MAX_CAPTION_CHARS
@@ -94,7 +94,8 @@ class TrainHelpParser(argparse.ArgumentParser):
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
-    """One argument per TrainConfig field, grouped; default None means 'as the preset says'."""
+    """One argument per option, in one group per part of the config (model, data, objective, run); default None
+    means 'as the preset says'."""
     groups = {name: p.add_argument_group(title) for name, title in GROUPS.items()}
     for name, f in OPTIONS.items():
         meta, default = f.metadata, f.default
@@ -108,7 +109,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                 kwargs["choices"] = list(meta["choices"])
             if meta["metavar"]:
                 kwargs["metavar"] = meta["metavar"]
-        groups[meta["group"]].add_argument(f"--{flag(name)}", **kwargs)
+        groups[GROUP_OF[name]].add_argument(f"--{flag(name)}", **kwargs)
     groups["run"].add_argument("--config", metavar="FILE",
                                help="re-run a run: the options its config.json records (FILE, or a run folder), into "
                                     "a new --output-dir; options given here override them")
@@ -144,9 +145,9 @@ def run_options(p: argparse.ArgumentParser) -> None:
 def add_train(sub) -> None:
     p = sub.add_parser("train", help="train, evaluate and save a model (the original ITM_Classifier run)",
                        description="Train a classifier, evaluate it on the test split, and write the run folder\n"
-                                   "(config.json, environment.json, model.keras, history.csv, history.png,\n"
-                                   "predictions.tsv, metrics.json, report.md, README.md: the model card,\n"
-                                   "tensorboard/).",
+                                   "(config.json, environment.json, model.keras, model.json, history.csv,\n"
+                                   "history.png, predictions.tsv, metrics.json, report.md, README.md: the\n"
+                                   "model card, tensorboard/).",
                        epilog=presets_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_options(p)
 

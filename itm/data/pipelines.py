@@ -190,7 +190,7 @@ PIPELINES = {p.name: p for p in (Pipeline, CachedPipeline, GroupedPipeline, Shar
 
 def pipeline_for(config) -> Pipeline:
     """The one pipeline that ``config``'s objective, --pipeline and --strategy choose."""
-    if config.objective == "contrastive":
+    if config.objective.name == "contrastive":
         return ContrastivePipeline(config)
     if config.pipeline == "grouped":
         return GroupedPipeline(config)

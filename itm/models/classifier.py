@@ -27,6 +27,7 @@ from keras import layers, ops
 from ..errors import ConfigError
 from . import (FUSION_HEADS as FUSION_HEAD_NAMES, IMAGE_TOWERS as IMAGE_TOWER_NAMES, LITE_TOWERS,
                TEXT_TOWERS as TEXT_TOWER_NAMES)
+from ..options import ModelConfig
 from .encoders import EMBEDDING_DIM
 
 OUTPUT_NAME = "ITM_Classifier-flickr"  # the original's name for its softmax layer (in the head)
@@ -449,18 +450,21 @@ class ITMClassifier(keras.Model):
         return cls(**parts, **config)
 
 
-def build_model(image_size: int = 224, image_tower: str = "faithful-cnn", text_tower: str = "precomputed",
-                fusion: str = "concat", projection_dim: int = 128, num_projection_layers: int = 1,
-                dropout: float = 0.1, augment: bool = False, image_weights: str = "none",
-                freeze_backbone: bool = False, text_trainable: bool = False,
-                backbone_pooling: str = "avg", unfreeze_from: str | None = None) -> ITMClassifier:
-    """Build the classifier; the defaults are the original's (6,529,570 parameters at 224x224)."""
-    _choose(FUSION_HEADS, "fusion head", fusion)  # a wrong name fails before any tower is built
-    image_encoder = build_image_encoder(image_size, image_tower, fusion, projection_dim, num_projection_layers,
-                                        dropout, augment, image_weights, freeze_backbone, backbone_pooling,
-                                        unfreeze_from)
-    text_encoder = build_text_encoder(text_tower, projection_dim, num_projection_layers, dropout, text_trainable)
-    head = build_head(fusion, image_encoder.output, text_encoder.output, dropout)
+def build_model(model: ModelConfig | None = None, **options) -> ITMClassifier:
+    """Build the classifier that ``model`` (the model part of a run's options) describes, or its options given as
+    keywords (``build_model(image_size=64, fusion="mlp")``); the defaults are the original's (6,529,570
+    parameters at 224x224)."""
+    unknown = sorted(set(options) - set(ModelConfig.leaves()))
+    if unknown or (model is not None and options):
+        raise TypeError(f"build_model() takes a ModelConfig or its options, not {', '.join(unknown) or 'both'}")
+    m = ModelConfig.from_flat(options) if model is None else model
+    _choose(FUSION_HEADS, "fusion head", m.fusion)  # a wrong name fails before any tower is built
+    image_encoder = build_image_encoder(m.image_size, m.image_tower, m.fusion, m.projection_dim,
+                                        m.num_projection_layers, m.dropout, m.augment, m.image_weights,
+                                        m.freeze_backbone, m.backbone_pooling, m.unfreeze_from)
+    text_encoder = build_text_encoder(m.text_tower, m.projection_dim, m.num_projection_layers, m.dropout,
+                                      m.text_trainable)
+    head = build_head(m.fusion, image_encoder.output, text_encoder.output, m.dropout)
     return ITMClassifier(image_encoder, text_encoder, head, name="itm_classifier")
 
 

@@ -9,13 +9,13 @@ three named parts, which the class takes over as they are, with the model's opti
 """
 from __future__ import annotations
 
-import inspect
 import zipfile
 from pathlib import Path
 
 import keras
 
 from ..errors import DataError
+from ..options import ModelConfig
 from . import classifier, optim  # noqa: F401  (optim registers the saved optimizer)
 
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
@@ -65,17 +65,16 @@ def from_parts_layout(old: keras.Model) -> classifier.ITMClassifier:
 def from_flat_layout(old: keras.Model, config: dict, what) -> classifier.ITMClassifier:
     """The three-part classifier with the weights of ``old``, a flat one trained with options ``config``."""
     retrain = f"{what} was saved by an earlier version of itm in a layout that cannot be converted"
-    wanted = inspect.signature(classifier.build_model).parameters
-    kwargs = {k: config[k] for k in wanted if k in config}
-    if "image_size" not in kwargs:
+    if "image_size" not in config:
         raise DataError(f"{retrain}: its run has no config.json naming its options; train the run again")
-    if kwargs.get("image_weights") == "imagenet":
-        kwargs["image_weights"] = "none"  # the same network; its weights come from the saved model, not a download
+    model = ModelConfig.from_json(config)  # its model part (config.json is flat)
+    if model.image_weights == "imagenet":
+        model = model.replace(image_weights="none")  # the same network; its weights come from the saved model
     before = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(config["precision"] if config.get("precision") in MIXED_POLICIES
                                             else "float32")  # each layer's dtype as it was trained
     try:
-        new = classifier.build_model(**kwargs)
+        new = classifier.build_model(model)
     except Exception as e:  # e.g. its pretrained weights or text model are no longer installed
         raise DataError(f"{retrain} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
                         "train the run again") from None

@@ -1,8 +1,8 @@
 """The training harness: one run, one output folder. Data, model, optimizer, ``fit``, save, evaluate.
 
-Outputs in the run folder: config.json, environment.json, model.keras, history.csv, history.png,
-predictions.tsv, metrics.json, README.md (the model card), TensorBoard logs (tensorboard/), and the
-evaluation's metrics-test.json, calibration.json, figures and report.md.
+Outputs in the run folder: config.json, environment.json, model.keras, model.json (its architecture),
+history.csv, history.png, predictions.tsv, metrics.json, README.md (the model card), TensorBoard logs
+(tensorboard/), and the evaluation's metrics-test.json, calibration.json, figures and report.md.
 """
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import json
 import os
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -105,7 +104,7 @@ def build_trainer(config: TrainConfig, strategy, steps: int):
     keras.mixed_precision.set_global_policy(config.precision)
     try:
         with strategy.scope():
-            model = build_model(**config.model_kwargs())
+            model = build_model(config.model)
             trainer = Trainer(model, temperature=config.temperature, contrastive_weight=config.contrastive_weight,
                               hard_negatives=config.hard_negatives, soft_targets=config.soft_targets,
                               head_negatives=config.head_negatives,
@@ -153,7 +152,7 @@ def train(config: TrainConfig, origins: dict | None = None) -> Path:
     --strategy multiworker, only the chief writes). The folder is held for the whole run: a second run
     into it is refused (``itm.training.run_lock``). ``origins``: as ``resolve_run``'s."""
     out = Path(config.output_dir) if config.output_dir else run_folder.default_output_dir(config.preset)
-    config = replace(config, output_dir=str(out))
+    config = config.replace(output_dir=str(out))
     run_folder.check_output_dir(out)  # before the lock file goes in: a user's folder is refused untouched
     with RunLock(out):
         return _train(config, origins)
@@ -173,11 +172,11 @@ def _train(config: TrainConfig, origins: dict | None = None) -> Path:
         extra, vectors = extra
         data.embeddings.update(vectors)
     images = len(positives_per_image(data.splits["train"]))
-    if config.objective == "contrastive" and config.strategy == "default" and 1 < images < config.batch_size:
+    if config.objective.name == "contrastive" and config.strategy == "default" and 1 < images < config.batch_size:
         # e.g. the retrieval preset's 256 on the 240 photos of the demo data: one batch of them all, not an error
         logger.warning(f"note: the train split has {images} images with a match, fewer than a batch of "
                        f"{config.batch_size}: training on batches of {images} (--batch-size {images})")
-        config = replace(config, batch_size=images)
+        config = config.replace(batch_size=images)
         pipeline = pipeline_for(config)
     if run_folder.is_trained(Path(out)) and config.strategy != "multiworker":
         return complete_run(config, data, Path(out))
@@ -188,6 +187,7 @@ def _train(config: TrainConfig, origins: dict | None = None) -> Path:
     if chief:
         run_folder.record_run(Path(out))
         write_json(Path(out) / "config.json", config.to_dict(), "the run's config")
+        write_json(Path(out) / "model.json", config.model.to_json(), "the run's architecture")
         write_json(Path(out) / ENVIRONMENT_FILE, environment(config.to_dict(), data), "the run's environment")
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")  # tf.data shuffles itself
 
@@ -205,7 +205,7 @@ def _train(config: TrainConfig, origins: dict | None = None) -> Path:
     if cb.keras_verbosity() == 2:
         callbacks.insert(0, cb.Progress(config.epochs, steps))
     logger.info(f"TRAINING model: {config.epochs} epochs x {steps} steps of {config.batch_size} "
-                f"({config.objective} objective, {config.pipeline} pipeline, {config.precision})")
+                f"({config.objective.name} objective, {config.pipeline} pipeline, {config.precision})")
     start = time.perf_counter()
     try:
         if config.strategy == "multiworker":

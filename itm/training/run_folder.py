@@ -34,7 +34,7 @@ BACKUP_FILES = ("state.json", "epoch*.weights.h5", ".tmp-*")  # what it writes t
 
 # What a run writes into its folder: recorded as it starts (its evaluations record theirs), removed by
 # --overwrite; the names a run folder of before the record is taken to hold (README.md: a model card only).
-RUN_FILES = ("model.keras", "metrics.json", "config.json", "calibration.json", "history.csv", "history.png",
+RUN_FILES = ("model.keras", "model.json", "metrics.json", "config.json", "calibration.json", "history.csv", "history.png",
              "predictions.tsv", "report.md", "environment.json", "README.md")
 RUN_PATTERNS = ("metrics-*.json", "predictions-*.tsv", "roc-pr-*.png", "scores-*.png", "confusion-*.png",
                 "samples-*.png")
