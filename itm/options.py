@@ -14,8 +14,8 @@ import random
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from .data.pipelines import pipeline_for
 from .errors import ConfigError
+from .files import read_json
 from .models import FUSION_HEADS, IMAGE_TOWERS, LITE_TOWERS, MIN_IMAGE_SIZE, TEXT_TOWERS
 
 GROUPS = {
@@ -391,6 +391,8 @@ def finish_config(config: TrainConfig, data_dir, output_dir=None, saved_seed: in
 
 def _checks(c: TrainConfig):
     """(problem, message) pairs; every true problem is reported."""
+    from .data.pipelines import pipeline_for  # here: the pipelines import TensorFlow, and the CLI's parser this module
+
     grouped = pipeline_for(c).grouped
     yield (c.image_size < MIN_IMAGE_SIZE[c.image_tower],
            f"--image-size {c.image_size} is too small for the {c.image_tower} image tower, which pools it "
@@ -477,10 +479,6 @@ RERUN_FRESH = ("output_dir", "overwrite")
 def options_from_file(path) -> dict:
     """The options that ``path`` (a config.json, or a run folder holding one) records, each checked as
     the command line checks it, for ``itm train --config``: the same run again, into a new folder."""
-    from pathlib import Path
-
-    from .files import read_json
-
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"

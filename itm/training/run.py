@@ -31,6 +31,7 @@ from ..log import logger
 from ..models.classifier import build_model
 from ..models.optim import create_optimizer
 from ..models.scorer import Scorer
+from ..run_files import record_run
 from ..options import TrainConfig, fast_precision, finish_config  # noqa: F401 (fast_precision: its old home)
 from . import callbacks as cb
 from . import run_folder
@@ -186,7 +187,7 @@ def _train(config: TrainConfig, origins: dict | None = None) -> Path:
     chief = strategy.extended.should_checkpoint  # False only on a multi-worker cluster's other workers
     steps = pipeline.steps_per_epoch(data.splits["train"], strategy.num_replicas_in_sync)
     if chief:
-        run_folder.record_run(Path(out))
+        record_run(Path(out))
         write_json(Path(out) / "config.json", config.to_dict(), "the run's config")
         write_json(Path(out) / ENVIRONMENT_FILE, environment(config.to_dict(), data), "the run's environment")
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")  # tf.data shuffles itself
@@ -240,7 +241,7 @@ def complete_run(config: TrainConfig, data, out: Path) -> Path:
     and write the rest (metrics, report; history from the backup where it is left), instead of training again."""
     logger.info(f"{out / 'model.keras'} was saved but the run's evaluation did not finish: completing the run from "
                 "the saved model (not training again)")
-    run_folder.record_run(out)
+    record_run(out)
     backup = cb.EpochBackup(out)
     state, why = backup.read_state()
     try:
