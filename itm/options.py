@@ -5,7 +5,8 @@ the command line (``itm.cli``), the presets, ``config.json`` and ``itm bench`` a
 ``resolve_config`` is the one way to a config: the preset, then the options given, then ``--fast``,
 then every check, so no combination reaches training unchecked. ``finish_config`` then fills in what
 the options left open for a run (paths, seed, ``--precision auto``). A config is read-only: each step
-makes a new one. Nothing here imports TensorFlow, except ``fast_precision`` when it is called.
+makes a new one. Importing this module imports no TensorFlow (the CLI's parser imports it); the checks (through
+the pipelines) and ``fast_precision`` do when called.
 """
 from __future__ import annotations
 
