@@ -12,7 +12,6 @@ from . import tfenv
 # log quiet, each unless the user set it (itm.tfenv).
 tfenv.prepare()
 
-from .compat import ITM_Classifier, ITM_DataLoader  # noqa: E402,F401
 from .models.keras_registry import register_when_keras_loads  # noqa: E402
 
 # After ``import itm``, keras.saving.load_model loads any run's model.keras (safe mode on); Keras itself
@@ -25,15 +24,18 @@ def load(run_dir, data_dir=None, encoder=None):
 
     The run folder alone is enough (it may have been moved or copied); captions missing from the run's
     data folder are embedded by the TensorFlow all-MiniLM-L6-v2. Arguments as ``Matcher.load``'s."""
-    from .serving.matcher import Matcher
-
-    return Matcher.load(run_dir, data_dir=data_dir, encoder=encoder)
+    return __getattr__("Matcher").load(run_dir, data_dir=data_dir, encoder=encoder)
 
 
 def __getattr__(name):
-    """``itm.Matcher`` on first use, so that ``import itm`` does not import TensorFlow."""
+    """``itm.Matcher``, ``itm.ITM_Classifier`` and ``itm.ITM_DataLoader`` on first use: their modules import
+    TensorFlow at their top, and ``import itm`` does not (the one place in itm where attributes wait)."""
     if name == "Matcher":
         from .serving.matcher import Matcher
 
         return Matcher
+    if name in ("ITM_Classifier", "ITM_DataLoader"):
+        from . import compat
+
+        return getattr(compat, name)
     raise AttributeError(f"module 'itm' has no attribute {name!r}")

@@ -7,6 +7,7 @@ from .data.source import resolve_data_dir
 from .files import read_json
 from .log import logger
 from .options import TrainConfig, resolve_config
+from .training.run import train
 
 
 class ITM_DataLoader:
@@ -36,8 +37,6 @@ class ITM_Classifier:
     """
 
     def __init__(self, preset: str = "faithful", **options):
-        from .training.run import train  # here, not above: ``import itm`` does not import TensorFlow
-
         self.run_dir = train(resolve_config(preset, **options))
         self.metrics = read_json(self.run_dir / "metrics.json", "metrics file")
         self.config = TrainConfig.from_dict(self.metrics["config"])  # as the run finished it: seed, precision, paths

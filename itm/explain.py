@@ -14,18 +14,25 @@
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import keras
 import numpy as np
+import tensorflow as tf
+from PIL import Image as PILImage
+from PIL.PngImagePlugin import PngInfo
 
+from .captions import ENCODER_HINT, check_captions
+from .data.image_files import model_input
 from .errors import CaptionError
+from .figures import pyplot
+from .files import atomic_write
 from .models.classifier import FROZEN_PART, TRAINED_PART
 
 if TYPE_CHECKING:
-    import keras
-
-    from .serving.matcher import Image, Matcher
+    from .data.image_files import ImageLike as Image
 
 NO_ENCODER = "no word scores: a caption with a word left out must be embedded, and no sentence encoder is available"
 
@@ -54,8 +61,6 @@ class Explanation:
 def _output_in(parent: keras.Model, layer) -> object:
     """``layer``'s output tensor as ``parent``'s graph holds it (for a nested model, ``layer.output`` is the
     nested model's own output, not where ``parent`` calls it)."""
-    import keras
-
     for node in reversed(layer._inbound_nodes):
         tensor = node.output_tensors[0]
         try:
@@ -81,8 +86,6 @@ class GradCam:
     (``at``) as a model that also returns the map."""
 
     def __init__(self, model):
-        import keras
-
         encoder = model.image_encoder
         names = {layer.name for layer in encoder.layers}
         stages = [encoder.get_layer(FROZEN_PART), encoder.get_layer(TRAINED_PART)] if FROZEN_PART in names \
@@ -100,8 +103,6 @@ class GradCam:
 
     def __call__(self, pixels: np.ndarray, text_features) -> tuple[float, np.ndarray]:
         """p(match) of ``pixels`` [1,S,S,3] with ``text_features`` [1,D], and the map [h,w] in [0, 1]."""
-        import tensorflow as tf
-
         x = tf.convert_to_tensor(pixels, tf.float32)
         text_features = tf.convert_to_tensor(text_features)
         for stage in self.before:
@@ -134,10 +135,9 @@ def without_each_word(caption: str) -> list[str]:
     return [" ".join(words[:i] + words[i + 1:]) for i in range(len(words))]
 
 
-def explain(matcher: Matcher, image: Image, caption: str) -> Explanation:
-    """``Matcher.explain``: the map and the word scores of one image and one caption."""
-    from .serving.matcher import check_captions
-
+def explain(matcher, image: Image, caption: str) -> Explanation:
+    """``Matcher.explain``: the map and the word scores of one image and one caption (``matcher``, an
+    ``itm.Matcher``, is not imported here: it imports this module)."""
     caption = check_captions(caption)
     if len(caption) != 1:
         raise CaptionError("explain takes one caption")
@@ -158,8 +158,6 @@ def explain(matcher: Matcher, image: Image, caption: str) -> Explanation:
         try:
             others = matcher.encode_text(variants)
         except CaptionError:
-            from .serving.matcher import ENCODER_HINT
-
             notes.append(f"{NO_ENCODER} ({matcher.captions._why_none or 'none found'}). {ENCODER_HINT}")
         else:
             p_without = matcher.pairs(_image_features(matcher, pixels), others)[0]
@@ -167,7 +165,7 @@ def explain(matcher: Matcher, image: Image, caption: str) -> Explanation:
     return Explanation(caption, p, matcher.threshold, matcher.is_match(p), grid, words, notes, matcher.gradcam.layer)
 
 
-def _image_features(matcher: Matcher, pixels: np.ndarray) -> np.ndarray:
+def _image_features(matcher, pixels: np.ndarray) -> np.ndarray:
     with matcher._lock:
         return matcher.scorer.encode_images(pixels)
 
@@ -180,11 +178,7 @@ DISPLAY = 448  # the photo's longest side in the figure, in pixels
 
 def photo_pixels(image: Image, max_pixels: int | None = None) -> np.ndarray:
     """The image as uint8 RGB HxWx3 for the figure, its longest side at most DISPLAY."""
-    import io
 
-    from PIL import Image as PILImage
-
-    from .data.images import model_input
 
     data = model_input(image, max_pixels=max_pixels)
     im = PILImage.open(io.BytesIO(data)).convert("RGB") if isinstance(data, bytes) else PILImage.fromarray(data)
@@ -194,8 +188,6 @@ def photo_pixels(image: Image, max_pixels: int | None = None) -> np.ndarray:
 
 def is_explain_png(path) -> bool:
     """Whether ``path`` is a PNG that ``itm explain`` wrote (its text chunk says so)."""
-    from PIL import Image as PILImage
-
     try:
         with PILImage.open(path) as im:
             return im.format == "PNG" and im.text.get(PNG_TAG[0]) == PNG_TAG[1]
@@ -205,25 +197,13 @@ def is_explain_png(path) -> bool:
 
 def _word_colour(score: float, scale: float):
     """Red for a word that speaks for the match, blue against, white for none; ``scale`` is the largest |score|."""
-    import matplotlib
-
-    return matplotlib.colormaps["bwr"](0.5 + 0.35 * (score / scale if scale > 0 else 0.0))  # light enough to read
+    return pyplot().colormaps["bwr"](0.5 + 0.35 * (score / scale if scale > 0 else 0.0))  # light enough to read
 
 
 def write_png(e: Explanation, photo: np.ndarray, path) -> None:
     """The photo with the map over it, the caption's words shaded by their scores, and p(match), the threshold
     and the decision, as a PNG at ``path`` (written whole or not at all)."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image as PILImage
-    from PIL.PngImagePlugin import PngInfo
-
-    from .files import atomic_write
-
+    plt = pyplot()
     h, w = photo.shape[:2]
     words = e.words if e.words is not None else [(word, 0.0) for word in words_of(e.caption)]
     lines = 1 + len(e.caption) // 52  # about 52 characters to a line of words
@@ -262,72 +242,3 @@ def write_png(e: Explanation, photo: np.ndarray, path) -> None:
     with PILImage.open(buffer) as im:
         im.save(out, format="PNG", pnginfo=info, optimize=True)
     atomic_write(path, lambda f: f.write(out.getvalue()), "the explanation figure")
-
-
-# ---------------------------------------------------------------- the report's gallery
-
-GALLERY_ROWS = ("most confident true matches", "worst false matches", "worst missed matches")
-
-
-def gallery_picks(is_match: np.ndarray, p_match: np.ndarray, threshold: float, n: int) -> list[list[int]]:
-    """For each of GALLERY_ROWS, the indices of at most ``n`` pairs: true matches by p(match), highest first;
-    no-match pairs decided match, highest first; matches decided no-match, lowest first."""
-    from .evaluation.metrics import decide
-
-    decided = np.asarray(decide(p_match, threshold), bool)
-    is_match = np.asarray(is_match, bool)
-    order = np.argsort(-p_match, kind="stable")
-    true_matches = [int(i) for i in order if is_match[i] and decided[i]]
-    false_matches = [int(i) for i in order if not is_match[i] and decided[i]]
-    missed = [int(i) for i in order[::-1] if is_match[i] and not decided[i]]
-    return [true_matches[:n], false_matches[:n], missed[:n]]
-
-
-def write_gallery(model, split, embeddings, p_match: np.ndarray, threshold: float, path, n: int = 4) -> None:
-    """A figure of the split's most confident true matches, worst false matches and worst missed matches (a row
-    each), every pair's photo with its Grad-CAM map, caption, p(match) and label: the original's printed sample
-    predictions, made visible. One gradient pass per pair shown."""
-    import textwrap
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import tensorflow as tf
-    from PIL import Image as PILImage
-
-    from .data.images import preprocess
-
-    gradcam = GradCam(model)
-    size = int(model.input["image_input"].shape[1])
-    raw_text = "caption" in model.input
-    rows = gallery_picks(np.array([t.match for t in split.triples]), np.asarray(p_match), threshold, n)
-    fig, axes = plt.subplots(3, n, figsize=(2.6 * n, 9.3), squeeze=False)
-    for r, (title, picks) in enumerate(zip(GALLERY_ROWS, rows)):
-        for c in range(n):
-            ax = axes[r][c]
-            ax.axis("off")
-            if c == 0:
-                ax.text(-0.08, 0.5, title, transform=ax.transAxes, rotation=90, ha="right", va="center", fontsize=9)
-            if c >= len(picks):
-                if c == 0:
-                    ax.text(0.5, 0.5, "none", transform=ax.transAxes, ha="center", va="center", color="grey")
-                continue
-            t = split.triples[picks[c]]
-            photo_path = split.images_dir / t.image
-            text = tf.constant([t.caption]) if raw_text else np.asarray(embeddings[t.caption], np.float32)[None]
-            _, grid = gradcam(preprocess([photo_path], size), model.encode_text(text, training=False))
-            with PILImage.open(photo_path) as im:
-                im = im.convert("RGB")
-                im.thumbnail((256, 256))
-                photo = np.asarray(im)
-            h, w = photo.shape[:2]
-            ax.imshow(photo)
-            ax.imshow(grid, cmap="jet", alpha=0.45, extent=(0, w, h, 0), interpolation="bilinear", vmin=0, vmax=1)
-            caption = "\n".join(textwrap.wrap(t.caption, 34)[:3])
-            ax.set_title(f"{caption}\n{'match' if t.match else 'no-match'}, p(match)={p_match[picks[c]]:.3f}",
-                         fontsize=7, color="darkgreen" if r == 0 else "firebrick")
-    fig.suptitle(f"At the threshold {threshold:.3f}; the maps: Grad-CAM of p(match) (itm explain)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import ConfigError
+from .files import read_json
 from .models import FUSION_HEADS, IMAGE_TOWERS, LITE_TOWERS, MIN_IMAGE_SIZE, TEXT_TOWERS
 
 
@@ -659,10 +660,6 @@ RERUN_FRESH = ("output_dir", "overwrite")
 def options_from_file(path) -> dict:
     """The options that ``path`` (a config.json, or a run folder holding one) records, each checked as
     the command line checks it, for ``itm train --config``: the same run again, into a new folder."""
-    from pathlib import Path
-
-    from .files import read_json
-
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"

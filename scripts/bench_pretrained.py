@@ -35,7 +35,8 @@ def extraction(folders: list[str], image_size: int) -> dict:
     import numpy as np
 
     from itm.data.features import frozen_encoder
-    from itm.data.images import decoded_paths, list_images
+    from itm.data.image_files import list_images
+    from itm.data.images import decoded_paths
     from itm.models.classifier import build_model
     from itm.options import resolve_config
 

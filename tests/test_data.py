@@ -297,13 +297,13 @@ def test_redrawn_negatives_change_each_epoch_and_never_use_own_captions(tiny_dat
 def test_an_image_over_the_pixel_bound_is_refused_from_its_header(tiny_data):
     from PIL import Image
 
-    from itm.data import images
+    from itm.data import image_files
 
     Image.new("RGB", (300, 200)).save(tiny_data / IMAGES_SUBDIR / "big.png")
     _use_image(tiny_data, "big.png")
-    old, images.MAX_PIXELS = images.MAX_PIXELS, 50_000
+    old, image_files.MAX_PIXELS = image_files.MAX_PIXELS, 50_000
     try:
         with pytest.raises(DataError, match="big.png: is 300x200 pixels, more than the 50,000 allowed"):
             load_data_dir(tiny_data)
     finally:
-        images.MAX_PIXELS = old
+        image_files.MAX_PIXELS = old

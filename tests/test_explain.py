@@ -161,7 +161,7 @@ def test_the_sanity_script_scores_the_correct_matches_of_a_demo_run(faithful_run
 
 
 def test_the_gallery_picks_the_most_confident_true_the_worst_false_and_the_worst_missed_matches():
-    from itm.explain import gallery_picks
+    from itm.evaluation.plots import gallery_picks
 
     is_match = np.array([1, 1, 1, 0, 0, 0, 1, 0], bool)
     p = np.array([0.9, 0.95, 0.2, 0.99, 0.6, 0.1, 0.05, 0.3])

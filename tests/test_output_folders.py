@@ -94,13 +94,13 @@ def test_overwrite_replaces_only_what_the_run_recorded(trained, tiny_data_master
 def test_a_run_of_before_the_record_is_still_its_own(tmp_path):
     """tests/fixtures/run-itm-0.2-faithful (config.json + model.keras, no record) is recognised as a run;
     --overwrite's clearing takes its own files and leaves its README (not a model card) and the user's."""
-    from itm import output_folder
+    from itm import output_folder, run_files
     from itm.training import run_folder
 
     run = shutil.copytree(FLAT_RUN, tmp_path / "old")
     (run / "notes.txt").write_text("mine")
     assert run_folder.check_output_dir(run) is True
-    output_folder.clear(run, run_folder.RUN)
+    output_folder.clear(run, run_files.RUN)
     assert sorted(p.name for p in run.iterdir()) == [".itm-folder.json", "README.md", "expected.npz", "notes.txt"]
     interrupted = tmp_path / "interrupted"
     (interrupted / "backup").mkdir(parents=True)

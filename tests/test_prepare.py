@@ -246,7 +246,7 @@ def test_cli_no_embed_run(flickr8k, tmp_path):
 @pytest.mark.skipif(not SHARED.is_dir(), reason=NO_COURSE_DATA)
 def test_real_flickr8k_token_file(tmp_path):
     """A few hundred real images from the shared raw caption file: the output passes the loader's checks."""
-    from itm.data.images import image_problem as check_image
+    from itm.data.image_files import image_problem as check_image
 
     available = sorted(p.name for p in (SHARED / "flickr8k-resised").iterdir())[:300]
     wanted = set(available)

@@ -137,7 +137,7 @@ def test_unencodable_text_non_finite_numbers_and_invisible_queries_are_400(serve
 
 def test_invisible_or_unencodable_captions_are_refused_like_empty_ones(served, folder_captions):
     from itm.errors import CaptionError
-    from itm.serving.matcher import check_captions
+    from itm.captions import check_captions
 
     client, images, matcher = served
     photo = next(images.iterdir()).read_bytes()
@@ -155,7 +155,7 @@ def test_a_non_image_named_jpg_is_skipped_without_being_read_whole(run, tiny_dat
     """A 300 MB sparse file named big.jpg among the photos: skipped, and the peak of Python's memory while
     indexing stays far below its size (it was read whole first: 2.9 GB peak for a 2 GiB file)."""
     from itm import Matcher
-    from itm.data.images import image_problem
+    from itm.data.image_files import image_problem
 
     monkeypatch.setenv("ITM_CACHE_DIR", str(tmp_path / "cache"))
     folder = tmp_path / "photos"

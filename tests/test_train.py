@@ -234,7 +234,7 @@ def _train(tiny_data, out, *extra):
 def test_a_finished_run_is_not_overwritten_unless_asked(tiny_data, tmp_path):
     out = tmp_path / "run"
     assert _train(tiny_data, out).returncode == 0
-    from itm.training.run_folder import record
+    from itm.run_files import record
 
     record(out, "metrics-dev.json")  # an earlier evaluation's file, recorded as itm records what it writes
     (out / "metrics-dev.json").write_text("{}")

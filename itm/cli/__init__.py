@@ -7,6 +7,7 @@ so ``itm --help``, argument mistakes and the light commands answer at once.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -14,6 +15,7 @@ from collections.abc import Callable
 
 from .. import log, tfenv
 from ..errors import ItmError
+from ..files import cause
 from .commands import COMMANDS, run_train
 from .parser import build_parser, train_parser
 
@@ -29,12 +31,8 @@ def dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespace
         print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
         return 128 + getattr(e, "signum", signal.SIGINT)
     except OSError as e:  # a write the disk refused where no caller named it (figures, tables)
-        import errno
-
         if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO):
             raise
-        from ..files import cause
-
         print(f"error: cannot write {e.filename or 'a file'}: {cause(e)}", file=sys.stderr)
         return 2
 

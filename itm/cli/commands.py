@@ -1,8 +1,8 @@
 """What each subcommand does with its parsed arguments: a thin call into the library.
 
-The one place where imports wait: a command that trains or loads a model imports its library (and with
-it TensorFlow) inside its function, when it runs, so ``itm --help``, argument mistakes and the light
-commands (compare, prepare, ood-split) never load TensorFlow. Everything else is imported here.
+The one place where imports wait: each command whose library imports TensorFlow (training, data folders
+that embed or shard, a model loaded) imports it inside its function, when it runs, so ``itm --help`` and
+argument mistakes never load TensorFlow, nor does ``itm compare``. What is imported here is light.
 """
 from __future__ import annotations
 
@@ -13,16 +13,15 @@ from argparse import Namespace
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..data.embed import embed_data_dir
+from .. import output_folder
+from ..captions import check_captions
 from ..data.folder import load_data_dir
-from ..data.ood import ood_split
-from ..data.prepare import prepare
-from ..data.shards import write_shards
 from ..data.source import demo_will_be_used, resolve_data_dir
 from ..errors import CaptionError, ConfigError, DataError
 from ..evaluation.report import compare_table, write_report
 from ..log import logger, progress
 from ..options import DEMO_RECIPES, OPTIONS, TrainConfig, options_from_file, resolve_config
+from ..run_files import record
 from ..training.model_card import write_model_card
 from ..models.run_reader import SavedRun
 
@@ -94,7 +93,6 @@ def run_train(args: Namespace) -> int:
 
 def run_evaluate(args: Namespace) -> int:
     from ..evaluation.evaluate import evaluate_model, evaluation_name
-    from ..training import run_folder
 
     run = SavedRun(args.run, finished=True)
     config = run.config
@@ -120,7 +118,7 @@ def run_evaluate(args: Namespace) -> int:
         logger.info(f"Scoring {args.data_dir} ({args.split} split) as '{tag}', threshold {source}")
     evaluate_model(run.load_model(), data, run.path, splits=splits, seed=config.get("seed") or 0,
                    with_retrieval=not args.no_retrieval, threshold=threshold, tag=tag, rerank=args.rerank)
-    run_folder.record(run.path, "report.md")
+    record(run.path, "report.md")
     print(f"Report: {write_report(run.path, (tag,) if tag else splits)}")
     card = write_model_card(run.path)
     if card is not None:
@@ -129,6 +127,8 @@ def run_evaluate(args: Namespace) -> int:
 
 
 def run_ood_split(args: Namespace) -> int:
+    from ..data.ood import ood_split
+
     ood_split(args.captions, args.images, args.out, photos=args.photos, negatives=args.negatives, seed=args.seed,
               exclude=args.exclude or (), train_out=args.train_out, course=args.course, embed=not args.no_embed,
               protocol=args.protocol)
@@ -160,11 +160,15 @@ def run_compare(args: Namespace) -> int:
 
 
 def run_embed(args: Namespace) -> int:
+    from ..data.embed import embed_data_dir
+
     embed_data_dir(args.data_dir, out=args.out, model=args.model, batch_size=args.batch_size, backend=args.backend)
     return 0
 
 
 def run_prepare(args: Namespace) -> int:
+    from ..data.prepare import prepare
+
     prepare(args.dataset, args.captions, args.images, args.out, seed=args.seed, negatives=args.negatives,
             splits=args.splits, image_size=args.image_size, embed=not args.no_embed, model=args.model,
             batch_size=args.batch_size, shards=args.shards)
@@ -172,6 +176,8 @@ def run_prepare(args: Namespace) -> int:
 
 
 def run_shard(args: Namespace) -> int:
+    from ..data.shards import write_shards
+
     write_shards(args.data_dir, num_shards=args.shards, out=args.out)
     return 0
 
@@ -187,15 +193,20 @@ def _read_captions_file(path) -> list[str]:
     return captions
 
 
+def _matcher(args: Namespace):
+    """The run's ``Matcher`` (``--run``, ``--data-dir``), for predict, rank, search and explain."""
+    from ..serving.matcher import Matcher
+
+    return Matcher.load(args.run, data_dir=args.data_dir)
+
+
 def _notes(m) -> None:
     for note in m.notes:
         logger.warning(f"note: {note}")
 
 
 def run_predict(args: Namespace) -> int:
-    from ..serving.matcher import Matcher, check_captions
-
-    m = Matcher.load(args.run, data_dir=args.data_dir)
+    m = _matcher(args)
     captions = check_captions(args.caption)
     p = m.score(args.image, captions)[0]
     results = [{"caption": c, "p_match": float(q), "match": m.is_match(q)} for c, q in zip(captions, p)]
@@ -212,9 +223,7 @@ def run_predict(args: Namespace) -> int:
 
 
 def run_rank(args: Namespace) -> int:
-    from ..serving.matcher import Matcher
-
-    m = Matcher.load(args.run, data_dir=args.data_dir)
+    m = _matcher(args)
     ranked = m.rank(args.image, _read_captions_file(args.captions), top=args.top)
     print(f"Captions that best fit {args.image} (threshold: {m.threshold_source}):")
     for i, (caption, p) in enumerate(ranked, 1):
@@ -224,9 +233,7 @@ def run_rank(args: Namespace) -> int:
 
 
 def run_search(args: Namespace) -> int:
-    from ..serving.matcher import Matcher
-
-    m = Matcher.load(args.run, data_dir=args.data_dir)
+    m = _matcher(args)
     index = m.index_folder(args.images, log=progress)
     for why in index.skipped:
         logger.warning(f"skipped: {why}")
@@ -242,9 +249,7 @@ def run_search(args: Namespace) -> int:
 
 
 def run_explain(args: Namespace) -> int:
-    from .. import output_folder
     from ..explain import is_explain_png, photo_pixels, write_png
-    from ..serving.matcher import Matcher
 
     if args.output:
         if Path(args.output).suffix.lower() != ".png":
@@ -253,7 +258,7 @@ def run_explain(args: Namespace) -> int:
             raise DataError(f"--output {args.output} is the --image itself: choose another --output")
         output_folder.check_new_file(args.output, "--output", args.overwrite, is_explain_png,
                                      "a figure written by 'itm explain'")
-    m = Matcher.load(args.run, data_dir=args.data_dir)
+    m = _matcher(args)
     e = m.explain(args.image, args.caption)
     if args.output:
         write_png(e, photo_pixels(args.image), args.output)

@@ -1,8 +1,8 @@
 """Every subcommand's arguments, in one place: ``build_parser`` adds each command's parser in turn
 (``COMMAND_PARSERS``). The training options come from ``itm.options``.
 
-Nothing here imports TensorFlow (nor do the modules it takes defaults from), so ``itm --help`` and
-argument mistakes answer at once.
+Nothing here imports TensorFlow: the defaults shown come from ``itm.defaults`` (which imports nothing) and the
+training options from ``itm.options``, so ``itm --help`` and argument mistakes answer at once.
 """
 from __future__ import annotations
 
@@ -10,17 +10,13 @@ import argparse
 import sys
 import textwrap
 
-from ..version import __version__
-from ..data.ood import DEFAULT_NEGATIVES as OOD_NEGATIVES, DEFAULT_PHOTOS, PROTOCOL_PHOTOS
-from ..data.prepare import DATASETS, DEFAULT_NEGATIVES
-from ..data.shards import SHARDS_SUBDIR, TARGET_SHARD_BYTES
-from ..models.encoders import BACKENDS, DEFAULT_BATCH_SIZE
+from ..defaults import (BACKENDS, DATASETS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_UPLOAD_MB,
+                        DEFAULT_READ_TIMEOUT, DEFAULT_RERANK, EMBED_BATCH_SIZE as DEFAULT_BATCH_SIZE, EXPORT_FORMATS,
+                        MAX_CAPTION_CHARS, MAX_CAPTIONS, MAX_UPLOAD_MB, OOD_NEGATIVES, OOD_PHOTOS as DEFAULT_PHOTOS,
+                        PREPARE_NEGATIVES as DEFAULT_NEGATIVES, PROTOCOL_PHOTOS, SHARDS_SUBDIR, TARGET_SHARD_BYTES)
 from ..options import GROUP_OF, GROUPS, OPTIONS, PRESETS, flag
 from ..options import positive_float as parse_positive_float, positive_int as parse_positive_int
-from ..serving.export import FORMATS as EXPORT_FORMATS
-from ..serving.matcher import MAX_CAPTION_CHARS
-from ..serving.server import (DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_UPLOAD_MB,
-                              DEFAULT_READ_TIMEOUT, MAX_CAPTIONS, MAX_UPLOAD_MB)
+from ..version import __version__
 
 
 def _typed(parse):
@@ -153,8 +149,6 @@ def add_train(sub) -> None:
 
 
 def add_evaluate(sub) -> None:
-    from ..evaluation.retrieval import DEFAULT_RERANK
-
     p = sub.add_parser("evaluate", help="score a saved run on a split: metrics with intervals, retrieval, figures, report",
                        description="Load RUN_DIR/model.keras, choose the decision threshold on dev, score the split, "
                                    "and write metrics-<split>.json, figures, report.md and the model card README.md into "

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
+import tensorflow as tf
 
 from .folder import EMBEDDING_DIM, Split, Triple
 from .images import preprocess_image
@@ -56,8 +57,6 @@ def file_triples(split: Split, embeddings, batch_size: int = 16, shuffle: bool =
     ``embeddings`` is empty, for models that read the caption), ``caption`` and ``file_name``;
     ``model_inputs`` keeps what a model takes.
     """
-    import tensorflow as tf
-
     paths = [str(split.images_dir / t.image) for t in split.triples]
     captions = [t.caption for t in split.triples]
 
@@ -81,8 +80,6 @@ def model_inputs(ds, names=("image_input", "text_embedding")):
 def epochs_dataset(make_epoch, first_epoch: int, epochs: int, signature):
     """Epochs ``first_epoch + 1 .. epochs`` of ``make_epoch(epoch)``'s batches, as one stream
     (for ``fit`` with ``steps_per_epoch``)."""
-    import tensorflow as tf
-
     def one_epoch(epoch):
         return tf.data.Dataset.from_generator(lambda e: make_epoch(int(e)), args=(epoch,), output_signature=signature)
 
@@ -114,8 +111,6 @@ def cached_triples(split: Split, embeddings, cache, batch_size: int, seed: int, 
                    negatives: str = "fixed"):
     """The triples pipeline from decoded-once uint8 images (as float32 per batch); epoch e's
     order (and, with ``negatives="redraw"``, its no-match captions) drawn from ``(seed, e)``."""
-    import tensorflow as tf
-
     rows = cache.rows([t.image for t in split.triples])
     text, labels = text_matrix(split.triples, embeddings), one_hot(split.triples)
     pixels = tf.constant(cache.pixels)
@@ -146,8 +141,6 @@ def grouped_batch(names, by_image, embeddings, store, rng=None):
 
 
 def _grouped_signature(store, extra=None):
-    import tensorflow as tf
-
     spec = {"images": tf.TensorSpec([None, *store.item_shape], store.dtype), "owner": tf.TensorSpec([None], tf.int32),
             "text_embedding": tf.TensorSpec([None, EMBEDDING_DIM], tf.float32), **(extra or {})}
     return spec, tf.TensorSpec([None, 2], tf.float32)
@@ -192,8 +185,6 @@ def contrastive_epochs(split: Split, embeddings, store, batch_size: int, seed: i
                        extra: dict[str, list[str]] | None = None):
     """Batches of ``batch_size`` distinct training images that have a matching caption, each with
     one of them drawn at random (``positive_text``), and all their triples; whole batches only."""
-    import tensorflow as tf
-
     positives = positives_per_image(split, extra)
     by_image = group_by_image(split.triples)
     images = sorted(positives)

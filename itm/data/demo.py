@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from .. import output_folder
 from ..errors import DataError
@@ -63,8 +64,6 @@ def one_attribute_off(attrs: Attrs) -> list[Attrs]:
 
 def draw_image(attrs: Attrs, rng: random.Random, size: int = 224):
     """One shape of a random size and place, with slightly jittered colours."""
-    from PIL import Image, ImageDraw
-
     def jitter(rgb):
         return tuple(max(0, min(255, v + rng.randint(-12, 12))) for v in rgb)
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from ..errors import DataError
 from ..files import atomic_write, cache_dir
@@ -131,8 +132,6 @@ def load_feature_cache(model, splits, config, batch: int = 64, log=progress) -> 
     """The frozen backbone's pooled features of every image of ``splits`` (and of its mirror image, with
     ``config.augment``): read from ``$ITM_CACHE_DIR/features/``, the missing ones computed in batches with
     the training pipeline's decoding (``preprocess_image``) and added to it."""
-    import tensorflow as tf
-
     backbone = model.image_frozen
     images_dir = Path(splits[0].images_dir).resolve()
     names = list(dict.fromkeys(t.image for s in splits for t in s.triples))
@@ -193,6 +192,4 @@ MIRRORED = "#mirrored"  # the cache entry of a photo's mirror image (left and ri
 def frozen_encoder(model):
     """``model`` in inference mode as a ``tf.function`` traced for the batch shapes it meets: extraction meets
     two (a full batch, then the last one), so it keeps the full batch's shape-specialised graph."""
-    import tensorflow as tf
-
     return tf.function(lambda x: model(x, training=False), reduce_retracing=True)

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 
 from ..errors import DataError
-from .images import image_problem
+from .image_files import image_problem
 
 IMAGES_SUBDIR = "flickr8k-resised"
 SPLIT_FILES = {
@@ -35,7 +35,7 @@ SPLIT_FILES = {
 }
 EMBEDDINGS_PKL = "flickr8k.cmp9137.sentence_transformers.pkl"
 EMBEDDINGS_NPZ = "flickr8k.cmp9137.sentence_transformers.npz"  # safe form: no code can ride in it
-from ..models.encoders import EMBEDDING_DIM  # noqa: E402
+from ..defaults import EMBEDDING_DIM  # noqa: E402
 LABELS = ("match", "no-match")
 MAX_EXAMPLES_PER_PROBLEM = 5
 

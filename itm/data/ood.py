@@ -27,6 +27,7 @@ import shutil
 from pathlib import Path
 
 from .. import output_folder
+from ..defaults import OOD_NEGATIVES as DEFAULT_NEGATIVES, OOD_PHOTOS as DEFAULT_PHOTOS, PROTOCOL_PHOTOS
 from ..log import logger
 from ..errors import DataError
 from .embed import embed_data_dir, write_embeddings
@@ -35,9 +36,6 @@ from .folder import (EMBEDDINGS_NPZ, IMAGES_SUBDIR, SPLIT_FILES, Problems, embed
 from .extra_captions import TOKEN_FILE
 from .prepare import draw_negatives, read_captions, resolve_images, write_split_file
 
-DEFAULT_PHOTOS = 600
-PROTOCOL_PHOTOS = 1000  # the size of Flickr8k's standard retrieval test set
-DEFAULT_NEGATIVES = 2
 # What it writes: an evaluation folder (--out) and a training folder (--train-out), each only into a new or
 # empty folder or its own earlier output of the same kind (itm.output_folder).
 EVALUATION = output_folder.Kind("ood-split", "itm ood-split", "an evaluation folder")

@@ -8,7 +8,8 @@ grouped by image. The batches themselves are made in ``itm.data.batches`` and ``
 Which pipeline: the contrastive objective draws its own image-grouped batches whatever --pipeline says;
 else --pipeline grouped; else --strategy multiworker shards the triples per worker
 (``itm.training.multiworker``); else --pipeline cached, shards or faithful. ``config`` is a
-``itm.options.TrainConfig``. Nothing here imports TensorFlow until a dataset is made.
+``itm.options.TrainConfig``. The batches' modules import TensorFlow (``itm.options`` imports this module inside
+its checks only).
 """
 from __future__ import annotations
 

@@ -17,7 +17,10 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
+
 from .. import output_folder
+from ..defaults import PREPARE_NEGATIVES as DEFAULT_NEGATIVES
 from ..log import logger
 from ..errors import DataError, MissingExtra
 from ..files import atomic_write
@@ -26,12 +29,10 @@ from .embed import DEFAULT_BATCH_SIZE, embed_data_dir
 from .folder import EMBEDDINGS_NPZ, IMAGES_SUBDIR, SPLIT_FILES, Problems
 from .shards import write_shards
 
-DATASETS = ("flickr8k", "flickr30k", "coco")
 SPLIT_NAMES = ("train", "dev", "test")
 DEV_TEST_FRACTION = 1 / 8  # Flickr8k's official 6000/1000/1000
 MIN_IMAGES_PER_SPLIT = 2   # an image's no-match captions come from other images of its split
 JPEG_QUALITY = 95
-DEFAULT_NEGATIVES = 5      # as many no-match as match lines for a 5-caption image
 # It writes only into a new or empty folder, or its own earlier output (itm.output_folder).
 PREPARED = output_folder.Kind("prepare", "itm prepare", "a data folder")
 _TOKEN_LINE = re.compile(r"^(?P<image>[^\t#]+)#(?P<n>\d+)(?P<sep>\t| +)(?P<caption>.*)$")
@@ -207,8 +208,6 @@ def resize_image(src: Path, dst: Path, size: int) -> str | None:
 
     A JPEG already of that size is copied byte for byte (no second lossy encoding).
     """
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(src) as im:
             if im.format == "JPEG" and im.mode == "RGB" and im.size == (size, size):

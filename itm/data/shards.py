@@ -27,8 +27,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from .. import output_folder
+from ..defaults import SHARDS_SUBDIR, TARGET_SHARD_BYTES
 from ..errors import DataError
 from ..files import atomic_write, sha256_file
 from ..log import logger
@@ -36,10 +38,8 @@ from .batches import group_by_image
 from .folder import EMBEDDING_DIM, SPLIT_FILES, Split, embeddings_path, load_data_dir
 from .images import preprocess_image
 
-SHARDS_SUBDIR = "shards"
 INDEX_FILE = "index.json"
 FORMAT = 1
-TARGET_SHARD_BYTES = 64 * 2**20  # default size: big enough for sequential reads, small enough for many readers
 WRITE_ORDER_SEED = 0  # images are written in a fixed shuffled order, so shards mix the whole split
 MAX_CYCLE_LENGTH = 16  # shards read at once
 SHUFFLE_IMAGES = 256  # shuffle buffer of encoded image records (a few MB)
@@ -74,8 +74,6 @@ def _float_list(vectors):
     """A FloatList of float32 ``vectors`` from their bytes, as the packed field it serialises to: building it
     from the array (``FloatList(value=...)``) converts float by float: 3.8 ms for an image of 5 triples, 13
     CPU-minutes for a million triples; this takes 0.024 ms. Same bytes out."""
-    import numpy as np
-    import tensorflow as tf
 
     raw = np.ascontiguousarray(vectors, "<f4").tobytes()
     size, length = len(raw), bytearray()
@@ -87,8 +85,6 @@ def _float_list(vectors):
 
 
 def _example(image: str, jpeg: bytes, triples, embeddings) -> bytes:
-    import tensorflow as tf
-
     vectors = np.concatenate([np.asarray(embeddings[t.caption], np.float32) for t in triples])
     feature = {
         "image_name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.encode("utf-8")])),
@@ -102,8 +98,6 @@ def _example(image: str, jpeg: bytes, triples, embeddings) -> bytes:
 
 def _write_split(split: Split, embeddings, out: Path, n: int) -> dict:
     """Write ``split`` into ``n`` shards of ``out``; remove older shards of the split; return its index entry."""
-    import tensorflow as tf
-
     grouped = group_by_image(split.triples)
     order = sorted(grouped)
     random.Random(WRITE_ORDER_SEED).shuffle(order)
@@ -244,8 +238,6 @@ def read_index(shards_dir, splits=("train", "dev"), data_dir=None) -> dict:
 
 def _parse(image_size: int, embedding_dim: int):
     """record -> (the decoded image, its name, and its K triples: captions, embeddings, one-hot labels)."""
-    import tensorflow as tf
-
     spec = {"image_name": tf.io.FixedLenFeature([], tf.string), "image": tf.io.FixedLenFeature([], tf.string),
             "caption": tf.io.VarLenFeature(tf.string), "text_embedding": tf.io.VarLenFeature(tf.float32),
             "match": tf.io.VarLenFeature(tf.int64)}
@@ -266,8 +258,6 @@ def _triples(image, name, captions, vectors, labels):
     The image tensor is repeated by reference (``from_tensors(...).repeat``), not copied K times:
     on Flickr8k this took the pipeline from 0.7 to 0.3 CPU-seconds per 1000 examples (against ``tf.repeat``
     and ``unbatch``)."""
-    import tensorflow as tf
-
     images = tf.data.Dataset.from_tensors((image, name)).repeat(tf.shape(captions, out_type=tf.int64)[0])
     rows = tf.data.Dataset.from_tensor_slices((captions, vectors, labels))
     return tf.data.Dataset.zip(images, rows).map(
@@ -287,8 +277,6 @@ def make_shard_dataset(shards_dir, split: str, batch_size: int = 16, shuffle: bo
     folder) with the one-hot label, match = [1, 0]. Without ``shuffle`` the order is fixed, not the
     split file's.
     """
-    import tensorflow as tf
-
     shards_dir = Path(shards_dir)
     index = index or read_index(shards_dir, splits=(split,))
     n = index["splits"][split]["shards"]

@@ -12,20 +12,21 @@ import re
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from ..data.batches import group_by_image, one_hot
 from ..data.folder import DataDir, Split
 from ..errors import ConfigError
-from ..explain import write_gallery
 from ..files import write_json
-from ..training import run_folder
+from ..run_files import TENSORBOARD_DIR, record
 from . import plots
 from ..models.scorer import Scorer
-from .tensorboard import TENSORBOARD_DIR, log_evaluation
+from .tensorboard import log_evaluation
 from .metrics import average_precision, best_threshold, binary_metrics, bootstrap_ci, roc_auc
 from .predict import caption_features, score_split, split_image_features
-from .retrieval import DEFAULT_RERANK, retrieval_report
+from ..defaults import DEFAULT_RERANK
+from .retrieval import retrieval_report
 
 
 def print_sample_predictions(split: Split, probs: np.ndarray, rate: float = 0.1, seed: int | None = None) -> None:
@@ -148,8 +149,6 @@ def evaluation_name(run_dir, data_dir, name: str | None = None) -> str:
 
 def keras_evaluation(labels: np.ndarray, probs: np.ndarray) -> dict:
     """What the original's ``model.evaluate`` reported (its loss and binary accuracy), from the predictions."""
-    import keras
-
     return {"loss": float(keras.losses.KLDivergence()(labels, probs)),
             "binary_accuracy": float(np.mean((probs > 0.5) == (labels > 0.5)))}
 
@@ -172,7 +171,7 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
         probs["dev"] = score_split(scorer, data.splits["dev"], data.embeddings)
         dev_match = np.array([t.match for t in data.splits["dev"].triples])
         threshold = best_threshold(dev_match, probs["dev"][:, 0])
-        run_folder.record(out_dir, "calibration.json")
+        record(out_dir, "calibration.json")
         write_json(out_dir / "calibration.json", {"threshold": threshold, "chosen_on": "dev",
                                                   "criterion": "max balanced accuracy"})
     results = {}
@@ -183,7 +182,7 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
             probs[split_name] = score_split(scorer, split, data.embeddings)
         p = probs[split_name]
         is_match = np.array([t.match for t in split.triples])
-        run_folder.record(out_dir, *split_files(name), TENSORBOARD_DIR)
+        record(out_dir, *split_files(name), TENSORBOARD_DIR)
         source = {"data_dir": str(Path(data.path).resolve()), "data_split": split_name}
         if is_match.all() or not is_match.any():
             results[name] = one_class_split(scorer, split, data.embeddings, p, name, threshold, out_dir, rerank,
@@ -214,7 +213,7 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
         plots.plot_confusion(metrics["at_dev_threshold"]["confusion"], figures["confusion"], threshold)
         plots.plot_score_distribution(is_match, p[:, 0], figures["scores"], threshold)
         plots.plot_samples(split, p[:, 0], figures["samples"], seed=seed, threshold=threshold)
-        write_gallery(model, split, data.embeddings, p[:, 0], threshold, figures["gallery"])
+        plots.write_gallery(model, split, data.embeddings, p[:, 0], threshold, figures["gallery"])
         write_json(out_dir / f"metrics-{name}.json", metrics)
         log_evaluation(out_dir, name, metrics, figures)
         results[name] = metrics

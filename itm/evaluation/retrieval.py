@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 
+from ..defaults import DEFAULT_RERANK
 from .metrics import retrieval_metrics
 
-DEFAULT_RERANK = 20  # candidates per query the head re-scores: R@10 needs at least 10, the head costs k per query
 HEAD_ALL_PAIRS_MAX = 1_500_000  # above this many pairs (1,000 x 5,000: 5M) the head over every pair is left out
 
 

@@ -12,8 +12,10 @@ import math
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
-TENSORBOARD_DIR = "tensorboard"  # in every run folder: tensorboard --logdir runs
+from ..run_files import TENSORBOARD_DIR
+
 
 # Options that say where a run lives rather than what it is: no hparams (each run's own would differ).
 NOT_HPARAMS = ("output_dir", "overwrite")
@@ -26,8 +28,6 @@ def logdir(run_dir) -> Path:
 
 
 def _writer(run_dir):
-    import tensorflow as tf
-
     return tf.summary.create_file_writer(str(logdir(run_dir)))
 
 
@@ -49,8 +49,6 @@ class TensorBoardLog(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if not self.write:
             return
-        import tensorflow as tf
-
         self.writer = _writer(self.run_dir)
         with self.writer.as_default():
             tf.summary.text("options", options_table(self.config), step=0)
@@ -65,8 +63,6 @@ class TensorBoardLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.writer is None:
             return
-        import tensorflow as tf
-
         with self.writer.as_default():
             for key, value in (logs or {}).items():
                 value = float(value)
@@ -83,8 +79,6 @@ class TensorBoardLog(keras.callbacks.Callback):
 def log_evaluation(run_dir, name: str, metrics: dict, figures: dict[str, Path], step: int = 0) -> None:
     """An evaluation of split (or folder) ``name``: its headline metrics as scalars ``NAME/METRIC`` and its
     figures (PNG files) as images ``NAME/FIGURE``."""
-    import tensorflow as tf
-
     writer = _writer(run_dir)
     with writer.as_default():
         for key in HEADLINE:

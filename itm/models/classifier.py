@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import einops
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
 from ..errors import ConfigError
 from . import (FUSION_HEADS as FUSION_HEAD_NAMES, IMAGE_TOWERS as IMAGE_TOWER_NAMES, LITE_TOWERS,
                TEXT_TOWERS as TEXT_TOWER_NAMES)
+from ..defaults import EMBEDDING_DIM
 from ..options import ModelConfig
-from .encoders import EMBEDDING_DIM
+# The modules, not their names: Keras' registration (itm.models.keras_registry) may meet one half-made.
+from . import efficientnet_lite, minilm, torchvision_mobilenet
 
 OUTPUT_NAME = "ITM_Classifier-flickr"  # the original's name for its softmax layer (in the head)
 IMAGE_ENCODER, TEXT_ENCODER, HEAD = "image_encoder", "text_encoder", "head"  # the classifier's three parts
@@ -64,8 +67,6 @@ class FusedBatchNormalization(layers.BatchNormalization):
     several elementwise ones, about 3x faster on CPU for the cnn-bn tower's feature maps."""
 
     def call(self, inputs, training=None, mask=None):
-        import tensorflow as tf
-
         if mask is not None or len(inputs.shape) != 4 or self.axis not in (-1, 3) or keras.backend.backend() != "tensorflow":
             return super().call(inputs, training=training, mask=mask)
         x = tf.cast(inputs, tf.float32)  # as Keras' layer, which computes in float32 under mixed precision
@@ -120,14 +121,10 @@ def _backbone(name: str):
         shape = tuple(image_input.shape[1:])
         x = image_input
         if name == "mobilenetv2" and image_weights not in ("none", "imagenet"):
-            from .torchvision_mobilenet import mobilenetv2_torchvision
-
-            net = mobilenetv2_torchvision(shape, include_top=False,
+            net = torchvision_mobilenet.mobilenetv2_torchvision(shape, include_top=False,
                                           weights_path=None if image_weights == "torchvision" else image_weights)
         elif name in LITE_TOWERS:
-            from .efficientnet_lite import efficientnet_lite
-
-            net = efficientnet_lite(name.removeprefix("efficientnet-"), shape, include_top=False,
+            net = efficientnet_lite.efficientnet_lite(name.removeprefix("efficientnet-"), shape, include_top=False,
                                     weights={"none": None, "imagenet-lite": "imagenet"}.get(image_weights, image_weights))
         elif name == "mobilenetv2":
             net = apps.MobileNetV2(include_top=False, weights=weights, input_shape=shape)
@@ -211,15 +208,11 @@ BACKBONE_FEATURES = "image_pool"  # the pooling layer's name
 
 
 def _minilm(text_input, dropout_rate: float, text_trainable: bool = False, **_):
-    from .minilm import minilm_text_tower
-
-    return minilm_text_tower(text_input, dropout_rate, trainable=text_trainable)
+    return minilm.minilm_text_tower(text_input, dropout_rate, trainable=text_trainable)
 
 
 def _scratch(text_input, dropout_rate: float, **_):
-    from .minilm import scratch_text_tower
-
-    return scratch_text_tower(text_input, dropout_rate)
+    return minilm.scratch_text_tower(text_input, dropout_rate)
 
 
 # precomputed: the 384-d embedding from the data folder (faithful); minilm: all-MiniLM-L6-v2 inside the

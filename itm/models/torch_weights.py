@@ -14,6 +14,7 @@ import os
 import pickle
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from ..errors import MissingExtra, WeightsError
@@ -202,8 +203,6 @@ def wheel_file(package: str, file: str, install_hint: str, what: str) -> Path:
 
 def _torch_sources(layer) -> list[tuple[str, tuple[int, ...]]]:
     """(state dict suffix, axes that turn the torch tensor into the Keras one) per weight of the layer."""
-    import keras
-
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         return [("weight", (2, 3, 0, 1))]  # (C, 1, h, w) -> (h, w, C, 1)
     if isinstance(layer, keras.layers.Conv2D):
@@ -228,8 +227,6 @@ def load_state_dict(model, state_dict, prefixes: dict[str, str], what: str) -> i
     layer and shape, every Keras weight its tensor; else nothing is loaded (``what`` names the model in
     the error). BatchNorm's ``num_batches_tracked`` counters are checked, not loaded.
     """
-    import keras
-
     assignments, used, missing, wrong = [], set(), [], []
     for layer in model.layers:
         if not layer.weights:

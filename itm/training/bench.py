@@ -30,6 +30,7 @@ from ..data.pipelines import pipeline_for
 from ..data.shards import INDEX_FILE, SHARDS_SUBDIR, write_shards
 from ..log import logger
 from ..options import finish_config, resolve_config
+from ..tfenv import onednn_enabled, onednn_line
 from .run import build_trainer
 
 # name -> itm train options; the model and loss are the faithful ones except for best-cpu.
@@ -180,8 +181,6 @@ def _shards_for(data_dir: str) -> tuple[Path | None, float | None]:
 
 def run(data_dir: str, settings: list[str], steps: int, precision: str | None = None) -> dict:
     """Measure each setting in a subprocess, then add the speed-ups over 'naive' and the machine's peak."""
-    from ..tfenv import onednn_enabled, onednn_line
-
     info = {**cpu_info(), "onednn": "on" if onednn_enabled() else "off"}  # the subprocesses inherit this setting
     logger.info(f"CPU: {info['model']}, {info['cores']} cores, {', '.join(info['features']) or 'no AVX2'}; "
                 f"{onednn_line()}")

@@ -22,12 +22,13 @@ import keras
 import numpy as np
 
 from ..data.batches import one_hot
+from .. import log
 from ..errors import ConfigError, DataError, TrainingDiverged
 from ..files import atomic_write, sha256_file, written_as
 from ..log import logger
 from ..evaluation.metrics import binary_metrics, roc_auc
 from ..evaluation.predict import score_split
-from .run_folder import BACKUP_DIR, BACKUP_FILES
+from ..run_files import BACKUP_DIR, BACKUP_FILES
 HISTORY_COLUMNS = ("loss", "binary_accuracy", "val_loss", "val_binary_accuracy", "val_balanced_accuracy",
                    "val_roc_auc", "learning_rate")
 
@@ -223,8 +224,6 @@ def write_history_csv(history: dict[str, list[float]], path: Path) -> None:
 def keras_verbosity() -> int:
     """Keras' progress bar on a terminal and in Jupyter; one line per epoch (with Progress's step counter)
     elsewhere; nothing when the itm logger is quiet (--quiet)."""
-    from .. import log
-
     if log.quiet():
         return 0
     return 1 if sys.stdout.isatty() or log.in_notebook() else 2

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import output_folder
 from ..log import logger
+from ..run_files import TITLE, record
 from .provenance import ENVIRONMENT_FILE
 
 CARD = "README.md"
@@ -78,10 +79,6 @@ def data_lines(env: dict, config: dict) -> list[str]:
 def write_model_card(run_dir) -> Path | None:
     """Write (or rewrite) ``run_dir/README.md`` from the run's files; returns its path (None: a README.md
     that is not itm's is in the way, and is left as it is)."""
-    # Here, not at the top: run_folder imports the TensorBoard writer (TensorFlow), and the CLI's parser
-    # imports this module without TensorFlow.
-    from .run_folder import TITLE, record
-
     run = Path(run_dir)
     config = _read(run / "config.json") or _read(run / "metrics.json").get("config", {})
     env = _read(run / ENVIRONMENT_FILE)
@@ -163,8 +160,6 @@ def write_model_card(run_dir) -> Path | None:
 def _ours(run: Path, path: Path) -> bool:
     """A README.md that itm may (re)write: absent, recorded as itm's, or a model card (a run of before the
     folder record); never a user's own README in a run folder that itm adopted."""
-    from .run_folder import TITLE  # here: see write_model_card
-
     if not path.exists() or CARD in output_folder.recorded(run):
         return True
     try:

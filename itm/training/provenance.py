@@ -10,7 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..data.folder import SPLIT_FILES, embeddings_path
 from ..files import sha256_file
+from ..tfenv import onednn_line
 
 ENVIRONMENT_FILE = "environment.json"
 # The encoder of every precomputed caption embedding itm reads (course data, itm prepare/embed, the demo);
@@ -47,8 +49,6 @@ def data_fingerprint(data_dir) -> dict:
     """sha256 of each split file and of the embeddings file, and one over them all (name and hash each):
     equal fingerprints mean the same triples and the same caption vectors (the photos are not hashed:
     they are named by the split files, and hashing thousands of them would slow every run)."""
-    from ..data.folder import SPLIT_FILES, embeddings_path
-
     data_dir = Path(data_dir)
     files = {name: data_dir / name for name in SPLIT_FILES.values() if (data_dir / name).is_file()}
     emb = embeddings_path(data_dir)
@@ -83,8 +83,6 @@ def _program() -> str:
 
 def _onednn() -> str:
     """TensorFlow's oneDNN state in this run and why (``itm.tfenv``): it changes speed, and the last digits."""
-    from ..tfenv import onednn_line
-
     return onednn_line().removeprefix("oneDNN: ")
 
 

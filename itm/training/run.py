@@ -31,6 +31,7 @@ from ..models.classifier import build_model
 from ..models.optim import create_optimizer
 from ..models.scorer import Scorer
 from ..options import TrainConfig, finish_config
+from ..run_files import record_run
 from . import callbacks as cb
 from . import run_folder
 from .model_card import write_model_card
@@ -185,7 +186,7 @@ def _train(config: TrainConfig, origins: dict | None = None) -> Path:
     chief = strategy.extended.should_checkpoint  # False only on a multi-worker cluster's other workers
     steps = pipeline.steps_per_epoch(data.splits["train"], strategy.num_replicas_in_sync)
     if chief:
-        run_folder.record_run(Path(out))
+        record_run(Path(out))
         write_json(Path(out) / "config.json", config.to_dict(), "the run's config")
         write_json(Path(out) / "model.json", config.model.to_json(), "the run's architecture")
         write_json(Path(out) / ENVIRONMENT_FILE, environment(config.to_dict(), data), "the run's environment")
@@ -240,7 +241,7 @@ def complete_run(config: TrainConfig, data, out: Path) -> Path:
     and write the rest (metrics, report; history from the backup where it is left), instead of training again."""
     logger.info(f"{out / 'model.keras'} was saved but the run's evaluation did not finish: completing the run from "
                 "the saved model (not training again)")
-    run_folder.record_run(out)
+    record_run(out)
     backup = cb.EpochBackup(out)
     state, why = backup.read_state()
     try:

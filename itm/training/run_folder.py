@@ -16,28 +16,16 @@ reader of a run folder (``SavedRun``: its options, its dev-calibrated threshold,
 """
 from __future__ import annotations
 
-import json
 import tempfile
 from datetime import datetime
 from pathlib import Path
 
 from .. import output_folder
 from ..errors import ConfigError, DataError
-from ..evaluation.tensorboard import TENSORBOARD_DIR
 from ..models.run_reader import SavedRun, saved_config  # noqa: F401 (SavedRun: also read from here)
+from ..run_files import BACKUP_DIR, RUN
 from .run_lock import LOCK_NAME
 
-TITLE = "# Model card: "  # its first line, by which a card of a run of before the folder record is known
-
-BACKUP_DIR = "backup"  # the epoch-end backup (itm.training.callbacks.EpochBackup)
-BACKUP_FILES = ("state.json", "epoch*.weights.h5", ".tmp-*")  # what it writes there (nothing else is removed)
-
-# What a run writes into its folder: recorded as it starts (its evaluations record theirs), removed by
-# --overwrite; the names a run folder of before the record is taken to hold (README.md: a model card only).
-RUN_FILES = ("model.keras", "model.json", "metrics.json", "config.json", "calibration.json", "history.csv", "history.png",
-             "predictions.tsv", "report.md", "environment.json", "README.md")
-RUN_PATTERNS = ("metrics-*.json", "predictions-*.tsv", "roc-pr-*.png", "scores-*.png", "confusion-*.png",
-                "samples-*.png")
 # Options that may differ when an interrupted run is started again.
 RESTART_MAY_CHANGE = ("output_dir", "overwrite")
 
@@ -58,39 +46,6 @@ def is_trained(out: Path) -> bool:
 def is_interrupted(out: Path) -> bool:
     """A run to resume (its backup) or to complete (its model saved, not yet evaluated)."""
     return (out / BACKUP_DIR / "state.json").is_file() or is_trained(out)
-
-
-def _itm_json(path: Path, keys) -> bool:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(value, dict) and all(k in value for k in keys)
-
-
-def is_legacy_run(out: Path) -> bool:
-    """A run folder written before the folder record: a model and the options itm records beside it, or an
-    interrupted run's backup state."""
-    return ((out / "model.keras").is_file() and (_itm_json(out / "config.json", ("preset", "data_dir", "seed"))
-                                                 or _itm_json(out / "metrics.json", ("config", "parameters")))
-            or _itm_json(out / BACKUP_DIR / "state.json", ("epoch", "weights", "history")))
-
-
-def _legacy_names(out: Path) -> tuple[str, ...]:
-    """What a legacy run folder holds of a run's names; its README.md only when it is a model card."""
-    is_card = not (out / "README.md").exists() or _is_card(out / "README.md")
-    return tuple(n for n in RUN_FILES if n != "README.md" or is_card) + RUN_PATTERNS + (BACKUP_DIR, TENSORBOARD_DIR)
-
-
-def _is_card(path: Path) -> bool:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").startswith(TITLE)
-    except OSError:
-        return False
-
-
-RUN = output_folder.Kind("run", "itm train", "a run", legacy=is_legacy_run, known=_legacy_names,
-                         contents={BACKUP_DIR: BACKUP_FILES})
 
 
 def check_writable(out: Path) -> None:
@@ -134,21 +89,6 @@ def check_not_in_data(out: Path, data_dir: Path) -> None:
         where = "is" if Path(out).resolve() == Path(data_dir).resolve() else "lies inside"
         raise ConfigError(f"--output-dir {out} {where} the data folder {data_dir}: a run never writes into the data "
                           "it reads; choose another --output-dir")
-
-
-def record(out: Path, *names: str) -> None:
-    """Record names the run is about to write into ``out`` (removed by a later --overwrite)."""
-    output_folder.record(out, RUN, *names)
-
-
-def record_run(out: Path) -> None:
-    """Record what a run writes, before it writes it: its files, backup and TensorBoard log; README.md only
-    where no other README is in the way (a user's own README in an adopted folder is never recorded)."""
-    names = [n for n in RUN_FILES if n != "README.md"] + [BACKUP_DIR, TENSORBOARD_DIR]
-    readme = out / "README.md"
-    if not readme.exists() or "README.md" in output_folder.recorded(out) or _is_card(readme):
-        names.append("README.md")
-    record(out, *names)
 
 
 def open_run_folder(out: Path, overwrite: bool) -> bool:
