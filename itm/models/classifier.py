@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from . import (FUSION_HEADS as FUSION_HEAD_NAMES, IMAGE_TOWERS as IMAGE_TOWER_NAMES, LITE_TOWERS,
                TEXT_TOWERS as TEXT_TOWER_NAMES)
 from ..defaults import EMBEDDING_DIM
-from ..options import ModelConfig
+from .config import ModelConfig
 # The modules, not their names: Keras' registration (itm.models.keras_registry) may meet one half-made.
 from . import efficientnet_lite, minilm, torchvision_mobilenet
 

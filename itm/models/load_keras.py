@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 
 from ..errors import DataError
-from ..options import ModelConfig
+from .config import ModelConfig
 from . import classifier, optim  # noqa: F401  (optim registers the saved optimizer)
 
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
