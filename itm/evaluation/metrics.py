@@ -96,7 +96,7 @@ def bootstrap_ci(is_match, p_match, threshold: float = 0.5, n_resamples: int = 1
     """Percentile bootstrap intervals (resampling pairs) for accuracy, balanced accuracy and ROC-AUC.
 
     Each resample is a count of how often it drew each pair, so all of them are scored at once from the
-    pairs sorted one time (ties grouped): the same numbers as scoring each resample on its own, without a
+    pairs' tie groups, found once: the same numbers as scoring each resample on its own, without a
     Python loop over resamples."""
     y = np.asarray(is_match).astype(bool)
     s = np.asarray(p_match, dtype=np.float64)
@@ -104,8 +104,8 @@ def bootstrap_ci(is_match, p_match, threshold: float = 0.5, n_resamples: int = 1
     rng = np.random.default_rng(seed)
     stats = {"accuracy": [], "balanced_accuracy": [], "roc_auc": []}
     pred = s > threshold  # decide()
-    order = np.argsort(s, kind="mergesort")
-    _, group = np.unique(s[order], return_inverse=True)  # tie group of each sorted pair
+    _, group = np.unique(s, return_inverse=True)  # each pair's tie group, groups in ascending score
+    groups = group.max() + 1
     for start in range(0, n_resamples, 100):  # 100 resamples at a time bound the memory on large splits
         draws = np.stack([rng.integers(0, n, n) for _ in range(min(100, n_resamples - start))])
         counts = np.stack([np.bincount(d, minlength=n) for d in draws]).astype(np.float64)  # (B, n)
@@ -120,10 +120,9 @@ def bootstrap_ci(is_match, p_match, threshold: float = 0.5, n_resamples: int = 1
             stats["balanced_accuracy"].extend((recall + specificity) / 2)
             # AUC = P(match scores above no-match), ties half: per tie group, its matches times the
             # no-matches below it plus half those beside it.
-            groups = group.max() + 1
             pos_g, neg_g = np.zeros((len(counts), groups)), np.zeros((len(counts), groups))
-            np.add.at(pos_g.T, group, pos[:, order].T)
-            np.add.at(neg_g.T, group, neg[:, order].T)
+            np.add.at(pos_g.T, group, pos.T)
+            np.add.at(neg_g.T, group, neg.T)
             below = np.cumsum(neg_g, axis=1) - neg_g
             auc = (pos_g * (below + neg_g / 2)).sum(1) / (n_pos * n_neg)
             stats["roc_auc"].extend(np.where((n_pos > 0) & (n_neg > 0), auc, np.nan))
