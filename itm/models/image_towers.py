@@ -75,8 +75,9 @@ class ChannelFlipAndCenter(layers.Layer):
 
 @dataclass(frozen=True)
 class ImageTower:
-    """A tower trained from scratch: a feature map (B,H,W,C), read out as one vector (``vector``), or as
-    region tokens (B,H*W,C) for a head that attends over them."""
+    """An image tower: pixels in [0, 1] -> a feature map (B,H,W,C) (``feature_map``), read out as one vector
+    (``vector``), or as region tokens (B,H*W,C) for a head that attends over them (``features``, as the
+    towers trained from scratch have it; a pretrained backbone has its own)."""
 
     @classmethod
     def from_config(cls, model: ModelConfig) -> ImageTower:
