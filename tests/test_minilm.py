@@ -126,14 +126,16 @@ def test_the_tower_is_frozen_unless_asked_and_gives_384_dims():
 
 def small_classifier(text_features):
     """image (B,32,32,3) + caption (B,) -> [p(match), p(no-match)], from the classifier's own parts."""
-    from itm.models.classifier import concat_head, faithful_cnn, project_embeddings
+    from itm.models.classifier import project_embeddings
+    from itm.models.fusion_heads import ConcatHead
+    from itm.models.image_towers import FaithfulCNN
 
     image = keras.Input(shape=(32, 32, 3), name="image_input")
     text = caption_input()
-    image_vec = keras.layers.Flatten()(faithful_cnn(image, 0.1))
+    image_vec = keras.layers.Flatten()(FaithfulCNN().feature_map(image, 0.1))
     image_proj = project_embeddings(image_vec, 1, 16, 0.1, "image_proj")
     text_proj = project_embeddings(text_features(text), 1, 16, 0.1, "text_proj")
-    return keras.Model({"image_input": image, "caption": text}, concat_head(image_proj, text_proj, 0.1))
+    return keras.Model({"image_input": image, "caption": text}, ConcatHead()(image_proj, text_proj, 0.1))
 
 
 @needs_model

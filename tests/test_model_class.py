@@ -121,3 +121,89 @@ def test_import_itm_lets_keras_load_old_and_new_model_files(tmp_path):
     (f04bf50, f04bf50_diff), (v02, v02_diff), (today, _) = json.loads(r.stdout.strip().splitlines()[-1])
     assert (f04bf50, v02, today) == ("Functional", "Functional", "ITMClassifier")
     assert f04bf50_diff < 1e-6 and v02_diff < 1e-6
+
+
+def test_each_command_line_name_chooses_its_typed_part():
+    """``model_parts`` is where the names the command line takes become typed towers and a head: the class each
+    name chooses, a backbone's own settings carried over, and what a part asks of the others (raw captions,
+    region tokens)."""
+    from itm.models import FUSION_HEADS, IMAGE_TOWERS, TEXT_TOWERS
+    from itm.models.classifier import MiniLMText, ScratchText, TextTower, model_parts
+    from itm.models.config import ModelConfig
+    from itm.models.fusion_heads import AttentionHead, ConcatHead, InteractionHead, MLPHead, RelationHead
+    from itm.models.image_towers import BatchNormCNN, FaithfulCNN, PretrainedBackbone
+
+    def parts(**options):
+        return model_parts(ModelConfig.from_flat(options))
+
+    image = {name: parts(image_tower=name)[0] for name in IMAGE_TOWERS}
+    assert image["faithful-cnn"] == FaithfulCNN() and image["cnn-bn"] == BatchNormCNN()
+    for name in IMAGE_TOWERS[2:]:
+        assert image[name] == PretrainedBackbone(name, "none", freeze=False, pooling="avg", unfreeze_from=None)
+    assert parts(image_tower="mobilenetv2", image_weights="torchvision", freeze_backbone=True,
+                 unfreeze_from="block_14_expand", backbone_pooling="avgmax")[0] == PretrainedBackbone(
+        "mobilenetv2", "torchvision", freeze=True, pooling="avgmax", unfreeze_from="block_14_expand")
+
+    text = {name: parts(text_tower=name)[1] for name in TEXT_TOWERS}
+    assert [type(t) for t in text.values()] == [TextTower, MiniLMText, ScratchText]
+    assert [t.reads_raw_text for t in text.values()] == [False, True, True]
+    assert parts(text_tower="minilm", text_trainable=True)[1] == MiniLMText(trainable=True) != text["minilm"]
+
+    heads = {name: parts(fusion=name)[2] for name in FUSION_HEADS}
+    assert [type(h) for h in heads.values()] == [ConcatHead, MLPHead, InteractionHead, RelationHead, AttentionHead]
+    assert [h.takes_tokens for h in heads.values()] == [False, False, False, False, True]
+    with pytest.raises(ValueError, match="unknown image tower 'vgg'; choose from faithful-cnn, cnn-bn, mobilenetv2"):
+        parts(image_tower="vgg")
+
+
+def _saved_layout(run_folder: str, tmp_path) -> tuple[set, list, int]:
+    """What an old run's model.keras holds, read from the file itself (not through itm's loader): the names of
+    its computing layers (not its inputs, nor itm 0.2's Identity layers in front of the head), its weights' shapes
+    and its parameter count."""
+    import zipfile
+
+    import h5py
+
+    with zipfile.ZipFile(os.path.join(run_folder, "model.keras")) as z:
+        config = json.loads(z.read("config.json"))
+        z.extract("model.weights.h5", tmp_path)
+    names = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            computes = node.get("class_name") not in ("InputLayer", "Identity")
+            if str(node.get("module", "")).startswith("keras.layers") and computes:
+                names.add(node["config"]["name"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    shapes = []
+    with h5py.File(tmp_path / "model.weights.h5") as f:
+        f.visititems(lambda name, obj: shapes.append(tuple(obj.shape))
+                     if isinstance(obj, h5py.Dataset) and not name.startswith("optimizer") else None)
+    return names, sorted(shapes), sum(int(np.prod(s)) for s in shapes)
+
+
+@pytest.mark.parametrize("old", list(OLD_RUNS))
+def test_an_old_runs_options_choose_the_parts_that_build_its_saved_layers(old, tmp_path):
+    """An old run's options resolve to the faithful parts, and those build the very layers (by name), weight
+    shapes and parameter count its model.keras holds, so its weights load by name and position. itm 0.2's flat
+    graph took pixels in [0, 1]: only the rescaling in front is new."""
+    from itm.models.classifier import TextTower, model_parts
+    from itm.models.config import ModelConfig
+    from itm.models.fusion_heads import ConcatHead
+    from itm.models.image_towers import FaithfulCNN
+    from itm.models.run_reader import SavedRun
+
+    config = ModelConfig.from_flat(SavedRun(OLD_RUNS[old]).config)  # image size 8, projections of 8
+    assert model_parts(config) == (FaithfulCNN(), TextTower(), ConcatHead())
+    names, shapes, params = _saved_layout(OLD_RUNS[old], tmp_path)
+    model = build_model(config)
+    built = {layer.name for layer in model.flat_layers() if not isinstance(layer, keras.layers.InputLayer)}
+    assert built - names == ({"image_rescale"} if old == "itm-0.2" else set()) and names <= built
+    assert "image_flatten" in names and "ITM_Classifier-flickr" in names
+    assert sorted(tuple(w.shape) for w in model.weights) == shapes and model.count_params() == params == 27_394

@@ -329,7 +329,7 @@ def test_minilm_text_tower_trains_on_raw_captions_and_scores_new_ones_without_to
 def test_fused_batch_normalization_computes_what_keras_batch_normalization_does():
     import tensorflow as tf
 
-    from itm.models.classifier import FusedBatchNormalization
+    from itm.models.image_towers import FusedBatchNormalization
 
     x = tf.random.stateless_normal((8, 6, 6, 5), seed=[1, 2]) * 3 + 1
     keras_bn, fused = keras.layers.BatchNormalization(momentum=0.9), FusedBatchNormalization(momentum=0.9)

@@ -1,12 +1,13 @@
-"""The model library: the ITM classifier, ``ITMClassifier``, which owns its three parts (``classifier``);
-the architecture it is built from, the model's part of the options (``config``); scoring with it
-(``scorer``); a run folder read (``run_reader``), its ``model.keras`` loaded as the class
+"""The model library: the ITM classifier, ``ITMClassifier``, which owns its three parts (``classifier``),
+built from small typed towers and heads (``image_towers``, the text towers in ``classifier``,
+``fusion_heads``); the architecture they are chosen by, the model's part of the options (``config``);
+scoring with it (``scorer``); a run folder read (``run_reader``), its ``model.keras`` loaded as the class
 (``load_keras``), and itm's classes registered with Keras on ``import itm`` (``keras_registry``); its text
 encoders (``minilm``, ``encoders``), pretrained image weights read offline (``torchvision_mobilenet``,
 ``efficientnet_lite``, both through ``torch_weights``) and the original's optimizer (``optim``).
 
-This file only names what the registries in ``classifier`` hold, so that the command line can offer
-them without importing Keras.
+This file only names the towers and heads whose classes those modules hold (``classifier`` checks, as it
+is imported, that the two agree), so that the command line can offer them without importing Keras.
 """
 IMAGE_TOWERS = ("faithful-cnn", "cnn-bn", "mobilenetv2", "efficientnetb0", "mobilenetv3small", "resnet50",
                 "efficientnet-lite0", "efficientnet-lite2")

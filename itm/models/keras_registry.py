@@ -16,7 +16,8 @@ import importlib.util
 import sys
 
 # The modules whose import registers itm's Keras objects (layers, functions, the optimizer and schedule).
-MODULES = ("itm.models.classifier", "itm.models.optim", "itm.models.tokenizer", "itm.models.minilm")
+MODULES = ("itm.models.classifier", "itm.models.image_towers", "itm.models.fusion_heads", "itm.models.optim",
+           "itm.models.tokenizer", "itm.models.minilm")
 
 
 def register_custom_objects() -> None:
