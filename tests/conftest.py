@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# No figures in this session's trainings and evaluations (itm/figures.py): drawing them is ~40% of a tiny
+# training, and only the tests of the figures read them; those ask for ``with_figures``. Fresh processes
+# (run_cli, the servers) inherit it.
+os.environ.setdefault("ITM_FIGURES", "0")
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "flickr8k-cmp9137"
 # Small images keep the CNN cheap; the layout and the code paths are those of a real run.
@@ -109,6 +113,13 @@ def frozen_backbone_run(tiny_data_master, tmp_path_factory):
                  "--output-dir", str(base / "run")], env={**OFFLINE, "ITM_CACHE_DIR": str(base / "cache")})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return FrozenBackboneRun(base / "run", base / "cache", r.stdout)
+
+
+@pytest.fixture
+def with_figures(monkeypatch):
+    """Trainings and evaluations in this test draw their figures, as they do outside the test suite (the
+    session's ``ITM_FIGURES=0`` removed), for the tests that read them."""
+    monkeypatch.delenv("ITM_FIGURES", raising=False)
 
 
 @pytest.fixture
