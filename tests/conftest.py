@@ -1,4 +1,5 @@
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -10,6 +11,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# No figures in this session's trainings and evaluations (itm/figures.py): drawing them is ~40% of a tiny
+# training, and only the tests of the figures read them; those ask for ``with_figures``. Fresh processes
+# (run_cli, the servers) inherit it.
+os.environ.setdefault("ITM_FIGURES", "0")
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "flickr8k-cmp9137"
 # Small images keep the CNN cheap; the layout and the code paths are those of a real run.
@@ -55,11 +60,40 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(opt_in)
 
 
+def built_once(tmp_path_factory, name: str, build, copy: bool = True) -> Path:
+    """The folder ``name``, filled by ``build(folder)`` once for the whole session, however many pytest-xdist
+    workers ask for it: the first to ask builds it in the folder the workers share (their base folders'
+    parent), under a lock; the others wait for it. With ``copy`` each worker gets a copy of its own, so a test
+    that writes into a run (a search cache) changes nothing another worker reads; without, the one folder
+    (for data that tests only read). Without xdist: built in this session's own folder."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    shared = tmp_path_factory.getbasetemp().parent / f"shared-{name}"
+    with open(shared.parent / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released as the file closes
+        done = shared.parent / f"shared-{name}.built"
+        if not done.is_file():  # not built yet, or the build failed (then this worker tries, and fails, too)
+            shutil.rmtree(shared, ignore_errors=True)
+            shared.mkdir()
+            build(shared)
+            done.touch()
+    if not copy:
+        return shared
+    own = tmp_path_factory.mktemp(name)
+    shutil.copytree(shared, own, dirs_exist_ok=True, symlinks=True)
+    return own
+
+
 @pytest.fixture(scope="session")
 def tiny_data_master(tmp_path_factory):
+    """The tiny fixture dataset (``itm.data.demo``), made once for the session; read only (``tiny_data`` is a
+    copy to change). One folder for all workers, so that every run trained on it names the same data."""
     from itm.data.demo import generate
 
-    return generate(tmp_path_factory.mktemp("tiny") / "data", sizes=TINY_SIZES, seed=3, image_size=TINY_IMAGE)
+    return built_once(tmp_path_factory, "tiny", lambda folder: generate(
+        folder / "data", sizes=TINY_SIZES, seed=3, image_size=TINY_IMAGE), copy=False) / "data"
 
 
 @pytest.fixture(scope="session")
@@ -78,12 +112,13 @@ def contrastive_run(tiny_data_master, tmp_path_factory):
     --pipeline cached`` in this process: 2 epochs at 64 px, batches of 8, seed 0, on ``tiny_data_master``),
     for the tests of two-stage search over a real embedding (all in the opt-in group). Read it; a test that
     changes it copies it first."""
-    out = tmp_path_factory.mktemp("contrastive") / "run"
-    r = itm_cli("train", "--data-dir", tiny_data_master, "--epochs", "2", "--seed", "0", "--image-size", TINY_IMAGE,
-                "--objective", "contrastive", "--fusion", "interaction", "--pipeline", "cached", "--batch-size", "8",
-                "--learning-rate", "1e-3", "--output-dir", out)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return out
+    def build(folder):
+        r = itm_cli("train", "--data-dir", tiny_data_master, "--epochs", "2", "--seed", "0", "--image-size",
+                    TINY_IMAGE, "--objective", "contrastive", "--fusion", "interaction", "--pipeline", "cached",
+                    "--batch-size", "8", "--learning-rate", "1e-3", "--output-dir", folder / "run")
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+
+    return built_once(tmp_path_factory, "contrastive", build) / "run"
 
 
 @dataclass
@@ -104,11 +139,21 @@ def frozen_backbone_run(tiny_data_master, tmp_path_factory):
     (KERAS_HOME and the proxies set before Keras is imported, so any download fails), with a cache of its
     own. For the opt-in tests that need the mobilenet weights package; copy the run or the cache before
     changing either."""
-    base = tmp_path_factory.mktemp("frozen-backbone")
-    r = run_cli(["-m", "itm", *FROZEN_BACKBONE_TRAIN, "--data-dir", str(tiny_data_master),
-                 "--output-dir", str(base / "run")], env={**OFFLINE, "ITM_CACHE_DIR": str(base / "cache")})
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return FrozenBackboneRun(base / "run", base / "cache", r.stdout)
+    def build(folder):
+        r = run_cli(["-m", "itm", *FROZEN_BACKBONE_TRAIN, "--data-dir", str(tiny_data_master),
+                     "--output-dir", str(folder / "run")], env={**OFFLINE, "ITM_CACHE_DIR": str(folder / "cache")})
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        (folder / "stdout.txt").write_text(r.stdout)
+
+    base = built_once(tmp_path_factory, "frozen-backbone", build)
+    return FrozenBackboneRun(base / "run", base / "cache", (base / "stdout.txt").read_text())
+
+
+@pytest.fixture
+def with_figures(monkeypatch):
+    """Trainings and evaluations in this test draw their figures, as they do outside the test suite (the
+    session's ``ITM_FIGURES=0`` removed), for the tests that read them."""
+    monkeypatch.delenv("ITM_FIGURES", raising=False)
 
 
 @pytest.fixture

@@ -12,20 +12,22 @@ from pathlib import Path
 
 import httpx
 
-from conftest import ROOT, TINY_IMAGE, itm_cli
+from conftest import ROOT, TINY_IMAGE, built_once, itm_cli
 
 MAX_UPLOAD_MB = 1
 _cache: dict = {}
 
 
 def trained_run(tiny_data_master: Path, tmp_path_factory) -> Path:
-    """``itm train`` on the tiny demo data, once: 1 epoch at 64 px; it writes calibration.json too."""
-    if "run" not in _cache:
-        out = tmp_path_factory.mktemp("serve-run") / "run"
+    """``itm train`` on the tiny demo data, once for the session (``built_once``: one training for all xdist
+    workers, a copy each): 1 epoch at 64 px; it writes calibration.json too."""
+    def build(folder):
         r = itm_cli("train", "--data-dir", tiny_data_master, "--epochs", "1", "--seed", "0", "--image-size", TINY_IMAGE,
-                    "--output-dir", out)
+                    "--output-dir", folder / "run")
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-        _cache["run"] = out
+
+    if "run" not in _cache:
+        _cache["run"] = built_once(tmp_path_factory, "serve-run", build) / "run"
     return _cache["run"]
 
 

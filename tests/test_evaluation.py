@@ -107,7 +107,7 @@ def test_retrieval_ties_never_make_hits_and_go_by_the_tie_break():
     assert retrieval_metrics(scores, relevant, ks=(1,), tie_break=cosine)["R@1"] == pytest.approx(2 / 3)
 
 
-def test_evaluate_and_compare_commands(faithful_run, tmp_path):
+def test_evaluate_and_compare_commands(faithful_run, tmp_path, with_figures):
     """On a copy of the session's trained run (``faithful_run``: ``itm train``, 1 epoch at 64 px)."""
     import shutil
 
@@ -133,6 +133,19 @@ def test_evaluate_and_compare_commands(faithful_run, tmp_path):
     assert "Grad-CAM map](gallery-test.png)" in report
     r = itm_cli("compare", run, run)
     assert r.returncode == 0 and r.stdout.count(str(run)) == 2 and "balanced acc" in r.stdout
+
+
+def test_without_figures_the_report_links_none(faithful_run, tmp_path):
+    """The test suite's switch (``ITM_FIGURES=0``, itm/figures.py): the metrics and the report are written,
+    no figure, and the report links no missing file."""
+    import shutil
+
+    run = shutil.copytree(faithful_run, tmp_path / "run", ignore=shutil.ignore_patterns("search-cache", "*.png"))
+    r = itm_cli("evaluate", "--run", run, env={"ITM_FIGURES": "0"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads((run / "metrics-test.json").read_text())["n"] == 24
+    report = (run / "report.md").read_text()
+    assert "## test split" in report and not list(run.glob("*.png")) and "](" not in report
 
 
 def test_evaluate_rejects_a_folder_that_is_not_a_run(tmp_path):

@@ -74,7 +74,7 @@ def _check_tensorboard(out, history):
 
 
 @pytest.mark.slow
-def test_itm_classifier_end_to_end(tiny_data, tmp_path):
+def test_itm_classifier_end_to_end(tiny_data, tmp_path, with_figures):
     out = tmp_path / "run"
     r = itm_cli("--data-dir", str(tiny_data), "--epochs", "2", "--batch-size", "8", "--learning-rate", "1e-4",
                 "--seed", "7", "--image-size", str(TINY_IMAGE), "--output-dir", str(out), train_script=True)
@@ -214,7 +214,7 @@ def test_bad_data_folder_fails_before_training(tiny_data, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED.is_dir(), reason=NO_COURSE_DATA)
-def test_real_data_one_epoch(tmp_path):
+def test_real_data_one_epoch(tmp_path, with_figures):
     out = tmp_path / "real"
     r = itm_cli("--data-dir", str(SHARED), "--epochs", "1", "--limit", "256", "--seed", "0",
                 "--output-dir", str(out), train_script=True)

@@ -19,6 +19,7 @@ from ..data.batches import group_by_image, one_hot
 from ..data.folder import DataDir, Split
 from ..errors import ConfigError
 from ..files import write_json
+from ..figures import wanted as figures_wanted
 from ..run_files import TENSORBOARD_DIR, record
 from . import plots
 from ..models.scorer import Scorer
@@ -207,13 +208,14 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
         print(summary_line(metrics))
 
         write_predictions(out_dir / predictions_name(name), split, p)
-        figures = {figure: out_dir / f"{figure}-{name}.png" for figure in FIGURES}
-        plots.plot_roc_pr(is_match, p[:, 0], figures["roc-pr"])
-        # The figures show the decisions at the threshold that predict, the web page and the report use.
-        plots.plot_confusion(metrics["at_dev_threshold"]["confusion"], figures["confusion"], threshold)
-        plots.plot_score_distribution(is_match, p[:, 0], figures["scores"], threshold)
-        plots.plot_samples(split, p[:, 0], figures["samples"], seed=seed, threshold=threshold)
-        plots.write_gallery(model, split, data.embeddings, p[:, 0], threshold, figures["gallery"])
+        figures = {figure: out_dir / f"{figure}-{name}.png" for figure in FIGURES} if figures_wanted() else {}
+        if figures:
+            plots.plot_roc_pr(is_match, p[:, 0], figures["roc-pr"])
+            # The figures show the decisions at the threshold that predict, the web page and the report use.
+            plots.plot_confusion(metrics["at_dev_threshold"]["confusion"], figures["confusion"], threshold)
+            plots.plot_score_distribution(is_match, p[:, 0], figures["scores"], threshold)
+            plots.plot_samples(split, p[:, 0], figures["samples"], seed=seed, threshold=threshold)
+            plots.write_gallery(model, split, data.embeddings, p[:, 0], threshold, figures["gallery"])
         write_json(out_dir / f"metrics-{name}.json", metrics)
         log_evaluation(out_dir, name, metrics, figures)
         results[name] = metrics

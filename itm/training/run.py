@@ -25,6 +25,7 @@ from ..errors import ConfigError, DataError, OutOfMemory
 from ..evaluation.evaluate import evaluate_model
 from ..evaluation.plots import plot_history
 from ..evaluation.report import write_report
+from ..figures import wanted as figures_wanted
 from ..files import write_json, written_as
 from ..log import logger
 from ..models.classifier import build_model
@@ -228,7 +229,8 @@ def _train(config: TrainConfig, origins: dict | None = None) -> Path:
     model.compile(optimizer=trainer.optimizer, loss=keras.losses.KLDivergence(),
                   metrics=[keras.metrics.BinaryAccuracy()])  # saved with the model, as the original's
     cb.write_history_csv(backup.history, Path(out) / "history.csv")
-    plot_history(backup.history, Path(out) / "history.png")
+    if figures_wanted():
+        plot_history(backup.history, Path(out) / "history.png")
     with written_as(Path(out) / "model.keras", "the model") as tmp:  # whole or absent: a later run completes from it
         model.save(tmp)
     finish_run(model, data, config, Path(out), train_seconds)
@@ -252,7 +254,8 @@ def complete_run(config: TrainConfig, data, out: Path) -> Path:
     if state is not None and not why:
         seconds = state.get("train_seconds")
         cb.write_history_csv(state["history"], out / "history.csv")
-        plot_history(state["history"], out / "history.png")
+        if figures_wanted():
+            plot_history(state["history"], out / "history.png")
     finish_run(model, data, config, out, seconds)
     backup.finish()
     return out
