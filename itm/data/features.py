@@ -2,8 +2,9 @@
 
 ``FeatureFile`` keeps the features of a folder's image files in one npz per (encoder, folder), each
 entry keyed by the file's path, modification time and size: a changed file is encoded again, a
-damaged cache file is rebuilt, never trusted. Two users share it: training on a frozen backbone
-(``load_feature_cache``, --cache-features) and the search index of ``itm.serving.matcher``.
+damaged cache file is rebuilt, never trusted. Its users: training on a frozen backbone
+(``load_feature_cache``, --cache-features), the evaluation of such a run (``cached_features``, the same file)
+and the search index of ``itm.serving.matcher``.
 """
 from __future__ import annotations
 
@@ -128,21 +129,28 @@ def weights_key(model) -> str:
     return h.hexdigest()[:16]
 
 
-def load_feature_cache(model, splits, config, batch: int = 64, log=progress) -> FeatureCache:
-    """The frozen backbone's pooled features of every image of ``splits`` (and of its mirror image, with
-    ``config.augment``): read from ``$ITM_CACHE_DIR/features/``, the missing ones computed in batches with
-    the training pipeline's decoding (``preprocess_image``) and added to it."""
-    backbone = model.image_frozen
-    images_dir = Path(splits[0].images_dir).resolve()
-    names = list(dict.fromkeys(t.image for s in splits for t in s.triples))
-    cut = f"before-{config.unfreeze_from}" if config.unfreeze_from else config.backbone_pooling
-    key = f"{config.image_tower}-{config.image_size}px-{cut}-{weights_key(backbone)}"
+def feature_key(backbone, image_tower: str, image_size: int, unfreeze_from=None, pooling: str = "avg") -> str:
+    """The cache key of a frozen part's features: the tower, its input size, where it is cut and its weights'
+    digest. Training and evaluation both name a cache file by it, so either reuses what the other computed."""
+    cut = f"before-{unfreeze_from}" if unfreeze_from else pooling
+    return f"{image_tower}-{image_size}px-{cut}-{weights_key(backbone)}"
+
+
+def cached_features(backbone, key: str, names, images_dir, image_size: int, mirrors: bool = False,
+                    what: str = "backbone", batch: int = 64, log=progress) -> FeatureCache:
+    """``backbone``'s features of the images ``names`` of ``images_dir`` (and of their mirror images, with
+    ``mirrors``), as a ``FeatureCache``: read from ``$ITM_CACHE_DIR/features/`` (one file per ``key`` and
+    folder), the missing ones computed in batches with the training pipeline's decoding
+    (``preprocess_image``) and added to it. The file keeps the entries of other calls (training's train and
+    dev photos, evaluation's test photos) while their files are unchanged."""
+    images_dir = Path(images_dir).resolve()
+    names = list(dict.fromkeys(names))
     folder_key = hashlib.sha256(str(images_dir).encode()).hexdigest()[:12]
     shape = tuple(backbone.output.shape[1:])
     store = FeatureFile(cache_dir() / "features" / f"{key}-{folder_key}.npz", key,
                         shape if None not in shape else None, log=log)
     stamps = {n: stamp(images_dir / n) for n in names}
-    views = {"": lambda x: x, MIRRORED: lambda x: tf.reverse(x, axis=[2])} if config.augment else {"": lambda x: x}
+    views = {"": lambda x: x, MIRRORED: lambda x: tf.reverse(x, axis=[2])} if mirrors else {"": lambda x: x}
     start = time.perf_counter()
     computed = 0
     encode = None
@@ -150,24 +158,25 @@ def load_feature_cache(model, splits, config, batch: int = 64, log=progress) -> 
         todo = [n for n in names if store.get(n + suffix, stamps[n]) is None]
         if not todo:
             continue
-        what = "mirror images" if suffix else "images"
-        print(f"Computing the frozen {config.image_tower}'s features of {len(todo)} {what} "
+        kind = "mirror images" if suffix else "images"
+        print(f"Computing the frozen {what}'s features of {len(todo)} {kind} "
               f"({len(names) - len(todo)} cached in {store.path}) ...", file=log, flush=True)
         encode = encode or frozen_encoder(backbone)
         done, begun = 0, time.perf_counter()
-        for pixels in decoded_paths([images_dir / n for n in todo], config.image_size).batch(batch):
+        for pixels in decoded_paths([images_dir / n for n in todo], image_size).batch(batch):
             for n, f in zip(todo[done:done + len(pixels)], np.asarray(encode(view(pixels)))):
                 store.put(n + suffix, stamps[n], f)
             done += len(pixels)
             if done % (batch * 10) == 0 or done == len(todo):
                 rate = done / (time.perf_counter() - begun)
-                print(f"  {done}/{len(todo)} {what} ({rate:.0f} images/s)", file=log, flush=True)
+                print(f"  {done}/{len(todo)} {kind} ({rate:.0f} images/s)", file=log, flush=True)
         computed += len(todo)
     if computed:
-        store.save([(n + suffix, stamps[n]) for suffix in views for n in names])
+        store.save(current_entries(store, images_dir))
     # copy=False: the stacked features are float32 already, and a copy is 1 GiB more at the peak for 200,000
     # photos (a million triples: 4.8 GiB peak after the feature step, measured, with the copy)
-    features = {suffix: np.stack([store.get(n + suffix, stamps[n]) for n in names]).astype(np.float32, copy=False)
+    features = {suffix: (np.stack([store.get(n + suffix, stamps[n]) for n in names]) if names
+                         else np.zeros((0, *shape), np.float32)).astype(np.float32, copy=False)
                 for suffix in views}
     check_finite(features, names, store.path)
     mirrored = ", and mirrored" if len(views) > 1 else ""
@@ -175,6 +184,32 @@ def load_feature_cache(model, splits, config, batch: int = 64, log=progress) -> 
           f"{computed} computed, {len(names) * len(views) - computed} from the cache, in "
           f"{time.perf_counter() - start:.1f} s", file=log, flush=True)
     return FeatureCache(names, features[""], features.get(MIRRORED))
+
+
+def current_entries(store: FeatureFile, images_dir: Path) -> list:
+    """The (name, stamp) of every entry of ``store`` whose image file is still there, unchanged: what a save
+    keeps (an entry of a changed or deleted photo is dropped, the others stay for the next caller)."""
+    stamps, keep = {}, []
+    for name, mtime, size in store.entries:
+        image = name[:-len(MIRRORED)] if name.endswith(MIRRORED) else name
+        if image not in stamps:
+            try:
+                stamps[image] = stamp(images_dir / image)
+            except OSError:
+                stamps[image] = None
+        if stamps[image] == (mtime, size):
+            keep.append((name, (mtime, size)))
+    return keep
+
+
+def load_feature_cache(model, splits, config, batch: int = 64, log=progress) -> FeatureCache:
+    """Training's --cache-features: the frozen backbone's features of every image of ``splits`` (and of its
+    mirror image, with ``config.augment``), by ``cached_features``."""
+    backbone = model.image_frozen
+    key = feature_key(backbone, config.image_tower, config.image_size, config.unfreeze_from, config.backbone_pooling)
+    names = [t.image for s in splits for t in s.triples]
+    return cached_features(backbone, key, names, splits[0].images_dir, config.image_size, mirrors=config.augment,
+                           what=config.image_tower, batch=batch, log=log)
 
 
 def check_finite(features: dict, names: list[str], path: Path) -> None:

@@ -25,7 +25,7 @@ from . import plots
 from ..models.scorer import Scorer
 from .tensorboard import log_evaluation
 from .metrics import average_precision, best_threshold, binary_metrics, bootstrap_ci, roc_auc
-from .predict import caption_features, score_split, split_image_features
+from .predict import cached_backbone_stores, caption_features, score_split, split_image_features, store_of
 from ..defaults import DEFAULT_RERANK
 from .retrieval import retrieval_report
 
@@ -60,9 +60,10 @@ def split_metrics(is_match: np.ndarray, p_match: np.ndarray, dev_threshold: floa
     }
 
 
-def retrieval(scorer: Scorer, split: Split, embeddings, rerank: int = DEFAULT_RERANK) -> dict:
+def retrieval(scorer: Scorer, split: Split, embeddings, rerank: int = DEFAULT_RERANK, store=None) -> dict:
     """Image-to-text and text-to-image Recall@1/5/10 over the split's images and captions: the embedding's
-    shortlist, re-ranked by the head (``itm.evaluation.retrieval``)."""
+    shortlist, re-ranked by the head (``itm.evaluation.retrieval``); ``store``: the images' cached backbone
+    features (``split_image_features``)."""
     start = time.perf_counter()
     images = sorted(group_by_image(split.triples))
     captions = sorted({t.caption for t in split.triples})
@@ -72,7 +73,7 @@ def retrieval(scorer: Scorer, split: Split, embeddings, rerank: int = DEFAULT_RE
     for t in split.triples:
         if t.match:
             relevant[image_index[t.image], caption_index[t.caption]] = True
-    report = retrieval_report(scorer, split_image_features(scorer, images, split.images_dir),
+    report = retrieval_report(scorer, split_image_features(scorer, images, split.images_dir, store),
                               caption_features(scorer, captions, embeddings), relevant, rerank)
     report["seconds"] = time.perf_counter() - start
     return report
@@ -156,20 +157,25 @@ def keras_evaluation(labels: np.ndarray, probs: np.ndarray) -> dict:
 
 def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: int = 0,
                    original_printout: bool = False, with_retrieval: bool = True, threshold: float | None = None,
-                   tag: str | None = None, rerank: int = DEFAULT_RERANK) -> dict[str, dict]:
+                   tag: str | None = None, rerank: int = DEFAULT_RERANK,
+                   run_config: dict | None = None) -> dict[str, dict]:
     """Score ``splits`` and write, per split, ``metrics-<split>.json``, predictions and figures.
 
     The decision threshold that maximises balanced accuracy on dev is stored in ``calibration.json``;
     metrics are reported at 0.5 and at that threshold. Scoring other data (an out-of-distribution
     folder) passes the run's own ``threshold`` and a ``tag`` that names the files instead of the split.
     A split of one class (the retrieval protocol: match lines only) gets retrieval and a note instead of
-    binary metrics; ``rerank``: the candidates per query that the head re-ranks in retrieval.
+    binary metrics; ``rerank``: the candidates per query that the head re-ranks in retrieval. ``run_config``
+    (the run's config.json): a run trained with --cache-features takes its images' backbone features from
+    the feature cache (``cached_backbone_stores``) instead of decoding them and running the backbone again.
     """
     out_dir = Path(out_dir)
     scorer = Scorer(model)
+    stores = cached_backbone_stores(model, run_config, [data.splits[s] for s in
+                                                        (() if threshold is not None else ("dev",)) + tuple(splits)])
     probs = {}
     if threshold is None:
-        probs["dev"] = score_split(scorer, data.splits["dev"], data.embeddings)
+        probs["dev"] = score_split(scorer, data.splits["dev"], data.embeddings, store_of(stores, data.splits["dev"]))
         dev_match = np.array([t.match for t in data.splits["dev"].triples])
         threshold = best_threshold(dev_match, probs["dev"][:, 0])
         record(out_dir, "calibration.json")
@@ -180,14 +186,14 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
         name = tag or split_name
         split = data.splits[split_name]
         if split_name not in probs:
-            probs[split_name] = score_split(scorer, split, data.embeddings)
+            probs[split_name] = score_split(scorer, split, data.embeddings, store_of(stores, split))
         p = probs[split_name]
         is_match = np.array([t.match for t in split.triples])
         record(out_dir, *split_files(name), TENSORBOARD_DIR)
         source = {"data_dir": str(Path(data.path).resolve()), "data_split": split_name}
         if is_match.all() or not is_match.any():
             results[name] = one_class_split(scorer, split, data.embeddings, p, name, threshold, out_dir, rerank,
-                                            source)
+                                            source, store_of(stores, split))
             continue
         if original_printout:
             print(f"TESTING classifier model on the {split_name} split "
@@ -204,7 +210,7 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
         metrics["dev_threshold"] = threshold
         metrics["tf_evaluate"] = tf_eval
         if with_retrieval:
-            metrics["retrieval"] = retrieval(scorer, split, data.embeddings, rerank)
+            metrics["retrieval"] = retrieval(scorer, split, data.embeddings, rerank, store_of(stores, split))
         print(summary_line(metrics))
 
         write_predictions(out_dir / predictions_name(name), split, p)
@@ -223,7 +229,7 @@ def evaluate_model(model, data: DataDir, out_dir: Path, splits=("test",), seed: 
 
 
 def one_class_split(scorer: Scorer, split: Split, embeddings, p: np.ndarray, name: str, threshold: float,
-                    out_dir: Path, rerank: int, source: dict) -> dict:
+                    out_dir: Path, rerank: int, source: dict, store=None) -> dict:
     """A split of match lines only (or no-match only): the note, and retrieval, which needs no negatives."""
     label = "match" if split.triples[0].match else "no-match"
     note = ONE_CLASS_NOTE.format(name=name, label=label, n=len(split.triples))
@@ -231,7 +237,7 @@ def one_class_split(scorer: Scorer, split: Split, embeddings, p: np.ndarray, nam
     metrics = {"split": name, **source, "n": len(split.triples), "one_class": label, "note": note, "dev_threshold": threshold,
                "mean_p_match": float(np.mean(p[:, 0])),
                "share_above_dev_threshold": float(np.mean(p[:, 0] > threshold))}
-    metrics["retrieval"] = retrieval(scorer, split, embeddings, rerank)
+    metrics["retrieval"] = retrieval(scorer, split, embeddings, rerank, store)
     print(summary_line(metrics))
     write_predictions(out_dir / predictions_name(name), split, p)
     write_json(out_dir / f"metrics-{name}.json", metrics)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pathlib import Path
+
 from ..data.batches import group_by_image
 from ..data.images import decoded_paths
 from ..models.scorer import Scorer
@@ -39,3 +41,37 @@ def score_split(scorer: Scorer, split, embeddings, store=None) -> np.ndarray:
                         caption_features(scorer, captions, embeddings),
                         np.array([image_row[t.image] for t in split.triples]),
                         np.array([caption_row[t.caption] for t in split.triples]))
+
+
+def cached_backbone_stores(model, run_config: dict | None, splits, log=None) -> dict:
+    """images folder -> ``FeatureCache`` of the frozen backbone's features of every image of ``splits``, for a
+    run trained with --cache-features (its ``config.json`` says so): evaluation then runs only
+    ``image_trained`` on them, and its scores are the pixel path's (the cached vector is the backbone's on the
+    same decode). The cache file is training's (``itm.data.features.cached_features``, the same key), so a warm
+    run decodes nothing; the photos it lacks (the test split, another folder) are computed once and added.
+    {} for any other run: one trained without --cache-features asked for no files in $ITM_CACHE_DIR (a few
+    KiB a photo), and is scored from pixels as before. ``log``: where the progress lines go (default: the
+    ``itm`` logger)."""
+    config = run_config or {}
+    if not config.get("cache_features"):
+        return {}
+    from ..data.features import cached_features, feature_key
+    from ..log import progress
+
+    try:
+        backbone = model.image_frozen
+    except (AttributeError, ValueError):  # no frozen part: nothing to cache
+        return {}
+    size = int(model.input["image_input"].shape[1])
+    tower = config.get("image_tower") or "image"
+    key = feature_key(backbone, tower, size, config.get("unfreeze_from"), config.get("backbone_pooling") or "avg")
+    folders: dict[Path, list] = {}
+    for split in splits:
+        folders.setdefault(Path(split.images_dir).resolve(), []).extend(t.image for t in split.triples)
+    return {folder: cached_features(backbone, key, names, folder, size, what=tower, log=log or progress)
+            for folder, names in folders.items()}
+
+
+def store_of(stores: dict, split):
+    """The split's ``FeatureCache`` among ``cached_backbone_stores``'s, or None (its images are decoded)."""
+    return stores.get(Path(split.images_dir).resolve()) if stores else None

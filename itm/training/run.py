@@ -263,7 +263,8 @@ def complete_run(config: TrainConfig, data, out: Path) -> Path:
 
 def finish_run(model, data, config: TrainConfig, out: Path, train_seconds: float | None) -> dict:
     """Evaluate a trained model on test as the original did, and write metrics.json and report.md."""
-    results = evaluate_model(model, data, out, splits=("test",), seed=config.seed, original_printout=True)
+    results = evaluate_model(model, data, out, splits=("test",), seed=config.seed, original_printout=True,
+                             run_config=config.to_dict())
     metrics = dict(results["test"])
     known = bool(train_seconds)  # None: a completed run whose backup did not keep its training time
     metrics.update({
