@@ -1,6 +1,7 @@
 """Why a pair matches: where in the image p(match) comes from, and which words of the caption carry it.
 
-* The map is Grad-CAM (Selvaraju et al., 2017) on the image tower's last spatial feature map (B,h,w,C),
+* The map is Grad-CAM (Selvaraju et al., 2017) on the image tower's last spatial feature map (B,h,w,C) (over
+  two backbones, efficientnet-lite2+mobilenetv2, the first's: EfficientNet-Lite2's, at the image's own size),
   from one forward and one backward pass of the Keras model: each channel weighted by the mean gradient of
   the match score over the map, summed, negative values cut, scaled to [0, 1] by its maximum. The score
   differentiated is p(match)'s log-odds, log p(match) - log p(no-match) (the head's two logits' difference):
@@ -30,6 +31,7 @@ from .errors import CaptionError
 from .figures import pyplot
 from .files import atomic_write
 from .models.classifier import FROZEN_PART, TRAINED_PART
+from .models.image_towers import FIRST_POOL
 
 if TYPE_CHECKING:
     from .data.image_files import ImageLike as Image
@@ -72,7 +74,10 @@ def _output_in(parent: keras.Model, layer) -> object:
 
 
 def _last_spatial(stage: keras.Model):
-    """The last layer of ``stage`` whose output is a (B,h,w,C) map, past its input, or None."""
+    """The last layer of ``stage`` whose output is a (B,h,w,C) map, past its input, or None; over two backbones
+    (``BackbonePair``), the first network (the one at the image's own size, whose map ``FIRST_POOL`` pools)."""
+    if FIRST_POOL in {layer.name for layer in stage.layers}:
+        return stage.get_layer(FIRST_POOL).input._keras_history.operation
     found = None
     for layer in stage.layers[1:]:
         nodes = layer._inbound_nodes

@@ -39,14 +39,16 @@ def test_the_map_of_the_faithful_run_is_a_grid_in_0_1_at_its_p_match(faithful_ru
 
 @pytest.mark.parametrize("tower, size, layer, grid", [
     ("cnn-bn", 64, "image_dropout", (4, 4)),
-    ("mobilenetv2", 64, "mobilenetv2_1.00_64", (2, 2))])
+    ("mobilenetv2", 64, "mobilenetv2_1.00_64", (2, 2)),
+    ("efficientnet-lite2+mobilenetv2", 64, "efficientnet_lite2_features", (2, 2))])  # the first network's map
 def test_the_map_of_cnn_bn_and_of_a_frozen_backbone_end_to_end(tower, size, layer, grid, tiny_data_master):
-    """A frozen backbone (whose features a run caches) is differentiated from the pixels through the backbone."""
+    """A frozen backbone (whose features a run caches) is differentiated from the pixels through the backbone; over
+    two backbones, through the first (EfficientNet-Lite2, at the image's own size)."""
     from itm.data.folder import load_embeddings
     from itm.models.classifier import build_model
     from itm.serving.matcher import CaptionEncoder, Matcher
 
-    frozen = tower == "mobilenetv2"
+    frozen = tower != "cnn-bn"
     model = build_model(image_size=size, image_tower=tower, fusion="interaction", freeze_backbone=frozen)
     m = Matcher(model, 0.5, captions=CaptionEncoder(load_embeddings(tiny_data_master), encoder=False))
     lines = [line.split("\t") for line in (tiny_data_master / "flickr8k.TestImages.txt").read_text().splitlines()]

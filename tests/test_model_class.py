@@ -127,11 +127,11 @@ def test_each_command_line_name_chooses_its_typed_part():
     """``model_parts`` is where the names the command line takes become typed towers and a head: the class each
     name chooses, a backbone's own settings carried over, and what a part asks of the others (raw captions,
     region tokens)."""
-    from itm.models import FUSION_HEADS, IMAGE_TOWERS, TEXT_TOWERS
+    from itm.models import BACKBONE_PAIRS, FUSION_HEADS, IMAGE_TOWERS, TEXT_TOWERS
     from itm.models.classifier import MiniLMText, ScratchText, TextTower, model_parts
     from itm.models.config import ModelConfig
     from itm.models.fusion_heads import AttentionHead, ConcatHead, InteractionHead, MLPHead, RelationHead
-    from itm.models.image_towers import BatchNormCNN, FaithfulCNN, PretrainedBackbone
+    from itm.models.image_towers import BackbonePair, BatchNormCNN, FaithfulCNN, PretrainedBackbone
 
     def parts(**options):
         return model_parts(ModelConfig.from_flat(options))
@@ -139,7 +139,13 @@ def test_each_command_line_name_chooses_its_typed_part():
     image = {name: parts(image_tower=name)[0] for name in IMAGE_TOWERS}
     assert image["faithful-cnn"] == FaithfulCNN() and image["cnn-bn"] == BatchNormCNN()
     for name in IMAGE_TOWERS[2:]:
-        assert image[name] == PretrainedBackbone(name, "none", freeze=False, pooling="avg", unfreeze_from=None)
+        if name not in BACKBONE_PAIRS:
+            assert image[name] == PretrainedBackbone(name, "none", freeze=False, pooling="avg", unfreeze_from=None)
+    pair = "efficientnet-lite2+mobilenetv2"
+    assert image[pair] == BackbonePair(PretrainedBackbone("efficientnet-lite2"), PretrainedBackbone("mobilenetv2"))
+    assert parts(image_tower=pair, image_weights="imagenet-lite", freeze_backbone=True)[0] == BackbonePair(
+        PretrainedBackbone("efficientnet-lite2", "imagenet-lite", freeze=True),
+        PretrainedBackbone("mobilenetv2", "torchvision", freeze=True))  # each network's own offline weights
     assert parts(image_tower="mobilenetv2", image_weights="torchvision", freeze_backbone=True,
                  unfreeze_from="block_14_expand", backbone_pooling="avgmax")[0] == PretrainedBackbone(
         "mobilenetv2", "torchvision", freeze=True, pooling="avgmax", unfreeze_from="block_14_expand")

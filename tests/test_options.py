@@ -22,6 +22,14 @@ CHECKS = [
     (dict(shards_dir="x"), "--shards-dir is for --pipeline shards"),
     (dict(image_tower="resnet50", image_weights="torchvision"), "--image-weights torchvision are MobileNetV2's"),
     (dict(image_tower="mobilenetv2", image_weights="imagenet-lite"), "--image-weights imagenet-lite are EfficientNet-Lite's"),
+    (dict(image_tower="efficientnet-lite2+mobilenetv2", image_weights="torchvision"),
+     "--image-weights torchvision: the efficientnet-lite2+mobilenetv2 image tower takes imagenet-lite"),
+    (dict(image_tower="efficientnet-lite2+mobilenetv2", backbone_pooling="avgmax"),
+     "--backbone-pooling avgmax: the efficientnet-lite2+mobilenetv2 image tower average-pools each network"),
+    (dict(image_tower="efficientnet-lite2+mobilenetv2", freeze_backbone=True, unfreeze_from="block_14_expand"),
+     "--unfreeze-from cuts one network: the efficientnet-lite2+mobilenetv2 image tower has two"),
+    (dict(image_tower="efficientnet-lite2+mobilenetv2", fusion="attention"),
+     "--fusion attention attends over one network's regions: the efficientnet-lite2+mobilenetv2 image tower"),
     (dict(image_tower="efficientnet-lite2", image_weights="imagenet"),
      "efficientnet-lite2 has no Keras download: its ImageNet weights are --image-weights imagenet-lite"),
     (dict(image_tower="mobilenetv2", freeze_backbone=True, cache_features=True, objective="contrastive"),
@@ -53,7 +61,7 @@ STRUCTURE = [
 
 
 def test_every_check_has_a_case():
-    assert len(CHECKS) == len(list(_checks(TrainConfig()))) == 22
+    assert len(CHECKS) == len(list(_checks(TrainConfig()))) == 26
 
 
 @pytest.mark.parametrize("options, message", CHECKS + STRUCTURE, ids=[m[:40] for _, m in CHECKS + STRUCTURE])

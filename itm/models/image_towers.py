@@ -4,8 +4,9 @@ and knowing its own readout (how its feature map becomes what the projection tak
 ``FaithfulCNN`` is the original's CNN (flattened); ``BatchNormCNN`` the batch-normalised one (average-pooled);
 ``PretrainedBackbone`` a keras.applications or offline-weights network with its own settings (weights,
 freezing, pooling, the block its training starts from), which owns the split between what stays frozen and
-what trains. ``IMAGE_TOWERS`` maps each ``--image-tower`` name to its class; ``ImageTower.from_config``
-makes one from the model's part of the options.
+what trains; ``BackbonePair`` two of them side by side on one image, their pooled features concatenated.
+``IMAGE_TOWERS`` maps each ``--image-tower`` name to its class; ``ImageTower.from_config`` makes one from the
+model's part of the options.
 
 Each tower's ``features(x, dropout, tokens)`` takes pixels in [0, 1] (B,S,S,3) and returns what the
 projection takes, one vector per image (B,F), or region tokens (B,N,C) when the head attends over them,
@@ -21,7 +22,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from ..errors import ConfigError
-from . import LITE_TOWERS
+from . import BACKBONE_PAIRS, LITE_TOWERS
 from .config import ModelConfig
 # The modules, not their names: Keras' registration (itm.models.keras_registry) may meet one half-made.
 from . import efficientnet_lite, torchvision_mobilenet
@@ -216,19 +217,58 @@ class PretrainedBackbone(ImageTower):
                 layers.GlobalMaxPooling2D(name="image_max_pool")(feature_map)])  # (B,2C)
         return layers.GlobalAveragePooling2D(name=BACKBONE_FEATURES)(feature_map)  # (B,C)
 
-    def features(self, x, dropout: float, tokens: bool):
+    def backbone_map(self, x):
+        """The whole network on ``x`` (pixels in [0, 1]): its feature map (B,h,w,C), frozen or trained."""
         net, x = self.network(x)
+        net.trainable = not self.freeze
+        return net(x, training=False if self.freeze else None)
+
+    def features(self, x, dropout: float, tokens: bool):
         if self.unfreeze_from:
-            frozen, top = _frozen_then_trained(net, x, self.unfreeze_from)
+            frozen, top = _frozen_then_trained(*self.network(x), self.unfreeze_from)
         else:
-            net.trainable = not self.freeze
-            frozen, top = net(x, training=False if self.freeze else None), None  # (B,h,w,C)
+            frozen, top = self.backbone_map(x), None  # (B,h,w,C)
         feature_map = frozen if top is None else top(frozen)  # (B,h,w,C)
         if tokens:
             return SpatialTokens(name="image_tokens")(feature_map), frozen if self.freeze else None  # (B,h*w,C)
         pooled = self.vector(feature_map)  # (B,C) or (B,2C)
         cut = frozen if top is not None else pooled  # where the frozen computation ends
         return layers.Dropout(dropout, name="image_dropout")(pooled), cut if self.freeze else None
+
+
+# The ImageNet weights each network of a pair reads offline (a pair's --image-weights imagenet-lite).
+OFFLINE_IMAGENET = {"mobilenetv2": "torchvision", **{name: "imagenet-lite" for name in LITE_TOWERS}}
+SECOND_SIZE = 224  # the second network of a pair sees the image resized to this (MobileNetV2's ImageNet size)
+FIRST_POOL = "image_avg_pool_0"  # the first network's pooling: the map it reads is the one explain shows
+
+
+@dataclass(frozen=True)
+class BackbonePair(ImageTower):
+    """Two pretrained networks on one image (``BACKBONE_PAIRS``): the first at the model's image size, the second
+    on the image resized inside the model to ``SECOND_SIZE`` (bilinear); each average-pooled, the two vectors
+    concatenated (B,C1+C2), then dropout. Frozen, the concatenation is what ends the frozen part, so
+    --cache-features stores it as a single backbone's pooled output. ``--image-weights imagenet-lite``: each
+    network's own offline ImageNet weights (``OFFLINE_IMAGENET``); none: random both."""
+    first: PretrainedBackbone
+    second: PretrainedBackbone
+
+    @classmethod
+    def from_config(cls, model: ModelConfig) -> BackbonePair:
+        b = model.backbone
+        if b.image_weights not in ("none", "imagenet-lite") or b.unfreeze_from or b.backbone_pooling != "avg":
+            raise ConfigError(f"the {model.image_tower} image tower takes --image-weights imagenet-lite or none, "
+                              "average pooling and no --unfreeze-from")
+        return cls(*(PretrainedBackbone(name, "none" if b.image_weights == "none" else OFFLINE_IMAGENET[name],
+                                        b.freeze_backbone) for name in BACKBONE_PAIRS[model.image_tower]))
+
+    def features(self, x, dropout: float, tokens: bool):
+        if tokens:
+            raise ConfigError("the two networks' feature maps differ in size: no region tokens for the attention head")
+        resized = layers.Resizing(SECOND_SIZE, SECOND_SIZE, interpolation="bilinear", name="image_resize_1")(x)
+        pooled = [layers.GlobalAveragePooling2D(name=f"image_avg_pool_{i}")(backbone.backbone_map(pixels))
+                  for i, (backbone, pixels) in enumerate(((self.first, x), (self.second, resized)))]  # (B,C1), (B,C2)
+        joined = layers.Concatenate(name=BACKBONE_FEATURES)(pooled)  # (B,C1+C2)
+        return layers.Dropout(dropout, name="image_dropout")(joined), joined if self.first.freeze else None
 
 
 def _frozen_then_trained(net: keras.Model, x, layer_name: str):
@@ -248,4 +288,5 @@ def _frozen_then_trained(net: keras.Model, x, layer_name: str):
 
 
 # --image-tower name -> its class (the names are the command line's, itm.models.IMAGE_TOWERS).
-IMAGE_TOWERS = {"faithful-cnn": FaithfulCNN, "cnn-bn": BatchNormCNN, **{name: PretrainedBackbone for name in NETWORKS}}
+IMAGE_TOWERS = {"faithful-cnn": FaithfulCNN, "cnn-bn": BatchNormCNN, **{name: PretrainedBackbone for name in NETWORKS},
+                **{name: BackbonePair for name in BACKBONE_PAIRS}}
