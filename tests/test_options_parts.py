@@ -33,7 +33,7 @@ def test_a_part_that_does_not_apply_is_absent_and_its_options_read_as_defaults()
         ("none", False, 0.07, False)
     retrieval = resolve_config("retrieval")
     assert retrieval.model.backbone.image_weights == retrieval.image_weights == "imagenet-lite"
-    assert (retrieval.image_tower, retrieval.image_size) == ("efficientnet-lite2", 260)
+    assert (retrieval.image_tower, retrieval.image_size) == ("efficientnet-lite2+mobilenetv2", 260)
     assert retrieval.objective.contrastive.head_negatives == retrieval.head_negatives == 4
     assert retrieval.objective.name == "contrastive" and retrieval.objective.grouped
     with pytest.raises(AttributeError):
