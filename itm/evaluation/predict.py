@@ -2,12 +2,14 @@
 each encoded once by the model's ``Scorer`` (``itm.models.scorer``), and p(match) of every triple."""
 from __future__ import annotations
 
-import numpy as np
-
 from pathlib import Path
 
+import numpy as np
+
 from ..data.batches import group_by_image
+from ..data.features import cached_features, feature_key
 from ..data.images import decoded_paths
+from ..log import progress
 from ..models.scorer import Scorer
 
 IMAGE_BATCH = 64
@@ -55,9 +57,6 @@ def cached_backbone_stores(model, run_config: dict | None, splits, log=None) -> 
     config = run_config or {}
     if not config.get("cache_features"):
         return {}
-    from ..data.features import cached_features, feature_key
-    from ..log import progress
-
     try:
         backbone = model.image_frozen
     except (AttributeError, ValueError):  # no frozen part: nothing to cache
